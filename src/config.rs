@@ -1,0 +1,253 @@
+//! Command-line configuration, memcached-compatible.
+//!
+//! [`Args`] is what clap parses; [`Config`] is the validated result that the rest of the
+//! program takes, so nothing downstream re-checks a flag. Sizes take human units (`64k`,
+//! `1m`, `2g`); memcached's bare numbers keep memcached's meaning (`-m` in megabytes, `-I` in
+//! bytes).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// A memcached-compatible cache server where every node is a master.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "meshcached", version, about, disable_help_flag = true)]
+pub struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(short = 'p', long = "port", default_value_t = 11211)]
+    pub port: u16,
+
+    /// Interface(s) to listen on, comma separated.
+    #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
+    pub listen: String,
+
+    /// Unix socket path to listen on (disables TCP, as in memcached).
+    #[arg(short = 's', long = "unix-socket")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Item memory in megabytes (or with a unit: 512k, 2g).
+    #[arg(short = 'm', long = "memory-limit", default_value = "64")]
+    pub memory_limit: String,
+
+    /// Maximum simultaneous connections.
+    #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
+    pub conn_limit: u32,
+
+    /// Number of worker threads.
+    #[arg(short = 't', long = "threads", default_value_t = 4)]
+    pub threads: u16,
+
+    /// Maximum item size, in bytes or with a unit (k, m); between 1k and 1g.
+    #[arg(short = 'I', long = "max-item-size", default_value = "1m")]
+    pub max_item_size: String,
+
+    /// Return an error when memory is exhausted instead of evicting items.
+    #[arg(short = 'M', long = "disable-evictions")]
+    pub disable_evictions: bool,
+
+    /// Do not return CAS values (versions are still kept internally).
+    #[arg(short = 'C', long = "disable-cas")]
+    pub disable_cas: bool,
+
+    /// Refuse flush_all.
+    #[arg(short = 'F', long = "disable-flush-all")]
+    pub disable_flush_all: bool,
+
+    /// Allow the `shutdown` command.
+    #[arg(short = 'A', long = "enable-shutdown")]
+    pub enable_shutdown: bool,
+
+    /// UDP port: only 0 is accepted, UDP is not served.
+    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
+    pub udp_port: u16,
+
+    /// Verbose logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// User to run as (accepted for compatibility; no effect unless started as root).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+
+    /// Print help.
+    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub unix_socket: Option<PathBuf>,
+    pub mem_limit: usize,
+    pub max_conns: u32,
+    pub threads: usize,
+    pub max_item_size: usize,
+    pub evict: bool,
+    pub cas_enabled: bool,
+    pub flush_enabled: bool,
+    pub shutdown_enabled: bool,
+    pub verbose: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 11211))],
+            unix_socket: None,
+            mem_limit: 64 << 20,
+            max_conns: 1024,
+            threads: 4,
+            max_item_size: 1 << 20,
+            evict: true,
+            cas_enabled: true,
+            flush_enabled: true,
+            shutdown_enabled: false,
+            verbose: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("-U {0}: meshcached does not serve UDP (memcached turned it off by default after it was used for amplification attacks); use -U 0 or leave it out")]
+    Udp(u16),
+    #[error("invalid size {0:?}: expected a number with an optional unit k, m or g")]
+    Size(String),
+    #[error("-I {0}: the item size limit must be between 1k and 1g")]
+    ItemSize(String),
+    #[error("-I {item} is larger than the memory limit -m ({mem} bytes)")]
+    ItemOverMemory { item: usize, mem: usize },
+    #[error("-m must be at least 1 megabyte")]
+    Memory,
+    #[error("-t must be between 1 and 256")]
+    Threads,
+    #[error("-c must be at least 1")]
+    Conns,
+    #[error("invalid listen address {0:?}")]
+    Listen(String),
+}
+
+/// Parses `64`, `64k`, `64m`, `1g` (case-insensitive, optional `b`). A bare number is
+/// multiplied by `bare_unit`.
+pub fn parse_size(s: &str, bare_unit: usize) -> Result<usize, ConfigError> {
+    let err = || ConfigError::Size(s.to_string());
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (digits, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (lower, bare_unit),
+        Some((i, _)) => {
+            let unit = match &lower[i..] {
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                _ => return Err(err()),
+            };
+            (&lower[..i], unit)
+        }
+    };
+    let n: usize = digits.parse().map_err(|_| err())?;
+    n.checked_mul(unit).ok_or_else(err)
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config, ConfigError> {
+        if args.udp_port != 0 {
+            return Err(ConfigError::Udp(args.udp_port));
+        }
+        let mem_limit = parse_size(&args.memory_limit, 1 << 20)?;
+        if mem_limit < 1 << 20 {
+            return Err(ConfigError::Memory);
+        }
+        let max_item_size = parse_size(&args.max_item_size, 1)?;
+        if !(1 << 10..=1 << 30).contains(&max_item_size) {
+            return Err(ConfigError::ItemSize(args.max_item_size.clone()));
+        }
+        if max_item_size > mem_limit {
+            return Err(ConfigError::ItemOverMemory { item: max_item_size, mem: mem_limit });
+        }
+        if args.threads == 0 || args.threads > 256 {
+            return Err(ConfigError::Threads);
+        }
+        if args.conn_limit == 0 {
+            return Err(ConfigError::Conns);
+        }
+        let mut listen = Vec::new();
+        for part in args.listen.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let addr = match part.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    let ip: IpAddr = part
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse()
+                        .map_err(|_| ConfigError::Listen(part.to_string()))?;
+                    SocketAddr::new(ip, args.port)
+                }
+            };
+            listen.push(addr);
+        }
+        if listen.is_empty() {
+            return Err(ConfigError::Listen(args.listen.clone()));
+        }
+        Ok(Config {
+            listen,
+            unix_socket: args.unix_socket.clone(),
+            mem_limit,
+            max_conns: args.conn_limit,
+            threads: usize::from(args.threads),
+            max_item_size,
+            evict: !args.disable_evictions,
+            cas_enabled: !args.disable_cas,
+            flush_enabled: !args.disable_flush_all,
+            shutdown_enabled: args.enable_shutdown,
+            verbose: args.verbose,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        let args = Args::try_parse_from(std::iter::once("meshcached").chain(argv.iter().copied()))
+            .expect("clap accepts these");
+        Config::from_args(&args)
+    }
+
+    #[test]
+    fn defaults_match_memcached() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:11211".parse().unwrap()]);
+        assert_eq!(c.mem_limit, 64 << 20);
+        assert_eq!(c.max_item_size, 1 << 20);
+        assert_eq!(c.max_conns, 1024);
+        assert!(c.evict && c.cas_enabled && c.flush_enabled && !c.shutdown_enabled);
+    }
+
+    #[test]
+    fn sizes_and_flags() {
+        let c = parse(&["-m", "128", "-I", "2m", "-M", "-C", "-F", "-p", "0", "-l", "127.0.0.2"])
+            .unwrap();
+        assert_eq!(c.mem_limit, 128 << 20);
+        assert_eq!(c.max_item_size, 2 << 20);
+        assert!(!c.evict && !c.cas_enabled && !c.flush_enabled);
+        assert_eq!(c.listen, vec!["127.0.0.2:0".parse().unwrap()]);
+        assert_eq!(parse(&["-I", "512k"]).unwrap().max_item_size, 512 << 10);
+        assert_eq!(parse(&["-I", "4096"]).unwrap().max_item_size, 4096);
+        assert_eq!(parse(&["-m", "1g"]).unwrap().mem_limit, 1 << 30);
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(matches!(parse(&["-U", "11211"]), Err(ConfigError::Udp(11211))));
+        assert!(parse(&["-U", "0"]).is_ok());
+        assert!(matches!(parse(&["-I", "1x"]), Err(ConfigError::Size(_))));
+        assert!(matches!(parse(&["-I", "100"]), Err(ConfigError::ItemSize(_))));
+        assert!(matches!(parse(&["-t", "0"]), Err(ConfigError::Threads)));
+        assert!(matches!(parse(&["-l", "nowhere"]), Err(ConfigError::Listen(_))));
+        assert!(matches!(parse(&["-m", "2", "-I", "4m"]), Err(ConfigError::ItemOverMemory { .. })));
+    }
+}

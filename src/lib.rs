@@ -1,0 +1,30 @@
+//! meshcached: a memcached-compatible cache server where every node is a master.
+//!
+//! ```text
+//!  client ──TCP/unix──► server::connection ──► protocol::{text,meta,binary}::decode
+//!                              │                         │ Request (one command model)
+//!                              │                         ▼
+//!                              │                 server::dispatch ──► store (sharded,
+//!                              │                         │             versioned by clock::Hlc)
+//!                              ◄──── answers ◄── protocol::encode ◄──┘
+//! ```
+//!
+//! The client path: a connection reads bytes, a dialect decoder turns them into a
+//! [`protocol::Request`], the dispatcher runs memcached's semantics against the [`store`]
+//! under one shard lock, and the dialect's encoder writes the answer. Requests on one
+//! connection are answered in order; pipelining is just more requests in the read buffer.
+//!
+//! Consistency, in plain words: each key is linearizable on one node (every command on a
+//! key runs under that key's shard lock). Every write is stamped with a hybrid-logical-clock
+//! [`clock::Version`], which is also the CAS value clients see; later issues replicate writes
+//! between nodes and resolve conflicts by last-writer-wins on that version.
+//!
+//! Layering: `clock`, `key` and `protocol` know nothing of the network or the store; the
+//! `store` knows nothing of protocols; only `server::dispatch` joins protocol to store.
+
+pub mod clock;
+pub mod config;
+pub mod key;
+pub mod protocol;
+pub mod server;
+pub mod store;

@@ -1,0 +1,49 @@
+//! The `meshcached` binary: parse flags, set up logging, run the server.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use meshcached::clock::SystemClock;
+use meshcached::config::{Args, Config};
+use meshcached::server::Server;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meshcached: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.verbose);
+    if args.user.is_some() {
+        tracing::debug!("-u has no effect: meshcached does not change user");
+    }
+    let server = match Server::bind(config, Arc::new(SystemClock)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("meshcached: cannot listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match server.run(true) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshcached: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

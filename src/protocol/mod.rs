@@ -1,0 +1,224 @@
+//! Client protocols: one command model, three encodings.
+//!
+//! Text, meta and binary requests all decode into a [`Request`]: a [`Command`] (what to do,
+//! in memcached's terms) plus a [`Reply`] (how the answer must be written: which dialect,
+//! quiet or not, opaque tokens). The dispatcher runs the command once against the store and
+//! hands an [`Outcome`] back to the dialect's encoder. Decoders are pure functions over a
+//! `BytesMut` read buffer: `Ok(None)` means "need more bytes" and consumes nothing.
+//!
+//! This module knows nothing of sockets or of the store.
+
+pub mod binary;
+pub mod meta;
+pub mod text;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::clock::Version;
+use crate::key::Key;
+use crate::store::ItemRef;
+
+/// How a storage command treats an existing item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    /// Set only if the item's CAS equals the given one (text `cas`).
+    Cas,
+}
+
+/// A command in memcached's terms, independent of the dialect it arrived in.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// get/gets (text), get/getk/getq/getkq (binary); with `touch`, gat/gats. `cas`: the
+    /// text reply carries CAS values (gets, gats); binary replies always do.
+    Get { keys: Vec<Key>, touch: Option<i64>, cas: bool },
+    /// set/add/replace/append/prepend/cas. A nonzero `cas` makes any mode conditional on it
+    /// (the binary protocol allows CAS on set, replace, append...).
+    Store { mode: StoreMode, key: Key, flags: u32, exptime: i64, value: Bytes, cas: u64 },
+    /// A storage command whose value cannot be stored (larger than `-I`); its data block is
+    /// skipped by the connection. A `set` still removes the old item, as memcached does.
+    TooLarge { mode: StoreMode, key: Option<Key> },
+    Delete { key: Key, cas: u64 },
+    /// incr/decr. `initial` (binary only): create with this value and expiry on a miss.
+    Arith { key: Key, incr: bool, delta: u64, initial: Option<(u64, i64)>, cas: u64 },
+    Touch { key: Key, exptime: i64 },
+    /// flush_all; `delay` in memcached exptime form (relative seconds or absolute time).
+    Flush { delay: i64 },
+    Version,
+    Verbosity,
+    Stats { group: Option<Bytes> },
+    Noop,
+    Quit,
+    Shutdown,
+    Meta(meta::MetaCommand),
+    /// A malformed request that still gets an answer (and may close the connection).
+    Invalid(Invalid),
+}
+
+/// Errors reported to the client rather than by closing the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Unknown command: `ERROR`.
+    Unknown,
+    /// `CLIENT_ERROR <msg>`.
+    Client(&'static str),
+    /// `SERVER_ERROR <msg>`.
+    Server(&'static str),
+    /// A whole line of memcached's own wording, e.g. `ERROR: shutdown not enabled`.
+    Raw(&'static str),
+}
+
+/// How to answer: dialect plus per-dialect options.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Text { noreply: bool },
+    Meta(meta::MetaReply),
+    Binary(binary::BinReply),
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub command: Command,
+    pub reply: Reply,
+    /// After answering, close the connection (quit, protocol errors that desynchronise).
+    pub close: bool,
+    /// Bytes of data to discard after this request (a refused value's data block).
+    pub swallow: usize,
+}
+
+impl Request {
+    pub fn new(command: Command, reply: Reply) -> Self {
+        Self { command, reply, close: false, swallow: 0 }
+    }
+}
+
+/// What a command did, in dialect-neutral terms; each encoder maps it to its own wording
+/// and status codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored(Version),
+    /// A storage condition failed: `exists` for add (the item is there), otherwise replace,
+    /// append or prepend found no item.
+    NotStored { exists: bool },
+    /// A CAS mismatch.
+    Exists,
+    NotFound,
+    Deleted,
+    Touched(Version),
+    Number(u64, Version),
+    NonNumeric,
+    TooLarge,
+    OutOfMemory,
+    Ok,
+    Version(&'static str),
+    Stats(Vec<(String, String)>),
+    Invalid(Invalid),
+}
+
+/// The dialect encoders, chosen by the request's [`Reply`].
+pub fn encode(reply: &Reply, outcome: &Outcome, out: &mut BytesMut) {
+    match reply {
+        Reply::Text { noreply } => text::encode(*noreply, outcome, out),
+        Reply::Meta(m) => meta::encode(m, outcome, out),
+        Reply::Binary(b) => binary::encode(b, outcome, out),
+    }
+}
+
+/// Writes one hit of a get-family command.
+pub fn encode_hit(reply: &Reply, item: &ItemRef<'_>, with_cas: bool, out: &mut BytesMut) {
+    match reply {
+        Reply::Text { .. } => text::encode_hit(item, with_cas, out),
+        Reply::Meta(m) => meta::encode_hit(m, item, out),
+        Reply::Binary(b) => binary::encode_hit(b, item, out),
+    }
+}
+
+/// Writes one miss of a get-family command (text writes nothing).
+pub fn encode_miss(reply: &Reply, key: &Key, out: &mut BytesMut) {
+    match reply {
+        Reply::Text { .. } => {}
+        Reply::Meta(m) => meta::encode_miss(m, key, out),
+        Reply::Binary(b) => binary::encode_miss(b, key, out),
+    }
+}
+
+/// Ends a get-family command (text `END`).
+pub fn encode_end(reply: &Reply, out: &mut BytesMut) {
+    if let Reply::Text { .. } = reply {
+        out.extend_from_slice(b"END\r\n");
+    }
+}
+
+/// Parses a decimal unsigned number the way memcached's `safe_strtoull` does: digits only,
+/// no sign, no overflow.
+pub fn parse_u64(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(n)
+}
+
+/// `safe_strtoul` for 32-bit fields (flags).
+pub fn parse_u32(b: &[u8]) -> Option<u32> {
+    parse_u64(b).and_then(|n| u32::try_from(n).ok())
+}
+
+/// `safe_strtol`: an optional minus sign, then digits, within i32 (memcached's exptime and
+/// value lengths are C ints).
+pub fn parse_i32(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    let n = parse_u64(digits)? as i64;
+    let n = if neg { -n } else { n };
+    (i64::from(i32::MIN)..=i64::from(i32::MAX)).contains(&n).then_some(n)
+}
+
+/// Appends the decimal form of `n`.
+pub fn put_u64(out: &mut BytesMut, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+        assert_eq!(parse_u64(b"-1"), None);
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_i32(b"-5"), Some(-5));
+        assert_eq!(parse_i32(b"2147483648"), None);
+        let mut out = BytesMut::new();
+        put_u64(&mut out, 0);
+        out.extend_from_slice(b" ");
+        put_u64(&mut out, 1234567890);
+        assert_eq!(&out[..], b"0 1234567890");
+    }
+}

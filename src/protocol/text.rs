@@ -1,0 +1,353 @@
+//! The classic text protocol (and the line framing that meta commands share).
+//!
+//! Framing follows memcached: a command is one line ending in `\n` (a `\r` before it is
+//! dropped); storage commands are followed by a data block of exactly the announced length
+//! plus `\r\n`. Tokens are separated by spaces. Answers to malformed lines are memcached's own
+//! words, because clients match on them.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{meta, parse_i32, parse_u32, parse_u64, put_u64, Command, Invalid, Outcome, Reply};
+use super::{Request, StoreMode};
+use crate::key::Key;
+use crate::store::ItemRef;
+
+/// The longest command line memcached reads before giving up on it (its read buffer).
+pub const MAX_LINE: usize = 2048;
+/// Multi-key gets may be longer than [`MAX_LINE`] (memcached grows its buffer for them); this
+/// bounds what one connection can make us buffer.
+pub const MAX_GET_LINE: usize = 1 << 20;
+/// memcached's tokenizer keeps at most this many tokens per line for non-get commands.
+const MAX_TOKENS: usize = 24;
+
+/// Decoding problems that end the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error(transparent)]
+    Meta(#[from] meta::MetaError),
+}
+
+const BAD_FORMAT: Invalid = Invalid::Client("bad command line format");
+
+fn text(command: Command, noreply: bool) -> Request {
+    Request::new(command, Reply::Text { noreply })
+}
+
+fn invalid(inv: Invalid) -> Request {
+    text(Command::Invalid(inv), false)
+}
+
+/// Splits a line into token ranges the way memcached's `tokenize_command` does: on single
+/// spaces, skipping empty tokens.
+fn tokenize(line: &[u8], limit: usize, out: &mut Vec<Range<usize>>) {
+    let mut start = None;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b' ' {
+            if let Some(s) = start.take() {
+                out.push(s..i);
+                if out.len() == limit {
+                    return;
+                }
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        out.push(s..line.len());
+    }
+}
+
+/// Decodes one request from the front of `buf`. `max_value` is the `-I` limit: larger data
+/// blocks are not buffered but swallowed as they arrive.
+pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, TextError> {
+    let Some(nl) = memchr(b'\n', buf) else {
+        let limit = if is_get_line(buf) { MAX_GET_LINE } else { MAX_LINE };
+        if buf.len() > limit {
+            // Nothing sensible can follow an unterminated line this long: answer and close.
+            let mut req = invalid(Invalid::Client("line too long"));
+            req.close = true;
+            buf.clear();
+            return Ok(Some(req));
+        }
+        return Ok(None);
+    };
+    let line_end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    if is_meta(&buf[..line_end]) {
+        return Ok(meta::decode(buf, nl)?);
+    }
+    let mut tokens = Vec::with_capacity(8);
+    let limit = if is_get_line(buf) { usize::MAX } else { MAX_TOKENS };
+    tokenize(&buf[..line_end], limit, &mut tokens);
+    let Some(cmd) = tokens.first().map(|r| &buf[r.clone()]) else {
+        buf.advance_to(nl + 1);
+        return Ok(Some(invalid(Invalid::Unknown)));
+    };
+    let mode = match cmd {
+        b"set" => Some(StoreMode::Set),
+        b"add" => Some(StoreMode::Add),
+        b"replace" => Some(StoreMode::Replace),
+        b"append" => Some(StoreMode::Append),
+        b"prepend" => Some(StoreMode::Prepend),
+        b"cas" => Some(StoreMode::Cas),
+        _ => None,
+    };
+    if let Some(mode) = mode {
+        return Ok(decode_storage(buf, nl, &tokens, mode, max_value));
+    }
+    let line = buf.split_to(nl + 1).freeze();
+    Ok(Some(decode_line(&line, &tokens)))
+}
+
+trait AdvanceTo {
+    fn advance_to(&mut self, n: usize);
+}
+
+impl AdvanceTo for BytesMut {
+    fn advance_to(&mut self, n: usize) {
+        let _ = self.split_to(n);
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn is_get_line(buf: &[u8]) -> bool {
+    let trimmed = &buf[buf.iter().take_while(|&&b| b == b' ').count()..];
+    [&b"get "[..], b"gets ", b"gat ", b"gats "].iter().any(|p| trimmed.starts_with(p))
+}
+
+fn is_meta(line: &[u8]) -> bool {
+    line.len() >= 2
+        && line[0] == b'm'
+        && matches!(line[1], b'g' | b's' | b'd' | b'a' | b'n' | b'e')
+        && (line.len() == 2 || line[2] == b' ')
+}
+
+/// Whether the last token is `noreply` (memcached's `set_noreply_maybe`).
+fn noreply(line: &[u8], tokens: &[Range<usize>]) -> bool {
+    tokens.last().is_some_and(|r| &line[r.clone()] == b"noreply")
+}
+
+fn decode_storage(
+    buf: &mut BytesMut,
+    nl: usize,
+    tokens: &[Range<usize>],
+    mode: StoreMode,
+    max_value: usize,
+) -> Option<Request> {
+    let line = &buf[..nl];
+    let n = tokens.len();
+    let base = if mode == StoreMode::Cas { 6 } else { 5 };
+    if n != base && n != base + 1 {
+        buf.advance_to(nl + 1);
+        return Some(invalid(Invalid::Unknown));
+    }
+    let nr = noreply(line, tokens);
+    let tok = |i: usize| &line[tokens[i].clone()];
+    let key_tok = tokens[1].clone();
+    let (Some(flags), Some(exptime), Some(vlen)) =
+        (parse_u32(tok(2)), parse_i32(tok(3)), parse_i32(tok(4)))
+    else {
+        buf.advance_to(nl + 1);
+        return Some(text(Command::Invalid(BAD_FORMAT), nr));
+    };
+    let cas = if mode == StoreMode::Cas {
+        match parse_u64(tok(5)) {
+            Some(c) => c,
+            None => {
+                buf.advance_to(nl + 1);
+                return Some(text(Command::Invalid(BAD_FORMAT), nr));
+            }
+        }
+    } else {
+        0
+    };
+    if vlen < 0 || key_tok.len() > crate::key::MAX_KEY_LEN {
+        buf.advance_to(nl + 1);
+        return Some(text(Command::Invalid(BAD_FORMAT), nr));
+    }
+    let vlen = vlen as usize;
+    if vlen > max_value {
+        // Cannot be stored whatever the key: answer now and skip the data as it comes.
+        let line = buf.split_to(nl + 1).freeze();
+        let key = Key::parse(line.slice(key_tok)).ok();
+        let mut req = text(Command::TooLarge { mode, key }, nr);
+        req.swallow = vlen + 2;
+        return Some(req);
+    }
+    let total = nl + 1 + vlen + 2;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return None;
+    }
+    let frame = buf.split_to(total).freeze();
+    let key = match Key::parse(frame.slice(key_tok)) {
+        Ok(k) => k,
+        Err(_) => return Some(text(Command::Invalid(BAD_FORMAT), nr)),
+    };
+    if &frame[total - 2..] != b"\r\n" {
+        // memcached consumed vlen+2 bytes and found no CRLF at their end; so do we.
+        return Some(text(Command::Invalid(Invalid::Client("bad data chunk")), nr));
+    }
+    let value = frame.slice(nl + 1..nl + 1 + vlen);
+    Some(text(Command::Store { mode, key, flags, exptime, value, cas }, nr))
+}
+
+fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
+    let tok = |i: usize| &line[tokens[i].clone()];
+    let n = tokens.len();
+    let nr = noreply(line, tokens);
+    let key_at = |i: usize| Key::parse(line.slice(tokens[i].clone()));
+    match tok(0) {
+        b"get" | b"gets" if n >= 2 => get(line, &tokens[1..], None, tok(0) == b"gets"),
+        b"gat" | b"gats" if n >= 3 => match parse_i32(tok(1)) {
+            Some(exptime) => get(line, &tokens[2..], Some(exptime), tok(0) == b"gats"),
+            None => invalid(Invalid::Client("invalid exptime argument")),
+        },
+        b"delete" if (2..=4).contains(&n) => {
+            if n > 2 {
+                let hold_zero = tok(2) == b"0";
+                let valid = (n == 3 && (hold_zero || nr)) || (n == 4 && hold_zero && nr);
+                if !valid {
+                    return text(
+                        Command::Invalid(Invalid::Client(
+                            "bad command line format.  Usage: delete <key> [noreply]",
+                        )),
+                        nr,
+                    );
+                }
+            }
+            match key_at(1) {
+                Ok(key) => text(Command::Delete { key, cas: 0 }, nr),
+                Err(_) => text(Command::Invalid(BAD_FORMAT), nr),
+            }
+        }
+        b"incr" | b"decr" if n == 3 || n == 4 => {
+            let Ok(key) = key_at(1) else { return text(Command::Invalid(BAD_FORMAT), nr) };
+            match parse_u64(tok(2)) {
+                Some(delta) => {
+                    let incr = tok(0) == b"incr";
+                    text(Command::Arith { key, incr, delta, initial: None, cas: 0 }, nr)
+                }
+                None => text(Command::Invalid(Invalid::Client("invalid numeric delta argument")), nr),
+            }
+        }
+        b"touch" if n == 3 || n == 4 => {
+            let Ok(key) = key_at(1) else { return text(Command::Invalid(BAD_FORMAT), nr) };
+            match parse_i32(tok(2)) {
+                Some(exptime) => text(Command::Touch { key, exptime }, nr),
+                None => text(Command::Invalid(Invalid::Client("invalid exptime argument")), nr),
+            }
+        }
+        b"flush_all" if n <= 3 => {
+            let delay = if n == if nr { 2 } else { 1 } {
+                0
+            } else {
+                match parse_i32(tok(1)) {
+                    Some(d) => d,
+                    None => return text(Command::Invalid(BAD_FORMAT), nr),
+                }
+            };
+            text(Command::Flush { delay }, nr)
+        }
+        b"version" if n == 1 => text(Command::Version, false),
+        b"verbosity" if n == 2 || n == 3 => text(Command::Verbosity, nr),
+        b"stats" => {
+            let group = (n >= 2).then(|| line.slice(tokens[1].start..tokens[n - 1].end));
+            text(Command::Stats { group }, false)
+        }
+        b"quit" if n == 1 => {
+            let mut req = text(Command::Quit, true);
+            req.close = true;
+            req
+        }
+        b"shutdown" if n <= 2 => text(Command::Shutdown, false),
+        _ => invalid(Invalid::Unknown),
+    }
+}
+
+fn get(line: &Bytes, key_tokens: &[Range<usize>], touch: Option<i64>, cas: bool) -> Request {
+    let mut keys = Vec::with_capacity(key_tokens.len());
+    for r in key_tokens {
+        match Key::parse(line.slice(r.clone())) {
+            Ok(k) => keys.push(k),
+            Err(_) => return invalid(BAD_FORMAT),
+        }
+    }
+    text(Command::Get { keys, touch, cas }, false)
+}
+
+/// Writes the answer to a non-get command. `noreply` suppresses everything, errors
+/// included, as memcached's `out_string` does.
+pub fn encode(noreply: bool, outcome: &Outcome, out: &mut BytesMut) {
+    if noreply {
+        return;
+    }
+    let line: &[u8] = match outcome {
+        Outcome::Stored(_) => b"STORED",
+        Outcome::NotStored { .. } => b"NOT_STORED",
+        Outcome::Exists => b"EXISTS",
+        Outcome::NotFound => b"NOT_FOUND",
+        Outcome::Deleted => b"DELETED",
+        Outcome::Touched(_) => b"TOUCHED",
+        Outcome::Number(n, _) => {
+            put_u64(out, *n);
+            b""
+        }
+        Outcome::NonNumeric => b"CLIENT_ERROR cannot increment or decrement non-numeric value",
+        Outcome::TooLarge => b"SERVER_ERROR object too large for cache",
+        Outcome::OutOfMemory => b"SERVER_ERROR out of memory storing object",
+        Outcome::Ok => b"OK",
+        Outcome::Version(v) => {
+            out.extend_from_slice(b"VERSION ");
+            v.as_bytes()
+        }
+        Outcome::Stats(stats) => {
+            for (k, v) in stats {
+                out.extend_from_slice(b"STAT ");
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(b" ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            b"END"
+        }
+        Outcome::Invalid(Invalid::Unknown) => b"ERROR",
+        Outcome::Invalid(Invalid::Client(m)) => {
+            out.extend_from_slice(b"CLIENT_ERROR ");
+            m.as_bytes()
+        }
+        Outcome::Invalid(Invalid::Server(m)) => {
+            out.extend_from_slice(b"SERVER_ERROR ");
+            m.as_bytes()
+        }
+        Outcome::Invalid(Invalid::Raw(m)) => m.as_bytes(),
+    };
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`
+pub fn encode_hit(item: &ItemRef<'_>, with_cas: bool, out: &mut BytesMut) {
+    out.reserve(item.key.len() + item.value.len() + 64);
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(item.key);
+    out.extend_from_slice(b" ");
+    put_u64(out, u64::from(item.flags));
+    out.extend_from_slice(b" ");
+    put_u64(out, item.value.len() as u64);
+    if with_cas {
+        out.extend_from_slice(b" ");
+        put_u64(out, item.version.0);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(item.value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! One client connection: read bytes, decode requests, dispatch, write answers in order.
+//!
+//! Memory per connection is bounded: the read buffer holds at most one request line or one
+//! value (`-I`) beyond what has been decoded, a refused value is discarded as it arrives,
+//! and once pending answers pass [`WRITE_HIGH_WATER`] they are written out (waiting for the
+//! client to read them) before another request is decoded. A client that never reads
+//! therefore stalls only itself.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::dispatch::{self, After, Ctx};
+use super::stats::{Counter, LocalCounters};
+use super::Shared;
+use crate::protocol::{binary, text, Request};
+
+const READ_CHUNK: usize = 16 * 1024;
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// An accepted client socket.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Best-effort refusal message, then close.
+    pub async fn refuse(self, msg: &[u8]) {
+        match self {
+            Stream::Tcp(mut s) => {
+                let _ = s.try_write(msg);
+                let _ = s.shutdown().await;
+            }
+            Stream::Unix(mut s) => {
+                let _ = s.try_write(msg);
+                let _ = s.shutdown().await;
+            }
+        }
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, stream: Stream) {
+    match stream {
+        Stream::Tcp(s) => run(&shared, s).await,
+        Stream::Unix(s) => run(&shared, s).await,
+    }
+    shared.conns.curr.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// The dialect of a connection is fixed by its first byte, as in memcached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Text,
+    Binary,
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) {
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut counters = LocalCounters::default();
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut dialect = None;
+    let mut swallow = 0usize;
+    let max_value = shared.config.max_item_size;
+    loop {
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let read = tokio::select! {
+            r = stream.read_buf(&mut rbuf) => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(n) => counters.add(Counter::BytesRead, n as u64),
+            Err(e) => {
+                tracing::debug!(error = %e, "client read failed");
+                break;
+            }
+        }
+        let now = shared.clock().now_secs();
+        let mut close = false;
+        loop {
+            if swallow > 0 {
+                let n = swallow.min(rbuf.len());
+                rbuf.advance(n);
+                swallow -= n;
+                if swallow > 0 {
+                    break;
+                }
+            }
+            let Some(&first) = rbuf.first() else { break };
+            let d = *dialect.get_or_insert(if first == 0x80 { Dialect::Binary } else { Dialect::Text });
+            let decoded: Result<Option<Request>, String> = match d {
+                Dialect::Text => text::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
+                Dialect::Binary => binary::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
+            };
+            let req = match decoded {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "closing connection on a protocol error");
+                    close = true;
+                    break;
+                }
+            };
+            swallow = req.swallow;
+            let mut ctx = Ctx { shared, now, counters: &mut counters };
+            if dispatch::execute(&mut ctx, req, &mut wbuf) == After::Close {
+                close = true;
+                break;
+            }
+            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &mut counters).await
+            {
+                close = true;
+                break;
+            }
+        }
+        let ok = flush(&mut stream, &mut wbuf, &mut counters).await;
+        shared.counters.absorb(&mut counters);
+        if close || !ok {
+            break;
+        }
+    }
+    let _ = flush(&mut stream, &mut wbuf, &mut counters).await;
+    shared.counters.absorb(&mut counters);
+    let _ = stream.shutdown().await;
+}
+
+/// Writes out pending answers; `false` when the client is gone.
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    wbuf: &mut BytesMut,
+    counters: &mut LocalCounters,
+) -> bool {
+    if wbuf.is_empty() {
+        return true;
+    }
+    let ok = stream.write_all(wbuf).await.is_ok();
+    counters.add(Counter::BytesWritten, wbuf.len() as u64);
+    wbuf.clear();
+    ok
+}

@@ -1,0 +1,411 @@
+//! The dispatcher: memcached's command semantics, written once against the store.
+//!
+//! Every dialect's request arrives here as a [`Command`]; each command becomes a closure run
+//! by [`Store::mutate`] or [`Store::read`] under one shard lock, and its [`Outcome`] goes back
+//! to the dialect's encoder. This is the only module that joins protocol to store.
+
+use bytes::BytesMut;
+
+use crate::clock::Version;
+use crate::key::Key;
+use crate::protocol::{self, Command, Invalid, Outcome, Reply, Request, StoreMode};
+use crate::store::{ItemRef, Mutation, NewValue, Put, StoreError};
+
+use super::stats::{Counter, LocalCounters};
+use super::Shared;
+
+/// memcached's REALTIME_MAXDELTA: expiry times up to 30 days are relative.
+const RELATIVE_MAX: i64 = 60 * 60 * 24 * 30;
+
+/// What the connection must do after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    Close,
+}
+
+/// Everything a command needs: the shared server state, the time of this batch of requests
+/// and the connection's counters.
+pub struct Ctx<'a> {
+    pub shared: &'a Shared,
+    /// Unix seconds.
+    pub now: u32,
+    pub counters: &'a mut LocalCounters,
+}
+
+impl Ctx<'_> {
+    /// memcached's `realtime()`: 0 is never; negative is already expired; up to 30 days is
+    /// relative to now; anything larger is an absolute unix time.
+    pub fn expiry(&self, exptime: i64) -> u32 {
+        match exptime {
+            0 => 0,
+            e if e < 0 => 1,
+            e if e > RELATIVE_MAX => u32::try_from(e).unwrap_or(u32::MAX),
+            e => self.now.saturating_add(e as u32),
+        }
+    }
+
+    fn bump(&mut self, c: Counter) {
+        self.counters.bump(c);
+    }
+}
+
+/// Runs one request and writes its answer to `out`.
+pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
+    let reply = req.reply;
+    let outcome = match req.command {
+        Command::Get { keys, touch, cas } => {
+            get(ctx, &reply, &keys, touch, cas, out);
+            None
+        }
+        Command::Store { mode, key, flags, exptime, value, cas } => {
+            Some(store(ctx, mode, &key, flags, exptime, &value, cas))
+        }
+        Command::TooLarge { mode, key } => {
+            ctx.bump(Counter::StoreTooLarge);
+            if let (StoreMode::Set, Some(key)) = (mode, key) {
+                // memcached drops the old value rather than let a failed set leave it.
+                let _ = ctx.shared.store.mutate(key.as_bytes(), ctx.now, &ctx.shared.hlc, |_| {
+                    (Mutation::Delete, ())
+                });
+            }
+            Some(Outcome::TooLarge)
+        }
+        Command::Delete { key, cas } => Some(delete(ctx, &key, cas)),
+        Command::Arith { key, incr, delta, initial, cas } => {
+            Some(arith(ctx, &key, incr, delta, initial, cas))
+        }
+        Command::Touch { key, exptime } => Some(touch(ctx, &key, exptime)),
+        Command::Flush { delay } => Some(flush(ctx, delay)),
+        Command::Version => Some(Outcome::Version(super::VERSION)),
+        Command::Verbosity => Some(Outcome::Ok),
+        Command::Stats { group } => Some(super::report::stats(ctx, group.as_deref())),
+        Command::Noop => Some(Outcome::Ok),
+        Command::Quit => Some(Outcome::Ok),
+        Command::Shutdown => {
+            if ctx.shared.config.shutdown_enabled {
+                ctx.shared.request_shutdown();
+                return After::Close;
+            }
+            Some(Outcome::Invalid(Invalid::Raw("ERROR: shutdown not enabled")))
+        }
+        Command::Meta(cmd) => {
+            ctx.bump(Counter::CmdMeta);
+            let Reply::Meta(meta_reply) = &reply else {
+                unreachable_reply(out);
+                return After::Close;
+            };
+            return super::meta_dispatch::execute(ctx, cmd, meta_reply, out);
+        }
+        Command::Invalid(inv) => Some(Outcome::Invalid(inv)),
+    };
+    if let Some(outcome) = outcome {
+        protocol::encode(&reply, &outcome, out);
+    }
+    if req.close {
+        After::Close
+    } else {
+        After::Continue
+    }
+}
+
+/// A meta command decoded with a non-meta reply is a decoder bug; answer instead of panic.
+fn unreachable_reply(out: &mut BytesMut) {
+    out.extend_from_slice(b"SERVER_ERROR internal error\r\n");
+}
+
+fn get(
+    ctx: &mut Ctx<'_>,
+    reply: &Reply,
+    keys: &[Key],
+    touch: Option<i64>,
+    cas: bool,
+    out: &mut BytesMut,
+) {
+    let shared = ctx.shared;
+    let exptime = touch.map(|t| ctx.expiry(t));
+    for key in keys {
+        ctx.bump(Counter::CmdGet);
+        if let Some(exptime) = exptime {
+            ctx.bump(Counter::CmdTouch);
+            // A touch is a write (it gets a new version, so that it replicates by
+            // last-writer-wins); the read that follows returns the touched item.
+            let touched = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+                let m = match cur {
+                    Some(_) => touch_mutation(exptime),
+                    None => Mutation::Keep,
+                };
+                (m, cur.is_some())
+            });
+            let hit = matches!(touched, Ok((true, _)));
+            ctx.bump(if hit { Counter::TouchHits } else { Counter::TouchMisses });
+        }
+        let hit = shared.store.read(key.as_bytes(), ctx.now, true, |item| match item {
+            Some(item) => {
+                protocol::encode_hit(reply, &item, cas, out);
+                true
+            }
+            None => {
+                protocol::encode_miss(reply, key, out);
+                false
+            }
+        });
+        ctx.bump(if hit { Counter::GetHits } else { Counter::GetMisses });
+    }
+    protocol::encode_end(reply, out);
+}
+
+pub fn touch_mutation(exptime: u32) -> Mutation<'static> {
+    Mutation::Update { exptime: Some(exptime), set_bits: 0, clear_bits: 0, bump: true, version: None }
+}
+
+/// Whether a storage request is conditional on the item's CAS: the text `cas` command, or
+/// any binary set/add/replace/append/prepend carrying a nonzero CAS.
+fn checks_cas(mode: StoreMode, cas: u64) -> bool {
+    mode == StoreMode::Cas || cas != 0
+}
+
+/// The storage decision shared by every dialect: given the current item, what to write and
+/// what to answer.
+pub fn store_decision<'v>(
+    mode: StoreMode,
+    cur: Option<ItemRef<'_>>,
+    value: &'v [u8],
+    flags: u32,
+    exptime: u32,
+    cas: u64,
+) -> (Mutation<'v>, Outcome) {
+    let put = |value| {
+        Mutation::Put(Put { value, flags, exptime, bits: 0, version: None })
+    };
+    if checks_cas(mode, cas) {
+        let Some(cur) = cur else { return (Mutation::Keep, Outcome::NotFound) };
+        if cur.version.0 != cas {
+            return (Mutation::Keep, Outcome::Exists);
+        }
+    }
+    match (mode, cur) {
+        (StoreMode::Add, Some(_)) if !checks_cas(mode, cas) => {
+            (Mutation::Keep, Outcome::NotStored { exists: true })
+        }
+        (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
+            (Mutation::Keep, Outcome::NotStored { exists: false })
+        }
+        (StoreMode::Append, Some(cur)) => (
+            Mutation::Put(Put {
+                value: NewValue::Append(value),
+                flags: cur.flags,
+                exptime: cur.exptime,
+                bits: 0,
+                version: None,
+            }),
+            Outcome::Stored(Version::NONE),
+        ),
+        (StoreMode::Prepend, Some(cur)) => (
+            Mutation::Put(Put {
+                value: NewValue::Prepend(value),
+                flags: cur.flags,
+                exptime: cur.exptime,
+                bits: 0,
+                version: None,
+            }),
+            Outcome::Stored(Version::NONE),
+        ),
+        _ => (put(NewValue::Bytes(value)), Outcome::Stored(Version::NONE)),
+    }
+}
+
+fn store(
+    ctx: &mut Ctx<'_>,
+    mode: StoreMode,
+    key: &Key,
+    flags: u32,
+    exptime: i64,
+    value: &[u8],
+    cas: u64,
+) -> Outcome {
+    ctx.bump(Counter::CmdSet);
+    let shared = ctx.shared;
+    let exptime = ctx.expiry(exptime);
+    if shared.store.too_large(key.as_bytes().len(), value.len(), flags) {
+        ctx.bump(Counter::StoreTooLarge);
+        if mode == StoreMode::Set {
+            let _ = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |_| {
+                (Mutation::Delete, ())
+            });
+        }
+        return Outcome::TooLarge;
+    }
+    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+        store_decision(mode, cur, value, flags, exptime, cas)
+    });
+    let outcome = match result {
+        Ok((Outcome::Stored(_), v)) => Outcome::Stored(v),
+        Ok((o, _)) => o,
+        // An append that would outgrow the item limit is NOT_STORED in memcached.
+        Err(StoreError::TooLarge) if matches!(mode, StoreMode::Append | StoreMode::Prepend) => {
+            Outcome::NotStored { exists: false }
+        }
+        Err(StoreError::TooLarge) => Outcome::TooLarge,
+        Err(StoreError::OutOfMemory) => {
+            ctx.bump(Counter::StoreNoMemory);
+            Outcome::OutOfMemory
+        }
+    };
+    if checks_cas(mode, cas) {
+        ctx.bump(match outcome {
+            Outcome::Stored(_) => Counter::CasHits,
+            Outcome::Exists => Counter::CasBadval,
+            _ => Counter::CasMisses,
+        });
+    }
+    outcome
+}
+
+fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
+    let shared = ctx.shared;
+    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
+        None => (Mutation::Keep, Outcome::NotFound),
+        Some(cur) if cas != 0 && cur.version.0 != cas => (Mutation::Keep, Outcome::Exists),
+        Some(_) => (Mutation::Delete, Outcome::Deleted),
+    });
+    let outcome = result.map_or(Outcome::NotFound, |(o, _)| o);
+    ctx.bump(if outcome == Outcome::Deleted { Counter::DeleteHits } else { Counter::DeleteMisses });
+    outcome
+}
+
+/// memcached's `safe_strtoull` applied to a stored value: optional leading whitespace,
+/// digits, then the end or whitespace.
+pub fn parse_counter(value: &[u8]) -> Option<u64> {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &value[start..];
+    let rest = rest.strip_prefix(b"+").unwrap_or(rest);
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || rest.get(digits).is_some_and(|b| !b.is_ascii_whitespace()) {
+        return None;
+    }
+    protocol::parse_u64(&rest[..digits])
+}
+
+/// The digits of an incr/decr result, padded with spaces to the old length when shorter, as
+/// memcached does when it rewrites a counter in place.
+pub fn counter_bytes(n: u64, old_len: usize) -> Vec<u8> {
+    let mut digits = n.to_string().into_bytes();
+    if digits.len() < old_len {
+        digits.resize(old_len, b' ');
+    }
+    digits
+}
+
+fn arith(
+    ctx: &mut Ctx<'_>,
+    key: &Key,
+    incr: bool,
+    delta: u64,
+    initial: Option<(u64, i64)>,
+    cas: u64,
+) -> Outcome {
+    let shared = ctx.shared;
+    let initial = initial.map(|(n, e)| (n, ctx.expiry(e)));
+    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+        let Some(cur) = cur else {
+            return match initial {
+                Some((n, exptime)) => (
+                    Mutation::Put(Put {
+                        value: NewValue::Owned(n.to_string().into_bytes()),
+                        flags: 0,
+                        exptime,
+                        bits: 0,
+                        version: None,
+                    }),
+                    Outcome::Number(n, Version::NONE),
+                ),
+                None => (Mutation::Keep, Outcome::NotFound),
+            };
+        };
+        if cas != 0 && cur.version.0 != cas {
+            return (Mutation::Keep, Outcome::Exists);
+        }
+        let Some(old) = parse_counter(cur.value) else {
+            return (Mutation::Keep, Outcome::NonNumeric);
+        };
+        let n = if incr { old.wrapping_add(delta) } else { old.saturating_sub(delta) };
+        let put = Put {
+            value: NewValue::Owned(counter_bytes(n, cur.value.len())),
+            flags: cur.flags,
+            exptime: cur.exptime,
+            bits: 0,
+            version: None,
+        };
+        (Mutation::Put(put), Outcome::Number(n, Version::NONE))
+    });
+    let outcome = match result {
+        Ok((Outcome::Number(n, _), v)) => Outcome::Number(n, v),
+        Ok((o, _)) => o,
+        Err(StoreError::TooLarge) => Outcome::TooLarge,
+        Err(StoreError::OutOfMemory) => Outcome::OutOfMemory,
+    };
+    let hit = matches!(outcome, Outcome::Number(..) | Outcome::NonNumeric | Outcome::Exists);
+    ctx.bump(match (incr, hit) {
+        (true, true) => Counter::IncrHits,
+        (true, false) => Counter::IncrMisses,
+        (false, true) => Counter::DecrHits,
+        (false, false) => Counter::DecrMisses,
+    });
+    outcome
+}
+
+fn touch(ctx: &mut Ctx<'_>, key: &Key, exptime: i64) -> Outcome {
+    ctx.bump(Counter::CmdTouch);
+    let shared = ctx.shared;
+    let exptime = ctx.expiry(exptime);
+    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
+        Some(_) => (touch_mutation(exptime), true),
+        None => (Mutation::Keep, false),
+    });
+    match result {
+        Ok((true, v)) => {
+            ctx.bump(Counter::TouchHits);
+            Outcome::Touched(v)
+        }
+        _ => {
+            ctx.bump(Counter::TouchMisses);
+            Outcome::NotFound
+        }
+    }
+}
+
+fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
+    let shared = ctx.shared;
+    if !shared.config.flush_enabled {
+        return Outcome::Invalid(Invalid::Client("flush_all not allowed"));
+    }
+    ctx.bump(Counter::CmdFlush);
+    let at = if delay > 0 { ctx.expiry(delay) } else { ctx.now };
+    let version = if at > ctx.now {
+        // A delayed flush removes what was written before its time comes: its barrier is
+        // the first version of that second.
+        Version::at_unix_ms(u64::from(at) * 1000)
+    } else {
+        shared.hlc.tick()
+    };
+    shared.store.flush(version, at, ctx.now);
+    Outcome::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse_like_memcached() {
+        assert_eq!(parse_counter(b"12"), Some(12));
+        assert_eq!(parse_counter(b"9 "), Some(9));
+        assert_eq!(parse_counter(b" 7"), Some(7));
+        assert_eq!(parse_counter(b"12a"), None);
+        assert_eq!(parse_counter(b""), None);
+        assert_eq!(parse_counter(b"18446744073709551616"), None);
+        assert_eq!(counter_bytes(9, 2), b"9 ");
+        assert_eq!(counter_bytes(100, 2), b"100");
+    }
+}

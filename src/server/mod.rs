@@ -1,0 +1,305 @@
+//! The server: listeners, worker threads, connections, and the state they share.
+//!
+//! Threading follows memcached: an acceptor hands each new connection to one of `-t`
+//! worker threads, round-robin; each worker runs a single-threaded tokio runtime, so a
+//! connection never migrates and its requests never cross a thread. The store is shared by
+//! all workers behind its shard locks.
+
+mod connection;
+pub mod dispatch;
+mod meta_dispatch;
+mod report;
+pub mod stats;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::{Clock, Hlc, NodeId};
+use crate::config::Config;
+use crate::store::{Store, StoreConfig};
+use connection::Stream;
+use stats::{ConnStats, Counters};
+
+/// What `version` answers: the memcached release whose behaviour we follow, then our own.
+pub const VERSION: &str = concat!("1.6.45 meshcached-", env!("CARGO_PKG_VERSION"));
+
+/// How long a shutdown waits for connections to finish their in-flight replies.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the sweeper wakes, and how many slots per shard it looks at each time.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_BUDGET: usize = 256;
+
+/// State shared by every connection.
+pub struct Shared {
+    pub store: Store,
+    pub hlc: Hlc,
+    pub config: Config,
+    pub counters: Counters,
+    pub conns: ConnStats,
+    pub started_ms: u64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        self.hlc.clock()
+    }
+
+    /// Asks the whole server to stop (a signal, the `shutdown` command, a test).
+    pub fn request_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// A handle that stops a running [`Server`].
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shared>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.request_shutdown();
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    tcp: Vec<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
+}
+
+impl Server {
+    /// Binds the listeners now (so that a port-0 caller learns its port before `run`).
+    pub fn bind(config: Config, clock: Arc<dyn Clock>) -> io::Result<Server> {
+        let mut tcp = Vec::new();
+        let mut unix = None;
+        if let Some(path) = &config.unix_socket {
+            // A stale socket file from a previous run would make bind fail; memcached
+            // removes it too.
+            let _ = std::fs::remove_file(path);
+            let l = std::os::unix::net::UnixListener::bind(path)?;
+            l.set_nonblocking(true)?;
+            unix = Some(l);
+        } else {
+            for addr in &config.listen {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                tcp.push(l);
+            }
+        }
+        let store = Store::new(StoreConfig {
+            mem_limit: config.mem_limit,
+            max_item_size: config.max_item_size,
+            evict: config.evict,
+            cas_enabled: config.cas_enabled,
+            shards: 64,
+        });
+        // Node id 0: a standalone node (DESIGN.md section 1).
+        let hlc = Hlc::new(NodeId::default(), clock.clone());
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store,
+            hlc,
+            counters: Counters::default(),
+            conns: ConnStats::default(),
+            started_ms: clock.now_ms(),
+            config,
+            shutdown,
+        });
+        Ok(Server { shared, tcp, unix })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shared.clone())
+    }
+
+    /// Serves until shutdown is requested (signal, `shutdown` command or handle), then lets
+    /// connections finish the requests they have read and returns. Blocks the calling thread.
+    pub fn run(self, handle_signals: bool) -> io::Result<()> {
+        let threads = self.shared.config.threads;
+        let mut senders = Vec::with_capacity(threads);
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (tx, rx) = mpsc::unbounded_channel::<Stream>();
+            senders.push(tx);
+            let shared = self.shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("meshcached-worker-{i}"))
+                    .spawn(move || worker(shared, rx))?,
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let result = rt.block_on(accept_loop(self.shared.clone(), self.tcp, self.unix, senders, handle_signals));
+        for w in workers {
+            if w.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+        result
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    tcp: Vec<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
+    senders: Vec<mpsc::UnboundedSender<Stream>>,
+    handle_signals: bool,
+) -> io::Result<()> {
+    let (accepted_tx, mut accepted) = mpsc::channel::<Stream>(64);
+    let mut tasks = Vec::new();
+    for l in tcp {
+        let l = TcpListener::from_std(l)?;
+        tracing::info!(addr = %l.local_addr()?, "listening");
+        let tx = accepted_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        if tx.send(Stream::Tcp(s)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }));
+    }
+    if let Some(l) = unix {
+        let l = UnixListener::from_std(l)?;
+        tracing::info!(path = ?l.local_addr()?.as_pathname(), "listening on unix socket");
+        let tx = accepted_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        if tx.send(Stream::Unix(s)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }));
+    }
+    drop(accepted_tx);
+    let sweeper = tokio::spawn(sweep_loop(shared.clone()));
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            conn = accepted.recv() => {
+                let Some(conn) = conn else { break };
+                if let Some(conn) = admit(&shared, conn).await {
+                    let _ = senders[next % senders.len()].send(conn);
+                    next = next.wrapping_add(1);
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = signal(handle_signals) => {
+                tracing::info!("signal received, shutting down");
+                shared.request_shutdown();
+                break;
+            }
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    sweeper.abort();
+    // Dropping the senders lets each worker finish once its connections have.
+    drop(senders);
+    Ok(())
+}
+
+/// Errors from accept are transient (out of file descriptors, a connection reset before
+/// it was accepted): log, pause briefly so a full fd table does not spin, and go on.
+async fn accept_error(e: io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Applies the connection limit (`-c`): beyond it, memcached's refusal line, then close.
+async fn admit(shared: &Shared, conn: Stream) -> Option<Stream> {
+    let conns = &shared.conns;
+    if conns.curr.load(Ordering::Acquire) >= u64::from(shared.config.max_conns) {
+        conns.rejected.fetch_add(1, Ordering::Relaxed);
+        conn.refuse(b"ERROR Too many open connections\r\n").await;
+        return None;
+    }
+    conns.curr.fetch_add(1, Ordering::AcqRel);
+    conns.total.fetch_add(1, Ordering::Relaxed);
+    Some(conn)
+}
+
+async fn signal(enabled: bool) {
+    if !enabled {
+        return std::future::pending().await;
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop the server with the shutdown command");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let now = shared.clock().now_secs();
+        shared.store.sweep(now, SWEEP_BUDGET);
+    }
+}
+
+fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                conn = rx.recv() => match conn {
+                    Some(conn) => {
+                        let shared = shared.clone();
+                        conns.spawn(connection::serve(shared, conn));
+                    }
+                    None => break,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        // Shutdown: connections finish what they have read, bounded in time.
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period; closing them");
+        }
+    });
+}

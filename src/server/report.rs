@@ -1,0 +1,206 @@
+//! The `stats` family of replies, with memcached's field names and meanings.
+//!
+//! Fields memcached reports about machinery we do not have (slab rebalancing, the LRU
+//! crawler, extstore) are reported with the value memcached shows when that machinery is
+//! idle, so that dashboards and clients that expect the names keep working.
+
+use std::sync::atomic::Ordering;
+
+use crate::protocol::{Invalid, Outcome};
+
+use super::dispatch::Ctx;
+use super::stats::{rusage, Counter};
+use super::VERSION;
+
+type Stats = Vec<(String, String)>;
+
+fn push(out: &mut Stats, name: &str, value: impl ToString) {
+    out.push((name.to_string(), value.to_string()));
+}
+
+pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
+    // Make this connection's own counts visible in its own `stats` reply.
+    ctx.shared.counters.absorb(ctx.counters);
+    match group {
+        None => Outcome::Stats(general(ctx)),
+        Some(b"settings") => Outcome::Stats(settings(ctx)),
+        Some(b"items") => Outcome::Stats(items(ctx)),
+        Some(b"slabs") => Outcome::Stats(slabs(ctx)),
+        Some(b"sizes") => Outcome::Stats(Vec::new()),
+        Some(b"conns") => Outcome::Stats(Vec::new()),
+        Some(b"reset") => {
+            ctx.shared.counters.reset();
+            Outcome::Invalid(Invalid::Raw("RESET"))
+        }
+        _ => Outcome::Invalid(Invalid::Unknown),
+    }
+}
+
+fn general(ctx: &Ctx<'_>) -> Stats {
+    let shared = ctx.shared;
+    let cfg = &shared.config;
+    let store = shared.store.stats();
+    let c = |name: Counter| shared.counters.get(name);
+    let now_ms = shared.clock().now_ms();
+    let (user, system) = rusage();
+    let mut s = Vec::with_capacity(96);
+    push(&mut s, "pid", std::process::id());
+    push(&mut s, "uptime", now_ms.saturating_sub(shared.started_ms) / 1000);
+    push(&mut s, "time", ctx.now);
+    push(&mut s, "version", VERSION);
+    push(&mut s, "libevent", "tokio");
+    push(&mut s, "pointer_size", usize::BITS);
+    push(&mut s, "rusage_user", format!("{user:.6}"));
+    push(&mut s, "rusage_system", format!("{system:.6}"));
+    push(&mut s, "max_connections", cfg.max_conns);
+    push(&mut s, "curr_connections", shared.conns.curr.load(Ordering::Relaxed));
+    push(&mut s, "total_connections", shared.conns.total.load(Ordering::Relaxed));
+    push(&mut s, "rejected_connections", shared.conns.rejected.load(Ordering::Relaxed));
+    push(&mut s, "connection_structures", shared.conns.curr.load(Ordering::Relaxed));
+    push(&mut s, "response_obj_oom", 0);
+    push(&mut s, "response_obj_count", 0);
+    push(&mut s, "response_obj_bytes", 0);
+    push(&mut s, "read_buf_oom", 0);
+    push(&mut s, "reserved_fds", 0);
+    for &counter in &Counter::ALL[..5] {
+        push(&mut s, counter.stat_name(), c(counter));
+    }
+    push(&mut s, "get_hits", c(Counter::GetHits));
+    push(&mut s, "get_misses", c(Counter::GetMisses));
+    push(&mut s, "get_expired", store.get_expired);
+    push(&mut s, "get_flushed", store.get_flushed);
+    for &counter in &Counter::ALL[7..] {
+        push(&mut s, counter.stat_name(), c(counter));
+    }
+    push(&mut s, "auth_cmds", 0);
+    push(&mut s, "auth_errors", 0);
+    push(&mut s, "limit_maxbytes", cfg.mem_limit);
+    push(&mut s, "accepting_conns", 1);
+    push(&mut s, "listen_disabled_num", 0);
+    push(&mut s, "time_in_listen_disabled_us", 0);
+    push(&mut s, "threads", cfg.threads);
+    push(&mut s, "conn_yields", 0);
+    push(&mut s, "hash_power_level", 16);
+    push(&mut s, "hash_bytes", 524288);
+    push(&mut s, "hash_is_expanding", 0);
+    push(&mut s, "slab_reassign_rescues", 0);
+    push(&mut s, "slab_reassign_chunk_rescues", 0);
+    push(&mut s, "slab_reassign_evictions_nomem", 0);
+    push(&mut s, "slab_reassign_inline_reclaim", 0);
+    push(&mut s, "slab_reassign_busy_items", 0);
+    push(&mut s, "slab_reassign_busy_deletes", 0);
+    push(&mut s, "slab_reassign_running", 0);
+    push(&mut s, "slabs_moved", 0);
+    push(&mut s, "lru_crawler_running", 0);
+    push(&mut s, "lru_crawler_starts", 0);
+    push(&mut s, "lru_maintainer_juggles", 0);
+    push(&mut s, "malloc_fails", 0);
+    push(&mut s, "log_worker_dropped", 0);
+    push(&mut s, "log_worker_written", 0);
+    push(&mut s, "log_watcher_skipped", 0);
+    push(&mut s, "log_watcher_sent", 0);
+    push(&mut s, "log_watchers", 0);
+    push(&mut s, "unexpected_napi_ids", 0);
+    push(&mut s, "round_robin_fallback", 0);
+    push(&mut s, "bytes", store.bytes);
+    push(&mut s, "curr_items", store.curr_items);
+    push(&mut s, "total_items", store.total_items);
+    push(&mut s, "slab_global_page_pool", 0);
+    push(&mut s, "expired_unfetched", store.expired_unfetched);
+    push(&mut s, "evicted_unfetched", store.evicted_unfetched);
+    push(&mut s, "evicted_active", 0);
+    push(&mut s, "evictions", store.evictions);
+    push(&mut s, "reclaimed", store.reclaimed);
+    push(&mut s, "crawler_reclaimed", 0);
+    push(&mut s, "crawler_items_checked", 0);
+    push(&mut s, "lrutail_reflocked", 0);
+    push(&mut s, "moves_to_cold", 0);
+    push(&mut s, "moves_to_warm", 0);
+    push(&mut s, "moves_within_lru", 0);
+    push(&mut s, "direct_reclaims", 0);
+    push(&mut s, "lru_bumps_dropped", 0);
+    s
+}
+
+fn settings(ctx: &Ctx<'_>) -> Stats {
+    let cfg = &ctx.shared.config;
+    let on_off = |b: bool| if b { "yes" } else { "no" };
+    let mut s = Vec::with_capacity(48);
+    push(&mut s, "maxbytes", cfg.mem_limit);
+    push(&mut s, "maxconns", cfg.max_conns);
+    push(&mut s, "tcpport", cfg.listen.first().map_or(0, |a| a.port()));
+    push(&mut s, "udpport", 0);
+    let inter = cfg.listen.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(",");
+    push(&mut s, "inter", if inter.is_empty() { "NULL".to_string() } else { inter });
+    push(&mut s, "verbosity", cfg.verbose);
+    push(&mut s, "oldest", 0);
+    push(&mut s, "evictions", if cfg.evict { "on" } else { "off" });
+    let domain = cfg.unix_socket.as_ref().map_or("NULL".to_string(), |p| p.display().to_string());
+    push(&mut s, "domain_socket", domain);
+    push(&mut s, "umask", 700);
+    push(&mut s, "shutdown_command", on_off(cfg.shutdown_enabled));
+    push(&mut s, "growth_factor", "1.25");
+    push(&mut s, "chunk_size", 48);
+    push(&mut s, "num_threads", cfg.threads);
+    push(&mut s, "num_threads_per_udp", cfg.threads);
+    push(&mut s, "stat_key_prefix", ":");
+    push(&mut s, "detail_enabled", "no");
+    push(&mut s, "reqs_per_event", 20);
+    push(&mut s, "cas_enabled", on_off(cfg.cas_enabled));
+    push(&mut s, "tcp_backlog", 1024);
+    push(&mut s, "binding_protocol", "auto-negotiate");
+    push(&mut s, "auth_enabled_sasl", "no");
+    push(&mut s, "auth_enabled_ascii", "no");
+    push(&mut s, "item_size_max", cfg.max_item_size);
+    push(&mut s, "maxconns_fast", "yes");
+    push(&mut s, "hashpower_init", 0);
+    push(&mut s, "slab_reassign", "no");
+    push(&mut s, "slab_automove", 0);
+    push(&mut s, "lru_crawler", "no");
+    push(&mut s, "lru_maintainer_thread", "no");
+    push(&mut s, "hot_lru_pct", 20);
+    push(&mut s, "warm_lru_pct", 40);
+    push(&mut s, "temp_lru", "false");
+    push(&mut s, "flush_enabled", on_off(cfg.flush_enabled));
+    push(&mut s, "dump_enabled", "no");
+    push(&mut s, "idle_timeout", 0);
+    push(&mut s, "ssl_enabled", "no");
+    push(&mut s, "eviction_policy", "clock");
+    s
+}
+
+/// `stats items`: memcached reports per slab class; we have one class, reported as 1.
+fn items(ctx: &Ctx<'_>) -> Stats {
+    let st = ctx.shared.store.stats();
+    if st.curr_items == 0 {
+        return Vec::new();
+    }
+    let mut s = Vec::new();
+    let mut item = |name: &str, v: u64| push(&mut s, &format!("items:1:{name}"), v);
+    item("number", st.curr_items);
+    item("age", 0);
+    item("evicted", st.evictions);
+    item("evicted_nonzero", st.evicted_nonzero);
+    item("evicted_time", u64::from(st.last_evicted_age));
+    item("outofmemory", 0);
+    item("tailrepairs", 0);
+    item("reclaimed", st.reclaimed);
+    item("expired_unfetched", st.expired_unfetched);
+    item("evicted_unfetched", st.evicted_unfetched);
+    s
+}
+
+/// `stats slabs`: one pseudo slab class holding everything, plus the totals.
+fn slabs(ctx: &Ctx<'_>) -> Stats {
+    let st = ctx.shared.store.stats();
+    let mut s = Vec::new();
+    if st.curr_items > 0 {
+        let avg = st.bytes as u64 / st.curr_items.max(1);
+        push(&mut s, "1:chunk_size", avg);
+        push(&mut s, "1:used_chunks", st.curr_items);
+        push(&mut s, "1:mem_requested", st.bytes);
+    }
+    push(&mut s, "active_slabs", u64::from(st.curr_items > 0));
+    push(&mut s, "total_malloced", ctx.shared.store.used_bytes());
+    s
+}

@@ -1,0 +1,547 @@
+//! The in-memory item store: sharded, memory-bounded, versioned.
+//!
+//! The store knows nothing of protocols. It offers two entry points that run a closure under
+//! one shard lock: [`Store::read`] for lookups and [`Store::mutate`] for every change. The
+//! dispatcher expresses each memcached command as such a closure, so check-and-set, append or
+//! incr are atomic per key without the store knowing what they mean, and every write gets its
+//! version from the hybrid logical clock *inside* the lock: versions of one key therefore
+//! increase in the order the writes happened, which last-writer-wins replication relies on.
+//!
+//! Memory: every entry is charged `key + value + ENTRY_OVERHEAD` against one global budget
+//! (`-m`); when a write does not fit, the shard being written evicts by CLOCK (dead items first,
+//! then the least recently used as approximated by reference bits), then other shards are asked
+//! without waiting for their locks. With `-M` the write fails instead.
+//!
+//! Values are copied once, on insert, into an exact-sized allocation holding key and value:
+//! that is the one place where "compaction" happens, and it means a stored item never pins a
+//! connection's read buffer. memcached copies into its slabs at the same point.
+
+mod shard;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use hashbrown::DefaultHashBuilder;
+use std::hash::BuildHasher;
+
+use crate::clock::{Hlc, Version};
+use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
+pub use shard::{STALE, WIN_SENT};
+
+/// Bytes charged per entry beyond key and value: slot bookkeeping, allocator rounding and the
+/// hash table's share. Close to what one item really costs, so `-m` means what it says.
+pub const ENTRY_OVERHEAD: usize = 56;
+
+/// With `-M`, how many slots a write that does not fit may scan for dead items to reclaim.
+const DEAD_SCAN: usize = 64;
+
+fn entry_cost(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + ENTRY_OVERHEAD
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `-m`, in bytes.
+    pub mem_limit: usize,
+    /// `-I`, in bytes.
+    pub max_item_size: usize,
+    /// `false` with `-M`: refuse writes instead of evicting.
+    pub evict: bool,
+    /// Whether CAS is in use (`-C` turns it off); only changes the item-size arithmetic,
+    /// because memcached's items carry 8 more bytes with CAS on.
+    pub cas_enabled: bool,
+    pub shards: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            mem_limit: 64 << 20,
+            max_item_size: 1 << 20,
+            evict: true,
+            cas_enabled: true,
+            shards: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("object too large for cache")]
+    TooLarge,
+    #[error("out of memory storing object")]
+    OutOfMemory,
+}
+
+/// A borrowed view of a live item, valid while its shard is locked.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub flags: u32,
+    /// Absolute unix seconds; 0 = never.
+    pub exptime: u32,
+    pub version: Version,
+    /// Unix seconds of the last access before this one.
+    pub last_access: u32,
+    /// Whether it had been read before this access.
+    pub fetched: bool,
+    /// [`STALE`] and [`WIN_SENT`], the meta protocol's serve-stale bookkeeping.
+    pub bits: u8,
+}
+
+impl<'a> ItemRef<'a> {
+    fn of(slot: &'a Slot) -> Self {
+        Self {
+            key: slot.key(),
+            value: slot.value(),
+            flags: slot.flags,
+            exptime: slot.exptime,
+            version: Version(slot.version),
+            last_access: slot.last_access,
+            fetched: slot.bits & FETCHED != 0,
+            bits: slot.bits & (STALE | WIN_SENT),
+        }
+    }
+}
+
+/// The value of a [`Put`], composed with the current one where needed.
+#[derive(Debug, Clone)]
+pub enum NewValue<'a> {
+    Bytes(&'a [u8]),
+    Owned(Vec<u8>),
+    /// Current value followed by these bytes.
+    Append(&'a [u8]),
+    /// These bytes followed by the current value.
+    Prepend(&'a [u8]),
+}
+
+#[derive(Debug, Clone)]
+pub struct Put<'a> {
+    pub value: NewValue<'a>,
+    pub flags: u32,
+    /// Absolute unix seconds; 0 = never. One already past stores nothing (and removes the
+    /// current item): the write succeeds and is immediately expired, as in memcached.
+    pub exptime: u32,
+    /// [`STALE`] / [`WIN_SENT`] for the new item.
+    pub bits: u8,
+    /// A version chosen by the caller (meta `E`, standalone only); otherwise the clock ticks.
+    pub version: Option<Version>,
+}
+
+/// What a [`Store::mutate`] closure decides.
+#[derive(Debug, Clone)]
+pub enum Mutation<'a> {
+    /// Nothing changes.
+    Keep,
+    Put(Put<'a>),
+    /// Change the current item's metadata; ignored when there is none.
+    Update {
+        exptime: Option<u32>,
+        set_bits: u8,
+        clear_bits: u8,
+        /// Give it a new version (a new CAS), as touch and invalidation do.
+        bump: bool,
+        version: Option<Version>,
+    },
+    Delete,
+}
+
+/// Counters kept per shard under its lock; summed by [`Store::stats`].
+#[derive(Debug, Default, Clone)]
+pub struct ShardStats {
+    pub curr_items: u64,
+    pub total_items: u64,
+    pub bytes: usize,
+    pub evictions: u64,
+    pub evicted_unfetched: u64,
+    pub evicted_nonzero: u64,
+    pub expired_unfetched: u64,
+    pub reclaimed: u64,
+    pub last_evicted_age: u32,
+    pub get_expired: u64,
+    pub get_flushed: u64,
+}
+
+pub type StoreStats = ShardStats;
+
+/// A delayed `flush_all`: items older than `version` die at `at`.
+#[derive(Debug, Clone, Copy)]
+struct PendingFlush {
+    version: Version,
+    at: u32,
+}
+
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: DefaultHashBuilder,
+    cfg: StoreConfig,
+    used: AtomicUsize,
+    /// Items with a lower version are flushed.
+    flush_floor: AtomicU64,
+    /// Unix second at which `pending` becomes due; 0 when none is pending.
+    flush_due: AtomicU32,
+    pending: Mutex<Option<PendingFlush>>,
+    shard_shift: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard lock would be a bug, but the shard's invariants are kept
+    // between statements, so serving on is better than poisoning every later request.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store {
+    pub fn new(cfg: StoreConfig) -> Self {
+        let n = cfg.shards.max(1).next_power_of_two();
+        let shards = (0..n).map(|_| Mutex::new(Shard::default())).collect();
+        Self {
+            shards,
+            hasher: DefaultHashBuilder::default(),
+            shard_shift: n.trailing_zeros(),
+            cfg,
+            used: AtomicUsize::new(0),
+            flush_floor: AtomicU64::new(0),
+            flush_due: AtomicU32::new(0),
+            pending: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard comes from bits 40.. of the hash: hashbrown uses the low bits for the bucket
+    /// and the top 7 for its tag, so those must stay varied within a shard.
+    fn shard_of(&self, hash: u64) -> usize {
+        ((hash >> 40) as usize) & ((1 << self.shard_shift) - 1)
+    }
+
+    /// Whether memcached would refuse an item of this shape as too large (its header, CAS
+    /// and suffix arithmetic, so that the boundary matches byte for byte).
+    pub fn too_large(&self, key_len: usize, value_len: usize, flags: u32) -> bool {
+        let cas = if self.cfg.cas_enabled { 8 } else { 0 };
+        let suffix = if flags == 0 { 0 } else { 4 };
+        48 + cas + key_len + 1 + value_len + 2 + suffix > self.cfg.max_item_size
+    }
+
+    /// The version below which items are flushed, promoting a due delayed flush first.
+    fn flush_floor(&self, now: u32) -> u64 {
+        let due = self.flush_due.load(Ordering::Acquire);
+        if due != 0 && due <= now {
+            let mut pending = lock(&self.pending);
+            if let Some(p) = *pending {
+                if p.at <= now {
+                    self.flush_floor.fetch_max(p.version.0, Ordering::AcqRel);
+                    *pending = None;
+                    self.flush_due.store(0, Ordering::Release);
+                }
+            }
+        }
+        self.flush_floor.load(Ordering::Acquire)
+    }
+
+    /// Looks `key` up and hands the live item (or `None`) to `f` under the shard lock.
+    /// With `bump`, the access counts as a use: reference bit, fetched flag, access time.
+    pub fn read<R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        bump: bool,
+        f: impl FnOnce(Option<ItemRef<'_>>) -> R,
+    ) -> R {
+        let hash = self.hash(key);
+        let floor = self.flush_floor(now);
+        let mut shard = lock(&self.shards[self.shard_of(hash)]);
+        let Some(idx) = self.live_slot(&mut shard, hash, key, now, floor, true) else {
+            return f(None);
+        };
+        let r = f(Some(ItemRef::of(shard.slot(idx))));
+        if bump {
+            let slot = shard.slot_mut(idx);
+            slot.bits |= REFERENCED | FETCHED;
+            slot.last_access = now;
+        }
+        r
+    }
+
+    /// Finds the live slot for `key`, reclaiming it on the way if it is dead.
+    fn live_slot(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        key: &[u8],
+        now: u32,
+        floor: u64,
+        count_miss: bool,
+    ) -> Option<u32> {
+        let idx = shard.find(hash, key)?;
+        let slot = shard.slot(idx);
+        if !slot.is_dead(now, floor) {
+            return Some(idx);
+        }
+        if count_miss {
+            if slot.version < floor {
+                shard.stats.get_flushed += 1;
+            } else {
+                shard.stats.get_expired += 1;
+            }
+        }
+        let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now);
+        self.used.fetch_sub(freed, Ordering::AcqRel);
+        None
+    }
+
+    /// Runs `f` on the current item under the shard lock and applies what it decides.
+    /// Returns `f`'s result and the version of the key's resulting item
+    /// ([`Version::NONE`] when there is none).
+    pub fn mutate<'v, R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        hlc: &Hlc,
+        f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R),
+    ) -> Result<(R, Version), StoreError> {
+        let hash = self.hash(key);
+        let floor = self.flush_floor(now);
+        let shard_idx = self.shard_of(hash);
+        let mut shard = lock(&self.shards[shard_idx]);
+        let current = self.live_slot(&mut shard, hash, key, now, floor, false);
+        let (mutation, r) = f(current.map(|i| ItemRef::of(shard.slot(i))));
+        let version = match mutation {
+            Mutation::Keep => current.map_or(Version::NONE, |i| Version(shard.slot(i).version)),
+            Mutation::Delete => {
+                if let Some(idx) = current {
+                    let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
+                    self.used.fetch_sub(freed, Ordering::AcqRel);
+                }
+                Version::NONE
+            }
+            Mutation::Update { exptime, set_bits, clear_bits, bump, version } => {
+                let Some(idx) = current else { return Ok((r, Version::NONE)) };
+                if exptime.is_some_and(|e| e != 0 && e <= now) {
+                    let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
+                    self.used.fetch_sub(freed, Ordering::AcqRel);
+                    return Ok((r, Version::NONE));
+                }
+                let slot = shard.slot_mut(idx);
+                if let Some(e) = exptime {
+                    slot.exptime = e;
+                }
+                slot.bits = (slot.bits | set_bits) & !clear_bits;
+                if bump {
+                    slot.version = version.unwrap_or_else(|| hlc.tick()).0;
+                }
+                Version(slot.version)
+            }
+            Mutation::Put(put) => {
+                self.put(&mut shard, shard_idx, hash, key, current, put, now, floor, hlc)?
+            }
+        };
+        Ok((r, version))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        shard: &mut Shard,
+        shard_idx: usize,
+        hash: u64,
+        key: &[u8],
+        current: Option<u32>,
+        put: Put<'_>,
+        now: u32,
+        floor: u64,
+        hlc: &Hlc,
+    ) -> Result<Version, StoreError> {
+        let old_value = current.map_or(&[][..], |i| shard.slot(i).value());
+        let parts: [&[u8]; 2] = match &put.value {
+            NewValue::Bytes(v) => [v, &[]],
+            NewValue::Owned(v) => [v, &[]],
+            NewValue::Append(v) => [old_value, v],
+            NewValue::Prepend(v) => [v, old_value],
+        };
+        let value_len = parts[0].len() + parts[1].len();
+        if self.too_large(key.len(), value_len, put.flags) {
+            return Err(StoreError::TooLarge);
+        }
+        if put.exptime != 0 && put.exptime <= now {
+            // Stored and immediately expired: the observable effect is that the key is gone.
+            if let Some(idx) = current {
+                let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
+                self.used.fetch_sub(freed, Ordering::AcqRel);
+            }
+            return Ok(Version::NONE);
+        }
+        let mut data = Vec::with_capacity(key.len() + value_len);
+        data.extend_from_slice(key);
+        data.extend_from_slice(parts[0]);
+        data.extend_from_slice(parts[1]);
+        let new_cost = entry_cost(key.len(), value_len);
+        let old_cost = current.map_or(0, |i| shard.slot(i).cost());
+        if new_cost > old_cost {
+            self.reserve(shard, shard_idx, new_cost - old_cost, current, now, floor)?;
+        } else {
+            self.used.fetch_sub(old_cost - new_cost, Ordering::AcqRel);
+        }
+        let version = put.version.unwrap_or_else(|| hlc.tick());
+        let slot = Slot {
+            data: data.into_boxed_slice(),
+            version: version.0,
+            exptime: put.exptime,
+            flags: put.flags,
+            last_access: now,
+            // Key lengths are at most 250 (crate::key), so they fit in a u8.
+            key_len: key.len() as u8,
+            bits: put.bits & (STALE | WIN_SENT),
+        };
+        if let Some(idx) = current {
+            // Replacing in place keeps the slot (and its table entry); fix the counters the
+            // way a remove plus insert would.
+            shard.stats.bytes = shard.stats.bytes - old_cost + new_cost;
+            shard.stats.total_items += 1;
+            *shard.slot_mut(idx) = slot;
+        } else {
+            let hasher = |k: &[u8]| self.hash(k);
+            shard.insert(hash, slot, &hasher);
+        }
+        Ok(version)
+    }
+
+    /// Makes room for `need` more bytes, evicting if allowed.
+    fn reserve(
+        &self,
+        shard: &mut Shard,
+        shard_idx: usize,
+        need: usize,
+        keep: Option<u32>,
+        now: u32,
+        floor: u64,
+    ) -> Result<(), StoreError> {
+        let hasher = |k: &[u8]| self.hash(k);
+        loop {
+            let used = self.used.load(Ordering::Acquire);
+            if used + need <= self.cfg.mem_limit {
+                if self
+                    .used
+                    .compare_exchange_weak(used, used + need, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.cfg.evict {
+                // Even with -M, dead items are fair game: they are not data.
+                let freed = shard.sweep(DEAD_SCAN, now, floor, &hasher);
+                if freed > 0 {
+                    self.used.fetch_sub(freed, Ordering::AcqRel);
+                    continue;
+                }
+                return Err(StoreError::OutOfMemory);
+            }
+            if let Some(freed) = shard.evict_one(keep, now, floor, &hasher) {
+                self.used.fetch_sub(freed, Ordering::AcqRel);
+                continue;
+            }
+            // This shard has nothing left to give; ask the others without blocking on them
+            // (blocking could deadlock against a writer doing the same the other way round).
+            let mut freed_any = false;
+            for (i, other) in self.shards.iter().enumerate() {
+                if i == shard_idx {
+                    continue;
+                }
+                if let Ok(mut other) = other.try_lock() {
+                    if let Some(freed) = other.evict_one(None, now, floor, &hasher) {
+                        self.used.fetch_sub(freed, Ordering::AcqRel);
+                        freed_any = true;
+                        break;
+                    }
+                }
+            }
+            if !freed_any {
+                return Err(StoreError::OutOfMemory);
+            }
+        }
+    }
+
+    /// `flush_all`: every item older than `version` is gone once `at` (unix seconds) has
+    /// come; `at <= now` means at once. A newer delayed flush replaces a pending one, as in
+    /// memcached, where only one flush time is kept.
+    pub fn flush(&self, version: Version, at: u32, now: u32) {
+        let mut pending = lock(&self.pending);
+        if at <= now {
+            self.flush_floor.fetch_max(version.0, Ordering::AcqRel);
+            *pending = None;
+            self.flush_due.store(0, Ordering::Release);
+        } else {
+            *pending = Some(PendingFlush { version, at });
+            self.flush_due.store(at, Ordering::Release);
+        }
+    }
+
+    /// Reclaims expired and flushed items in up to `budget` slots of every shard, one lock
+    /// at a time; the background sweeper calls this often with a small budget so that no
+    /// lock is held for long.
+    pub fn sweep(&self, now: u32, budget: usize) -> usize {
+        let floor = self.flush_floor(now);
+        let hasher = |k: &[u8]| self.hash(k);
+        let mut freed = 0;
+        for shard in self.shards.iter() {
+            let f = lock(shard).sweep(budget, now, floor, &hasher);
+            self.used.fetch_sub(f, Ordering::AcqRel);
+            freed += f;
+        }
+        freed
+    }
+
+    /// Bytes charged against the memory limit.
+    pub fn used_bytes(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let mut total = StoreStats::default();
+        for shard in self.shards.iter() {
+            let s = &lock(shard).stats;
+            total.curr_items += s.curr_items;
+            total.total_items += s.total_items;
+            total.bytes += s.bytes;
+            total.evictions += s.evictions;
+            total.evicted_unfetched += s.evicted_unfetched;
+            total.evicted_nonzero += s.evicted_nonzero;
+            total.expired_unfetched += s.expired_unfetched;
+            total.reclaimed += s.reclaimed;
+            total.last_evicted_age = total.last_evicted_age.max(s.last_evicted_age);
+            total.get_expired += s.get_expired;
+            total.get_flushed += s.get_flushed;
+        }
+        total
+    }
+
+    /// Every live item as (key, value, flags, exptime, version), in no particular order. For
+    /// tests and debugging: it copies the whole store.
+    pub fn dump(&self, now: u32) -> Vec<(Vec<u8>, Vec<u8>, u32, u32, Version)> {
+        let floor = self.flush_floor(now);
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            out.extend(shard.live(now, floor).map(|s| {
+                (s.key().to_vec(), s.value().to_vec(), s.flags, s.exptime, Version(s.version))
+            }));
+        }
+        out
+    }
+
+    /// Slots allocated across shards (live or free); a diagnostic.
+    pub fn slot_count(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).slot_count()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! Store tests: semantics by example, and the store against a `HashMap` model with time
+//! advancing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::clock::{Clock, ManualClock, NodeId, HLC_EPOCH_MS};
+
+const T0: u64 = HLC_EPOCH_MS + 1_000_000_000;
+
+fn store(mem: usize, evict: bool) -> (Store, Hlc, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let hlc = Hlc::new(NodeId::default(), clock.clone());
+    let cfg = StoreConfig { mem_limit: mem, evict, shards: 4, ..StoreConfig::default() };
+    (Store::new(cfg), hlc, clock)
+}
+
+fn set(s: &Store, hlc: &Hlc, now: u32, key: &[u8], value: &[u8], exptime: u32) -> Result<Version, StoreError> {
+    s.mutate(key, now, hlc, |_| {
+        let put = Put { value: NewValue::Bytes(value), flags: 0, exptime, bits: 0, version: None };
+        (Mutation::Put(put), ())
+    })
+    .map(|(_, v)| v)
+}
+
+fn get(s: &Store, now: u32, key: &[u8]) -> Option<(Vec<u8>, Version)> {
+    s.read(key, now, true, |i| i.map(|i| (i.value.to_vec(), i.version)))
+}
+
+#[test]
+fn set_get_delete() {
+    let (s, hlc, clock) = store(64 << 20, true);
+    let now = clock.now_secs();
+    let v1 = set(&s, &hlc, now, b"k", b"hello", 0).unwrap();
+    assert_eq!(get(&s, now, b"k"), Some((b"hello".to_vec(), v1)));
+    let v2 = set(&s, &hlc, now, b"k", b"world", 0).unwrap();
+    assert!(v2 > v1);
+    let (_, v) = s.mutate(b"k", now, &hlc, |_| (Mutation::Delete, ())).unwrap();
+    assert_eq!(v, Version::NONE);
+    assert_eq!(get(&s, now, b"k"), None);
+    assert_eq!(s.stats().curr_items, 0);
+    assert_eq!(s.used_bytes(), 0);
+}
+
+#[test]
+fn append_prepend_compose() {
+    let (s, hlc, clock) = store(64 << 20, true);
+    let now = clock.now_secs();
+    set(&s, &hlc, now, b"k", b"mid", 0).unwrap();
+    for (v, expect) in [(NewValue::Append(b">"), &b"mid>"[..]), (NewValue::Prepend(b"<"), b"<mid>")] {
+        s.mutate(b"k", now, &hlc, |_| {
+            (Mutation::Put(Put { value: v, flags: 0, exptime: 0, bits: 0, version: None }), ())
+        })
+        .unwrap();
+        assert_eq!(get(&s, now, b"k").unwrap().0, expect);
+    }
+}
+
+#[test]
+fn expiry_is_lazy_and_swept() {
+    let (s, hlc, clock) = store(64 << 20, true);
+    let now = clock.now_secs();
+    set(&s, &hlc, now, b"a", b"1", now + 2).unwrap();
+    set(&s, &hlc, now, b"b", b"2", now + 2).unwrap();
+    assert!(get(&s, now + 1, b"a").is_some());
+    assert!(get(&s, now + 2, b"a").is_none());
+    assert_eq!(s.stats().get_expired, 1);
+    // b was never read again: the sweeper reclaims it.
+    s.sweep(now + 2, 1000);
+    assert_eq!(s.stats().curr_items, 0);
+    assert_eq!(s.used_bytes(), 0);
+    // Storing with an exptime already past leaves nothing.
+    set(&s, &hlc, now, b"c", b"3", 1).unwrap();
+    assert!(get(&s, now, b"c").is_none());
+}
+
+#[test]
+fn flush_now_and_delayed() {
+    let (s, hlc, clock) = store(64 << 20, true);
+    let now = clock.now_secs();
+    set(&s, &hlc, now, b"old", b"1", 0).unwrap();
+    s.flush(hlc.tick(), now, now);
+    assert!(get(&s, now, b"old").is_none());
+    set(&s, &hlc, now, b"new", b"2", 0).unwrap();
+    assert!(get(&s, now, b"new").is_some());
+    // Delayed: items written before the due second die when it comes.
+    s.flush(Version::at_unix_ms(u64::from(now + 5) * 1000), now + 5, now);
+    assert!(get(&s, now + 4, b"new").is_some());
+    assert!(get(&s, now + 5, b"new").is_none());
+}
+
+#[test]
+fn evicts_least_recently_used_under_pressure() {
+    let value = vec![b'x'; 1000];
+    let (s, hlc, clock) = store(1 << 20, true);
+    let now = clock.now_secs();
+    for i in 0..2000u32 {
+        let key = format!("key{i}");
+        set(&s, &hlc, now, key.as_bytes(), &value, 0).unwrap();
+        // Keep key0 hot.
+        get(&s, now, b"key0");
+        assert!(s.used_bytes() <= 1 << 20);
+    }
+    let st = s.stats();
+    assert!(st.evictions > 900, "evictions {}", st.evictions);
+    assert!(get(&s, now, b"key0").is_some(), "a hot key survives CLOCK eviction");
+    assert!(get(&s, now, b"key1999").is_some(), "the newest key is present");
+}
+
+#[test]
+fn no_evict_mode_refuses() {
+    let value = vec![b'x'; 1000];
+    let (s, hlc, clock) = store(1 << 20, false);
+    let now = clock.now_secs();
+    let mut refused = 0;
+    for i in 0..2000u32 {
+        match set(&s, &hlc, now, format!("k{i}").as_bytes(), &value, 0) {
+            Ok(_) => {}
+            Err(StoreError::OutOfMemory) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(refused > 900);
+    assert_eq!(s.stats().evictions, 0);
+    assert!(get(&s, now, b"k0").is_some(), "nothing was evicted");
+}
+
+#[test]
+fn too_large_matches_memcached_arithmetic() {
+    let (s, _, _) = store(64 << 20, true);
+    // 48 header + 8 cas + key+1 + value+2 must fit in 1 MiB.
+    let max_value = (1 << 20) - 48 - 8 - 2 - 2;
+    assert!(!s.too_large(1, max_value, 0));
+    assert!(s.too_large(1, max_value + 1, 0));
+    assert!(s.too_large(1, max_value, 1), "nonzero flags add a 4-byte suffix");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set(u8, Vec<u8>, u8),
+    Delete(u8),
+    Append(u8, Vec<u8>),
+    Get(u8),
+    Advance(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0u8..16;
+    let val = proptest::collection::vec(any::<u8>(), 0..40);
+    prop_oneof![
+        (key.clone(), val.clone(), 0u8..5).prop_map(|(k, v, t)| Op::Set(k, v, t)),
+        key.clone().prop_map(Op::Delete),
+        (key.clone(), val).prop_map(|(k, v)| Op::Append(k, v)),
+        key.prop_map(Op::Get),
+        (0u8..3).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    /// The store behaves like a HashMap of (value, expiry), with time advancing.
+    #[test]
+    fn matches_hashmap_model(ops in proptest::collection::vec(op(), 1..300)) {
+        let (s, hlc, clock) = store(64 << 20, true);
+        let mut model: HashMap<u8, (Vec<u8>, u32)> = HashMap::new();
+        for op in ops {
+            let now = clock.now_secs();
+            model.retain(|_, (_, e)| *e == 0 || *e > now);
+            match op {
+                Op::Set(k, v, ttl) => {
+                    let exptime = if ttl == 0 { 0 } else { now + u32::from(ttl) };
+                    set(&s, &hlc, now, &[k], &v, exptime).unwrap();
+                    model.insert(k, (v, exptime));
+                }
+                Op::Delete(k) => {
+                    s.mutate(&[k], now, &hlc, |_| (Mutation::Delete, ())).unwrap();
+                    model.remove(&k);
+                }
+                Op::Append(k, v) => {
+                    let exists = model.contains_key(&k);
+                    s.mutate(&[k], now, &hlc, |cur| match cur {
+                        Some(c) => (Mutation::Put(Put { value: NewValue::Append(&v), flags: 0, exptime: c.exptime, bits: 0, version: None }), ()),
+                        None => (Mutation::Keep, ()),
+                    }).unwrap();
+                    if exists {
+                        model.get_mut(&k).unwrap().0.extend_from_slice(&v);
+                    }
+                }
+                Op::Get(k) => {
+                    let got = get(&s, now, &[k]).map(|(v, _)| v);
+                    prop_assert_eq!(got, model.get(&k).map(|(v, _)| v.clone()));
+                }
+                Op::Advance(secs) => clock.advance(std::time::Duration::from_secs(u64::from(secs))),
+            }
+        }
+        let now = clock.now_secs();
+        model.retain(|_, (_, e)| *e == 0 || *e > now);
+        let mut dump: Vec<_> = s.dump(now).into_iter().map(|(k, v, ..)| (k[0], v)).collect();
+        dump.sort();
+        let mut expect: Vec<_> = model.into_iter().map(|(k, (v, _))| (k, v)).collect();
+        expect.sort();
+        prop_assert_eq!(dump, expect);
+    }
+}
