@@ -204,9 +204,9 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
     let key_at = |i: usize| Key::parse(line.slice(tokens[i].clone()));
     match tok(0) {
         b"get" | b"gets" if n >= 2 => get(line, &tokens[1..], None, tok(0) == b"gets"),
-        b"gat" | b"gats" if n >= 3 => match parse_i32(tok(1)) {
-            Some(exptime) => get(line, &tokens[2..], Some(exptime), tok(0) == b"gats"),
-            None => invalid(Invalid::Client("invalid exptime argument")),
+        b"gat" | b"gats" if n >= 2 => match parse_i32(tok(1)) {
+            Some(exptime) if n >= 3 => get(line, &tokens[2..], Some(exptime), tok(0) == b"gats"),
+            _ => invalid(Invalid::Client("invalid exptime argument")),
         },
         b"delete" if (2..=4).contains(&n) => {
             if n > 2 {
@@ -249,18 +249,19 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             } else {
                 match parse_i32(tok(1)) {
                     Some(d) => d,
-                    None => return text(Command::Invalid(BAD_FORMAT), nr),
+                    None => return text(Command::Invalid(Invalid::Client("invalid exptime argument")), nr),
                 }
             };
             text(Command::Flush { delay }, nr)
         }
-        b"version" if n == 1 => text(Command::Version, false),
+        // memcached ignores anything after `version` and `quit`.
+        b"version" => text(Command::Version, false),
         b"verbosity" if n == 2 || n == 3 => text(Command::Verbosity, nr),
         b"stats" => {
             let group = (n >= 2).then(|| line.slice(tokens[1].start..tokens[n - 1].end));
             text(Command::Stats { group }, false)
         }
-        b"quit" if n == 1 => {
+        b"quit" => {
             let mut req = text(Command::Quit, true);
             req.close = true;
             req
