@@ -53,7 +53,7 @@ impl Shared {
 
     /// Asks the whole server to stop (a signal, the `shutdown` command, a test).
     pub fn request_shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
     }
 }
 
@@ -201,6 +201,8 @@ async fn accept_loop(
     drop(accepted_tx);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
     let mut shutdown = shared.shutdown.subscribe();
+    let signal = signal(handle_signals);
+    tokio::pin!(signal);
     let mut next = 0usize;
     loop {
         tokio::select! {
@@ -212,7 +214,7 @@ async fn accept_loop(
                 }
             }
             _ = shutdown.wait_for(|s| *s) => break,
-            _ = signal(handle_signals) => {
+            _ = &mut signal => {
                 tracing::info!("signal received, shutting down");
                 shared.request_shutdown();
                 break;

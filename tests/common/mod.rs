@@ -1,0 +1,167 @@
+//! Shared test harness: the real `meshcached` binary as a child process on a free loopback
+//! port, a small blocking client, and `eventually` for bounded polling (never fixed sleeps).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `cond` until it holds or `deadline` passes; panics with `what` on time-out.
+pub fn eventually(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    panic!("timed out after {deadline:?} waiting for: {what}");
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_meshcached")
+}
+
+/// A running `meshcached` process, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts the binary on a free port with extra flags and waits until it accepts.
+    pub fn start(extra: &[&str]) -> Node {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(binary())
+                .args(["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn meshcached");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let end = Instant::now() + DEADLINE;
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // lost the port race, or bad flags: try another port
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    return Node { child, addr };
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("meshcached did not start with {extra:?}");
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit, within the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < end, "meshcached did not exit in time");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking client with read time-outs, for exact byte-level exchanges.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads until the accumulated input ends with `end`; returns it all.
+    pub fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        let mut chunk = [0u8; 64 * 1024];
+        while !self.buf.ends_with(end) {
+            let n = self.stream.read(&mut chunk).expect("read (timed out?)");
+            assert!(n > 0, "connection closed; got so far: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Sends a request and returns its reply up to and including the line `end`.
+    pub fn call(&mut self, req: &[u8], end: &[u8]) -> String {
+        self.send(req);
+        String::from_utf8_lossy(&self.read_until(end)).into_owned()
+    }
+
+    /// Sends one line and returns the one-line reply.
+    pub fn line(&mut self, req: &str) -> String {
+        self.call(format!("{req}\r\n").as_bytes(), b"\r\n")
+    }
+
+    /// `stats` as name/value pairs.
+    pub fn stats(&mut self) -> std::collections::HashMap<String, String> {
+        let out = self.call(b"stats\r\n", b"END\r\n");
+        out.lines()
+            .filter_map(|l| l.strip_prefix("STAT "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Reads to end of stream; true if the server closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.stream.read_to_end(&mut rest), Ok(_))
+    }
+}
