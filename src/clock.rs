@@ -57,7 +57,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: u64) -> Self {
-        Self { ms: AtomicU64::new(start_ms) }
+        Self {
+            ms: AtomicU64::new(start_ms),
+        }
     }
 
     pub fn advance(&self, by: Duration) {
@@ -153,14 +155,21 @@ impl fmt::Debug for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hlc")
             .field("node", &self.node)
-            .field("last", &Version(self.last.load(Ordering::Relaxed) << NODE_BITS))
+            .field(
+                "last",
+                &Version(self.last.load(Ordering::Relaxed) << NODE_BITS),
+            )
             .finish()
     }
 }
 
 impl Hlc {
     pub fn new(node: NodeId, clock: Arc<dyn Clock>) -> Self {
-        Self { node, last: AtomicU64::new(0), clock }
+        Self {
+            node,
+            last: AtomicU64::new(0),
+            clock,
+        }
     }
 
     pub fn node(&self) -> NodeId {
@@ -181,7 +190,9 @@ impl Hlc {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);
-            match self.last.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => return Version((next << NODE_BITS) | u64::from(self.node.0)),
                 Err(seen) => last = seen,
@@ -197,7 +208,11 @@ impl Hlc {
         let limit_ms = max_skew.as_millis() as u64;
         let ahead_ms = remote.physical_ms().saturating_sub(now_ms);
         if ahead_ms > limit_ms {
-            return Err(ClockSkewError { version: remote, ahead_ms, limit_ms });
+            return Err(ClockSkewError {
+                version: remote,
+                ahead_ms,
+                limit_ms,
+            });
         }
         self.last.fetch_max(remote.stamp(), Ordering::AcqRel);
         Ok(())

@@ -165,7 +165,10 @@ impl Config {
             return Err(ConfigError::ItemSize(args.max_item_size.clone()));
         }
         if max_item_size > mem_limit {
-            return Err(ConfigError::ItemOverMemory { item: max_item_size, mem: mem_limit });
+            return Err(ConfigError::ItemOverMemory {
+                item: max_item_size,
+                mem: mem_limit,
+            });
         }
         if args.threads == 0 || args.threads > 256 {
             return Err(ConfigError::Threads);
@@ -174,7 +177,12 @@ impl Config {
             return Err(ConfigError::Conns);
         }
         let mut listen = Vec::new();
-        for part in args.listen.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for part in args
+            .listen
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let addr = match part.parse::<SocketAddr>() {
                 Ok(a) => a,
                 Err(_) => {
@@ -229,8 +237,20 @@ mod tests {
 
     #[test]
     fn sizes_and_flags() {
-        let c = parse(&["-m", "128", "-I", "2m", "-M", "-C", "-F", "-p", "0", "-l", "127.0.0.2"])
-            .unwrap();
+        let c = parse(&[
+            "-m",
+            "128",
+            "-I",
+            "2m",
+            "-M",
+            "-C",
+            "-F",
+            "-p",
+            "0",
+            "-l",
+            "127.0.0.2",
+        ])
+        .unwrap();
         assert_eq!(c.mem_limit, 128 << 20);
         assert_eq!(c.max_item_size, 2 << 20);
         assert!(!c.evict && !c.cas_enabled && !c.flush_enabled);
@@ -242,12 +262,24 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert!(matches!(parse(&["-U", "11211"]), Err(ConfigError::Udp(11211))));
+        assert!(matches!(
+            parse(&["-U", "11211"]),
+            Err(ConfigError::Udp(11211))
+        ));
         assert!(parse(&["-U", "0"]).is_ok());
         assert!(matches!(parse(&["-I", "1x"]), Err(ConfigError::Size(_))));
-        assert!(matches!(parse(&["-I", "100"]), Err(ConfigError::ItemSize(_))));
+        assert!(matches!(
+            parse(&["-I", "100"]),
+            Err(ConfigError::ItemSize(_))
+        ));
         assert!(matches!(parse(&["-t", "0"]), Err(ConfigError::Threads)));
-        assert!(matches!(parse(&["-l", "nowhere"]), Err(ConfigError::Listen(_))));
-        assert!(matches!(parse(&["-m", "2", "-I", "4m"]), Err(ConfigError::ItemOverMemory { .. })));
+        assert!(matches!(
+            parse(&["-l", "nowhere"]),
+            Err(ConfigError::Listen(_))
+        ));
+        assert!(matches!(
+            parse(&["-m", "2", "-I", "4m"]),
+            Err(ConfigError::ItemOverMemory { .. })
+        ));
     }
 }

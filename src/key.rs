@@ -78,9 +78,18 @@ mod tests {
         assert!(Key::parse(Bytes::from_static(b"a")).is_ok());
         assert_eq!(Key::parse(Bytes::new()), Err(KeyError::Empty));
         assert!(Key::parse(Bytes::from(vec![b'k'; 250])).is_ok());
-        assert_eq!(Key::parse(Bytes::from(vec![b'k'; 251])), Err(KeyError::TooLong));
-        assert_eq!(Key::parse(Bytes::from_static(b"a\tb")), Err(KeyError::BadChar));
-        assert_eq!(Key::parse(Bytes::from_static(b"a b")), Err(KeyError::BadChar));
+        assert_eq!(
+            Key::parse(Bytes::from(vec![b'k'; 251])),
+            Err(KeyError::TooLong)
+        );
+        assert_eq!(
+            Key::parse(Bytes::from_static(b"a\tb")),
+            Err(KeyError::BadChar)
+        );
+        assert_eq!(
+            Key::parse(Bytes::from_static(b"a b")),
+            Err(KeyError::BadChar)
+        );
         assert!(Key::binary(Bytes::from_static(b"a \x00b")).is_ok());
     }
 }

@@ -35,22 +35,52 @@ pub enum StoreMode {
 pub enum Command {
     /// get/gets (text), get/getk/getq/getkq (binary); with `touch`, gat/gats. `cas`: the
     /// text reply carries CAS values (gets, gats); binary replies always do.
-    Get { keys: Vec<Key>, touch: Option<i64>, cas: bool },
+    Get {
+        keys: Vec<Key>,
+        touch: Option<i64>,
+        cas: bool,
+    },
     /// set/add/replace/append/prepend/cas. A nonzero `cas` makes any mode conditional on it
     /// (the binary protocol allows CAS on set, replace, append...).
-    Store { mode: StoreMode, key: Key, flags: u32, exptime: i64, value: Bytes, cas: u64 },
+    Store {
+        mode: StoreMode,
+        key: Key,
+        flags: u32,
+        exptime: i64,
+        value: Bytes,
+        cas: u64,
+    },
     /// A storage command whose value cannot be stored (larger than `-I`); its data block is
     /// skipped by the connection. A `set` still removes the old item, as memcached does.
-    TooLarge { mode: StoreMode, key: Option<Key> },
-    Delete { key: Key, cas: u64 },
+    TooLarge {
+        mode: StoreMode,
+        key: Option<Key>,
+    },
+    Delete {
+        key: Key,
+        cas: u64,
+    },
     /// incr/decr. `initial` (binary only): create with this value and expiry on a miss.
-    Arith { key: Key, incr: bool, delta: u64, initial: Option<(u64, i64)>, cas: u64 },
-    Touch { key: Key, exptime: i64 },
+    Arith {
+        key: Key,
+        incr: bool,
+        delta: u64,
+        initial: Option<(u64, i64)>,
+        cas: u64,
+    },
+    Touch {
+        key: Key,
+        exptime: i64,
+    },
     /// flush_all; `delay` in memcached exptime form (relative seconds or absolute time).
-    Flush { delay: i64 },
+    Flush {
+        delay: i64,
+    },
     Version,
     Verbosity,
-    Stats { group: Option<Bytes> },
+    Stats {
+        group: Option<Bytes>,
+    },
     Noop,
     Quit,
     Shutdown,
@@ -92,7 +122,12 @@ pub struct Request {
 
 impl Request {
     pub fn new(command: Command, reply: Reply) -> Self {
-        Self { command, reply, close: false, swallow: 0 }
+        Self {
+            command,
+            reply,
+            close: false,
+            swallow: 0,
+        }
     }
 }
 
@@ -103,7 +138,9 @@ pub enum Outcome {
     Stored(Version),
     /// A storage condition failed: `exists` for add (the item is there), otherwise replace,
     /// append or prepend found no item.
-    NotStored { exists: bool },
+    NotStored {
+        exists: bool,
+    },
     /// A CAS mismatch.
     Exists,
     NotFound,
@@ -183,7 +220,9 @@ pub fn parse_i32(b: &[u8]) -> Option<i64> {
     };
     let n = parse_u64(digits)? as i64;
     let n = if neg { -n } else { n };
-    (i64::from(i32::MIN)..=i64::from(i32::MAX)).contains(&n).then_some(n)
+    (i64::from(i32::MIN)..=i64::from(i32::MAX))
+        .contains(&n)
+        .then_some(n)
 }
 
 /// Appends the decimal form of `n`.

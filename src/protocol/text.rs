@@ -64,7 +64,11 @@ fn tokenize(line: &[u8], limit: usize, out: &mut Vec<Range<usize>>) {
 /// blocks are not buffered but swallowed as they arrive.
 pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, TextError> {
     let Some(nl) = memchr(b'\n', buf) else {
-        let limit = if is_get_line(buf) { MAX_GET_LINE } else { MAX_LINE };
+        let limit = if is_get_line(buf) {
+            MAX_GET_LINE
+        } else {
+            MAX_LINE
+        };
         if buf.len() > limit {
             // Nothing sensible can follow an unterminated line this long: answer and close.
             let mut req = invalid(Invalid::Client("line too long"));
@@ -74,12 +78,20 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, T
         }
         return Ok(None);
     };
-    let line_end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
     if is_meta(&buf[..line_end]) {
         return Ok(meta::decode(buf, nl)?);
     }
     let mut tokens = Vec::with_capacity(8);
-    let limit = if is_get_line(buf) { usize::MAX } else { MAX_TOKENS };
+    let limit = if is_get_line(buf) {
+        usize::MAX
+    } else {
+        MAX_TOKENS
+    };
     tokenize(&buf[..line_end], limit, &mut tokens);
     let Some(cmd) = tokens.first().map(|r| &buf[r.clone()]) else {
         buf.advance_to(nl + 1);
@@ -117,7 +129,9 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 
 fn is_get_line(buf: &[u8]) -> bool {
     let trimmed = &buf[buf.iter().take_while(|&&b| b == b' ').count()..];
-    [&b"get "[..], b"gets ", b"gat ", b"gats "].iter().any(|p| trimmed.starts_with(p))
+    [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|p| trimmed.starts_with(p))
 }
 
 fn is_meta(line: &[u8]) -> bool {
@@ -129,7 +143,9 @@ fn is_meta(line: &[u8]) -> bool {
 
 /// Whether the last token is `noreply` (memcached's `set_noreply_maybe`).
 fn noreply(line: &[u8], tokens: &[Range<usize>]) -> bool {
-    tokens.last().is_some_and(|r| &line[r.clone()] == b"noreply")
+    tokens
+        .last()
+        .is_some_and(|r| &line[r.clone()] == b"noreply")
 }
 
 fn decode_storage(
@@ -191,10 +207,23 @@ fn decode_storage(
     };
     if &frame[total - 2..] != b"\r\n" {
         // memcached consumed vlen+2 bytes and found no CRLF at their end; so do we.
-        return Some(text(Command::Invalid(Invalid::Client("bad data chunk")), nr));
+        return Some(text(
+            Command::Invalid(Invalid::Client("bad data chunk")),
+            nr,
+        ));
     }
     let value = frame.slice(nl + 1..nl + 1 + vlen);
-    Some(text(Command::Store { mode, key, flags, exptime, value, cas }, nr))
+    Some(text(
+        Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+            cas,
+        },
+        nr,
+    ))
 }
 
 fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
@@ -227,20 +256,39 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             }
         }
         b"incr" | b"decr" if n == 3 || n == 4 => {
-            let Ok(key) = key_at(1) else { return text(Command::Invalid(BAD_FORMAT), nr) };
+            let Ok(key) = key_at(1) else {
+                return text(Command::Invalid(BAD_FORMAT), nr);
+            };
             match parse_u64(tok(2)) {
                 Some(delta) => {
                     let incr = tok(0) == b"incr";
-                    text(Command::Arith { key, incr, delta, initial: None, cas: 0 }, nr)
+                    text(
+                        Command::Arith {
+                            key,
+                            incr,
+                            delta,
+                            initial: None,
+                            cas: 0,
+                        },
+                        nr,
+                    )
                 }
-                None => text(Command::Invalid(Invalid::Client("invalid numeric delta argument")), nr),
+                None => text(
+                    Command::Invalid(Invalid::Client("invalid numeric delta argument")),
+                    nr,
+                ),
             }
         }
         b"touch" if n == 3 || n == 4 => {
-            let Ok(key) = key_at(1) else { return text(Command::Invalid(BAD_FORMAT), nr) };
+            let Ok(key) = key_at(1) else {
+                return text(Command::Invalid(BAD_FORMAT), nr);
+            };
             match parse_i32(tok(2)) {
                 Some(exptime) => text(Command::Touch { key, exptime }, nr),
-                None => text(Command::Invalid(Invalid::Client("invalid exptime argument")), nr),
+                None => text(
+                    Command::Invalid(Invalid::Client("invalid exptime argument")),
+                    nr,
+                ),
             }
         }
         b"flush_all" if n <= 3 => {
@@ -249,7 +297,12 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             } else {
                 match parse_i32(tok(1)) {
                     Some(d) => d,
-                    None => return text(Command::Invalid(Invalid::Client("invalid exptime argument")), nr),
+                    None => {
+                        return text(
+                            Command::Invalid(Invalid::Client("invalid exptime argument")),
+                            nr,
+                        )
+                    }
                 }
             };
             text(Command::Flush { delay }, nr)

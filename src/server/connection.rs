@@ -94,7 +94,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                 }
             }
             let Some(&first) = rbuf.first() else { break };
-            let d = *dialect.get_or_insert(if first == 0x80 { Dialect::Binary } else { Dialect::Text });
+            let d = *dialect.get_or_insert(if first == 0x80 {
+                Dialect::Binary
+            } else {
+                Dialect::Text
+            });
             let decoded: Result<Option<Request>, String> = match d {
                 Dialect::Text => text::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
                 Dialect::Binary => binary::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
@@ -109,7 +113,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                 }
             };
             swallow = req.swallow;
-            let mut ctx = Ctx { shared, now, counters: &mut counters };
+            let mut ctx = Ctx {
+                shared,
+                now,
+                counters: &mut counters,
+            };
             if dispatch::execute(&mut ctx, req, &mut wbuf) == After::Close {
                 close = true;
                 break;

@@ -48,6 +48,31 @@ impl Ctx<'_> {
     fn bump(&mut self, c: Counter) {
         self.counters.bump(c);
     }
+
+    /// The item as clients may see it: with `-C` its CAS reads as 0 (memcached's items have
+    /// no CAS then), although the version is still kept for replication.
+    pub fn visible<'i>(&self, item: ItemRef<'i>) -> ItemRef<'i> {
+        if self.shared.config.cas_enabled {
+            item
+        } else {
+            ItemRef {
+                version: Version::NONE,
+                ..item
+            }
+        }
+    }
+
+    fn visible_outcome(&self, outcome: Outcome) -> Outcome {
+        if self.shared.config.cas_enabled {
+            return outcome;
+        }
+        match outcome {
+            Outcome::Stored(_) => Outcome::Stored(Version::NONE),
+            Outcome::Touched(_) => Outcome::Touched(Version::NONE),
+            Outcome::Number(n, _) => Outcome::Number(n, Version::NONE),
+            other => other,
+        }
+    }
 }
 
 /// Runs one request and writes its answer to `out`.
@@ -58,23 +83,35 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
             get(ctx, &reply, &keys, touch, cas, out);
             None
         }
-        Command::Store { mode, key, flags, exptime, value, cas } => {
-            Some(store(ctx, mode, &key, flags, exptime, &value, cas))
-        }
+        Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+            cas,
+        } => Some(store(ctx, mode, &key, flags, exptime, &value, cas)),
         Command::TooLarge { mode, key } => {
             ctx.bump(Counter::StoreTooLarge);
             if let (StoreMode::Set, Some(key)) = (mode, key) {
                 // memcached drops the old value rather than let a failed set leave it.
-                let _ = ctx.shared.store.mutate(key.as_bytes(), ctx.now, &ctx.shared.hlc, |_| {
-                    (Mutation::Delete, ())
-                });
+                let _ = ctx
+                    .shared
+                    .store
+                    .mutate(key.as_bytes(), ctx.now, &ctx.shared.hlc, |_| {
+                        (Mutation::Delete, ())
+                    });
             }
             Some(Outcome::TooLarge)
         }
         Command::Delete { key, cas } => Some(delete(ctx, &key, cas)),
-        Command::Arith { key, incr, delta, initial, cas } => {
-            Some(arith(ctx, &key, incr, delta, initial, cas))
-        }
+        Command::Arith {
+            key,
+            incr,
+            delta,
+            initial,
+            cas,
+        } => Some(arith(ctx, &key, incr, delta, initial, cas)),
         Command::Touch { key, exptime } => Some(touch(ctx, &key, exptime)),
         Command::Flush { delay } => Some(flush(ctx, delay)),
         Command::Version => Some(Outcome::Version(super::VERSION)),
@@ -87,7 +124,9 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
                 ctx.shared.request_shutdown();
                 return After::Close;
             }
-            Some(Outcome::Invalid(Invalid::Raw("ERROR: shutdown not enabled")))
+            Some(Outcome::Invalid(Invalid::Raw(
+                "ERROR: shutdown not enabled",
+            )))
         }
         Command::Meta(cmd) => {
             ctx.bump(Counter::CmdMeta);
@@ -100,7 +139,7 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
         Command::Invalid(inv) => Some(Outcome::Invalid(inv)),
     };
     if let Some(outcome) = outcome {
-        protocol::encode(&reply, &outcome, out);
+        protocol::encode(&reply, &ctx.visible_outcome(outcome), out);
     }
     if req.close {
         After::Close
@@ -130,33 +169,51 @@ fn get(
             ctx.bump(Counter::CmdTouch);
             // A touch is a write (it gets a new version, so that it replicates by
             // last-writer-wins); the read that follows returns the touched item.
-            let touched = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-                let m = match cur {
-                    Some(_) => touch_mutation(exptime),
-                    None => Mutation::Keep,
-                };
-                (m, cur.is_some())
-            });
+            let touched = shared
+                .store
+                .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+                    let m = match cur {
+                        Some(_) => touch_mutation(exptime),
+                        None => Mutation::Keep,
+                    };
+                    (m, cur.is_some())
+                });
             let hit = matches!(touched, Ok((true, _)));
-            ctx.bump(if hit { Counter::TouchHits } else { Counter::TouchMisses });
+            ctx.bump(if hit {
+                Counter::TouchHits
+            } else {
+                Counter::TouchMisses
+            });
         }
-        let hit = shared.store.read(key.as_bytes(), ctx.now, true, |item| match item {
-            Some(item) => {
-                protocol::encode_hit(reply, &item, cas, out);
-                true
-            }
-            None => {
-                protocol::encode_miss(reply, key, out);
-                false
-            }
+        let hit = shared
+            .store
+            .read(key.as_bytes(), ctx.now, true, |item| match item {
+                Some(item) => {
+                    protocol::encode_hit(reply, &ctx.visible(item), cas, out);
+                    true
+                }
+                None => {
+                    protocol::encode_miss(reply, key, out);
+                    false
+                }
+            });
+        ctx.bump(if hit {
+            Counter::GetHits
+        } else {
+            Counter::GetMisses
         });
-        ctx.bump(if hit { Counter::GetHits } else { Counter::GetMisses });
     }
     protocol::encode_end(reply, out);
 }
 
 pub fn touch_mutation(exptime: u32) -> Mutation<'static> {
-    Mutation::Update { exptime: Some(exptime), set_bits: 0, clear_bits: 0, bump: true, version: None }
+    Mutation::Update {
+        exptime: Some(exptime),
+        set_bits: 0,
+        clear_bits: 0,
+        bump: true,
+        version: None,
+    }
 }
 
 /// Whether a storage request is conditional on the item's CAS: the text `cas` command, or
@@ -176,10 +233,18 @@ pub fn store_decision<'v>(
     cas: u64,
 ) -> (Mutation<'v>, Outcome) {
     let put = |value| {
-        Mutation::Put(Put { value, flags, exptime, bits: 0, version: None })
+        Mutation::Put(Put {
+            value,
+            flags,
+            exptime,
+            bits: 0,
+            version: None,
+        })
     };
     if checks_cas(mode, cas) {
-        let Some(cur) = cur else { return (Mutation::Keep, Outcome::NotFound) };
+        let Some(cur) = cur else {
+            return (Mutation::Keep, Outcome::NotFound);
+        };
         if cur.version.0 != cas {
             return (Mutation::Keep, Outcome::Exists);
         }
@@ -227,18 +292,32 @@ fn store(
     ctx.bump(Counter::CmdSet);
     let shared = ctx.shared;
     let exptime = ctx.expiry(exptime);
-    if shared.store.too_large(key.as_bytes().len(), value.len(), flags) {
+    if shared
+        .store
+        .too_large(key.as_bytes().len(), value.len(), flags)
+    {
         ctx.bump(Counter::StoreTooLarge);
         if mode == StoreMode::Set {
-            let _ = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |_| {
-                (Mutation::Delete, ())
-            });
+            let _ = shared
+                .store
+                .mutate(key.as_bytes(), ctx.now, &shared.hlc, |_| {
+                    (Mutation::Delete, ())
+                });
         }
         return Outcome::TooLarge;
     }
-    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-        store_decision(mode, cur, value, flags, exptime, cas)
-    });
+    let result = shared
+        .store
+        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+            store_decision(
+                mode,
+                cur.map(|c| ctx.visible(c)),
+                value,
+                flags,
+                exptime,
+                cas,
+            )
+        });
     let outcome = match result {
         Ok((Outcome::Stored(_), v)) => Outcome::Stored(v),
         Ok((o, _)) => o,
@@ -264,13 +343,21 @@ fn store(
 
 fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
     let shared = ctx.shared;
-    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
-        None => (Mutation::Keep, Outcome::NotFound),
-        Some(cur) if cas != 0 && cur.version.0 != cas => (Mutation::Keep, Outcome::Exists),
-        Some(_) => (Mutation::Delete, Outcome::Deleted),
-    });
+    let result = shared
+        .store
+        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+            match cur.map(|c| ctx.visible(c)) {
+                None => (Mutation::Keep, Outcome::NotFound),
+                Some(cur) if cas != 0 && cur.version.0 != cas => (Mutation::Keep, Outcome::Exists),
+                Some(_) => (Mutation::Delete, Outcome::Deleted),
+            }
+        });
     let outcome = result.map_or(Outcome::NotFound, |(o, _)| o);
-    ctx.bump(if outcome == Outcome::Deleted { Counter::DeleteHits } else { Counter::DeleteMisses });
+    ctx.bump(if outcome == Outcome::Deleted {
+        Counter::DeleteHits
+    } else {
+        Counter::DeleteMisses
+    });
     outcome
 }
 
@@ -307,45 +394,54 @@ fn arith(
 ) -> Outcome {
     let shared = ctx.shared;
     let initial = initial.map(|(n, e)| (n, ctx.expiry(e)));
-    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-        let Some(cur) = cur else {
-            return match initial {
-                Some((n, exptime)) => (
-                    Mutation::Put(Put {
-                        value: NewValue::Owned(n.to_string().into_bytes()),
-                        flags: 0,
-                        exptime,
-                        bits: 0,
-                        version: None,
-                    }),
-                    Outcome::Number(n, Version::NONE),
-                ),
-                None => (Mutation::Keep, Outcome::NotFound),
+    let result = shared
+        .store
+        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+            let Some(cur) = cur else {
+                return match initial {
+                    Some((n, exptime)) => (
+                        Mutation::Put(Put {
+                            value: NewValue::Owned(n.to_string().into_bytes()),
+                            flags: 0,
+                            exptime,
+                            bits: 0,
+                            version: None,
+                        }),
+                        Outcome::Number(n, Version::NONE),
+                    ),
+                    None => (Mutation::Keep, Outcome::NotFound),
+                };
             };
-        };
-        if cas != 0 && cur.version.0 != cas {
-            return (Mutation::Keep, Outcome::Exists);
-        }
-        let Some(old) = parse_counter(cur.value) else {
-            return (Mutation::Keep, Outcome::NonNumeric);
-        };
-        let n = if incr { old.wrapping_add(delta) } else { old.saturating_sub(delta) };
-        let put = Put {
-            value: NewValue::Owned(counter_bytes(n, cur.value.len())),
-            flags: cur.flags,
-            exptime: cur.exptime,
-            bits: 0,
-            version: None,
-        };
-        (Mutation::Put(put), Outcome::Number(n, Version::NONE))
-    });
+            if cas != 0 && ctx.visible(cur).version.0 != cas {
+                return (Mutation::Keep, Outcome::Exists);
+            }
+            let Some(old) = parse_counter(cur.value) else {
+                return (Mutation::Keep, Outcome::NonNumeric);
+            };
+            let n = if incr {
+                old.wrapping_add(delta)
+            } else {
+                old.saturating_sub(delta)
+            };
+            let put = Put {
+                value: NewValue::Owned(counter_bytes(n, cur.value.len())),
+                flags: cur.flags,
+                exptime: cur.exptime,
+                bits: 0,
+                version: None,
+            };
+            (Mutation::Put(put), Outcome::Number(n, Version::NONE))
+        });
     let outcome = match result {
         Ok((Outcome::Number(n, _), v)) => Outcome::Number(n, v),
         Ok((o, _)) => o,
         Err(StoreError::TooLarge) => Outcome::TooLarge,
         Err(StoreError::OutOfMemory) => Outcome::OutOfMemory,
     };
-    let hit = matches!(outcome, Outcome::Number(..) | Outcome::NonNumeric | Outcome::Exists);
+    let hit = matches!(
+        outcome,
+        Outcome::Number(..) | Outcome::NonNumeric | Outcome::Exists
+    );
     ctx.bump(match (incr, hit) {
         (true, true) => Counter::IncrHits,
         (true, false) => Counter::IncrMisses,
@@ -359,10 +455,12 @@ fn touch(ctx: &mut Ctx<'_>, key: &Key, exptime: i64) -> Outcome {
     ctx.bump(Counter::CmdTouch);
     let shared = ctx.shared;
     let exptime = ctx.expiry(exptime);
-    let result = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
-        Some(_) => (touch_mutation(exptime), true),
-        None => (Mutation::Keep, false),
-    });
+    let result = shared
+        .store
+        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
+            Some(_) => (touch_mutation(exptime), true),
+            None => (Mutation::Keep, false),
+        });
     match result {
         Ok((true, v)) => {
             ctx.bump(Counter::TouchHits);
@@ -381,7 +479,11 @@ fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
         return Outcome::Invalid(Invalid::Client("flush_all not allowed"));
     }
     ctx.bump(Counter::CmdFlush);
-    let at = if delay > 0 { ctx.expiry(delay) } else { ctx.now };
+    let at = if delay > 0 {
+        ctx.expiry(delay)
+    } else {
+        ctx.now
+    };
     let version = if at > ctx.now {
         // A delayed flush removes what was written before its time comes: its barrier is
         // the first version of that second.

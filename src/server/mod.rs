@@ -116,7 +116,10 @@ impl Server {
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -143,8 +146,16 @@ impl Server {
                     .spawn(move || worker(shared, rx))?,
             );
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let result = rt.block_on(accept_loop(self.shared.clone(), self.tcp, self.unix, senders, handle_signals));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let result = rt.block_on(accept_loop(
+            self.shared.clone(),
+            self.tcp,
+            self.unix,
+            senders,
+            handle_signals,
+        ));
         for w in workers {
             if w.join().is_err() {
                 tracing::error!("a worker thread panicked");
@@ -255,10 +266,13 @@ async fn signal(enabled: bool) {
         return std::future::pending().await;
     }
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop the server with the shutdown command");
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "cannot install signal handlers; stop the server with the shutdown command"
+        );
         return std::future::pending().await;
     };
     tokio::select! {
@@ -277,7 +291,10 @@ async fn sweep_loop(shared: Arc<Shared>) {
 }
 
 fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");

@@ -45,7 +45,11 @@ fn general(ctx: &Ctx<'_>) -> Stats {
     let (user, system) = rusage();
     let mut s = Vec::with_capacity(96);
     push(&mut s, "pid", std::process::id());
-    push(&mut s, "uptime", now_ms.saturating_sub(shared.started_ms) / 1000);
+    push(
+        &mut s,
+        "uptime",
+        now_ms.saturating_sub(shared.started_ms) / 1000,
+    );
     push(&mut s, "time", ctx.now);
     push(&mut s, "version", VERSION);
     push(&mut s, "libevent", "tokio");
@@ -53,10 +57,26 @@ fn general(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "rusage_user", format!("{user:.6}"));
     push(&mut s, "rusage_system", format!("{system:.6}"));
     push(&mut s, "max_connections", cfg.max_conns);
-    push(&mut s, "curr_connections", shared.conns.curr.load(Ordering::Relaxed));
-    push(&mut s, "total_connections", shared.conns.total.load(Ordering::Relaxed));
-    push(&mut s, "rejected_connections", shared.conns.rejected.load(Ordering::Relaxed));
-    push(&mut s, "connection_structures", shared.conns.curr.load(Ordering::Relaxed));
+    push(
+        &mut s,
+        "curr_connections",
+        shared.conns.curr.load(Ordering::Relaxed),
+    );
+    push(
+        &mut s,
+        "total_connections",
+        shared.conns.total.load(Ordering::Relaxed),
+    );
+    push(
+        &mut s,
+        "rejected_connections",
+        shared.conns.rejected.load(Ordering::Relaxed),
+    );
+    push(
+        &mut s,
+        "connection_structures",
+        shared.conns.curr.load(Ordering::Relaxed),
+    );
     push(&mut s, "response_obj_oom", 0);
     push(&mut s, "response_obj_count", 0);
     push(&mut s, "response_obj_bytes", 0);
@@ -128,14 +148,34 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     let mut s = Vec::with_capacity(48);
     push(&mut s, "maxbytes", cfg.mem_limit);
     push(&mut s, "maxconns", cfg.max_conns);
-    push(&mut s, "tcpport", cfg.listen.first().map_or(0, |a| a.port()));
+    push(
+        &mut s,
+        "tcpport",
+        cfg.listen.first().map_or(0, |a| a.port()),
+    );
     push(&mut s, "udpport", 0);
-    let inter = cfg.listen.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(",");
-    push(&mut s, "inter", if inter.is_empty() { "NULL".to_string() } else { inter });
+    let inter = cfg
+        .listen
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    push(
+        &mut s,
+        "inter",
+        if inter.is_empty() {
+            "NULL".to_string()
+        } else {
+            inter
+        },
+    );
     push(&mut s, "verbosity", cfg.verbose);
     push(&mut s, "oldest", 0);
     push(&mut s, "evictions", if cfg.evict { "on" } else { "off" });
-    let domain = cfg.unix_socket.as_ref().map_or("NULL".to_string(), |p| p.display().to_string());
+    let domain = cfg
+        .unix_socket
+        .as_ref()
+        .map_or("NULL".to_string(), |p| p.display().to_string());
     push(&mut s, "domain_socket", domain);
     push(&mut s, "umask", 700);
     push(&mut s, "shutdown_command", on_off(cfg.shutdown_enabled));

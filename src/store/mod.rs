@@ -321,8 +321,16 @@ impl Store {
                 }
                 Version::NONE
             }
-            Mutation::Update { exptime, set_bits, clear_bits, bump, version } => {
-                let Some(idx) = current else { return Ok((r, Version::NONE)) };
+            Mutation::Update {
+                exptime,
+                set_bits,
+                clear_bits,
+                bump,
+                version,
+            } => {
+                let Some(idx) = current else {
+                    return Ok((r, Version::NONE));
+                };
                 if exptime.is_some_and(|e| e != 0 && e <= now) {
                     let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
                     self.used.fetch_sub(freed, Ordering::AcqRel);
@@ -338,9 +346,9 @@ impl Store {
                 }
                 Version(slot.version)
             }
-            Mutation::Put(put) => {
-                self.put(&mut shard, shard_idx, hash, key, current, put, now, floor, hlc)?
-            }
+            Mutation::Put(put) => self.put(
+                &mut shard, shard_idx, hash, key, current, put, now, floor, hlc,
+            )?,
         };
         Ok((r, version))
     }
@@ -531,7 +539,13 @@ impl Store {
         for shard in self.shards.iter() {
             let shard = lock(shard);
             out.extend(shard.live(now, floor).map(|s| {
-                (s.key().to_vec(), s.value().to_vec(), s.flags, s.exptime, Version(s.version))
+                (
+                    s.key().to_vec(),
+                    s.value().to_vec(),
+                    s.flags,
+                    s.exptime,
+                    Version(s.version),
+                )
             }));
         }
         out

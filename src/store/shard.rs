@@ -28,7 +28,15 @@ pub(super) struct Slot {
 
 impl Slot {
     fn free() -> Slot {
-        Slot { data: Box::default(), version: 0, exptime: 0, flags: 0, last_access: 0, key_len: 0, bits: 0 }
+        Slot {
+            data: Box::default(),
+            version: 0,
+            exptime: 0,
+            flags: 0,
+            last_access: 0,
+            key_len: 0,
+            bits: 0,
+        }
     }
 
     pub fn key(&self) -> &[u8] {
@@ -77,7 +85,9 @@ pub(super) struct Shard {
 
 impl Shard {
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        self.table.find(hash, |&i| self.slots[i as usize].key() == key).copied()
+        self.table
+            .find(hash, |&i| self.slots[i as usize].key() == key)
+            .copied()
     }
 
     pub fn slot(&self, idx: u32) -> &Slot {
@@ -106,7 +116,8 @@ impl Shard {
             }
         };
         let slots = &self.slots;
-        self.table.insert_unique(hash, idx, |&i| hasher(slots[i as usize].key()));
+        self.table
+            .insert_unique(hash, idx, |&i| hasher(slots[i as usize].key()));
         idx
     }
 
@@ -174,7 +185,11 @@ impl Shard {
                 continue;
             }
             let hash = hasher(slot.key());
-            let why = if dead { Removal::Reclaimed } else { Removal::Evicted };
+            let why = if dead {
+                Removal::Reclaimed
+            } else {
+                Removal::Evicted
+            };
             return Some(self.remove_slot(idx, hash, why, now));
         }
         None
@@ -206,7 +221,9 @@ impl Shard {
 
     /// Every live slot, for `stats`-like walks and tests.
     pub fn live(&self, now: u32, flush_floor: u64) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(move |s| !s.is_free() && !s.is_dead(now, flush_floor))
+        self.slots
+            .iter()
+            .filter(move |s| !s.is_free() && !s.is_dead(now, flush_floor))
     }
 
     pub fn slot_count(&self) -> usize {

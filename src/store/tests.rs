@@ -14,13 +14,31 @@ const T0: u64 = HLC_EPOCH_MS + 1_000_000_000;
 fn store(mem: usize, evict: bool) -> (Store, Hlc, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
     let hlc = Hlc::new(NodeId::default(), clock.clone());
-    let cfg = StoreConfig { mem_limit: mem, evict, shards: 4, ..StoreConfig::default() };
+    let cfg = StoreConfig {
+        mem_limit: mem,
+        evict,
+        shards: 4,
+        ..StoreConfig::default()
+    };
     (Store::new(cfg), hlc, clock)
 }
 
-fn set(s: &Store, hlc: &Hlc, now: u32, key: &[u8], value: &[u8], exptime: u32) -> Result<Version, StoreError> {
+fn set(
+    s: &Store,
+    hlc: &Hlc,
+    now: u32,
+    key: &[u8],
+    value: &[u8],
+    exptime: u32,
+) -> Result<Version, StoreError> {
     s.mutate(key, now, hlc, |_| {
-        let put = Put { value: NewValue::Bytes(value), flags: 0, exptime, bits: 0, version: None };
+        let put = Put {
+            value: NewValue::Bytes(value),
+            flags: 0,
+            exptime,
+            bits: 0,
+            version: None,
+        };
         (Mutation::Put(put), ())
     })
     .map(|(_, v)| v)
@@ -38,7 +56,9 @@ fn set_get_delete() {
     assert_eq!(get(&s, now, b"k"), Some((b"hello".to_vec(), v1)));
     let v2 = set(&s, &hlc, now, b"k", b"world", 0).unwrap();
     assert!(v2 > v1);
-    let (_, v) = s.mutate(b"k", now, &hlc, |_| (Mutation::Delete, ())).unwrap();
+    let (_, v) = s
+        .mutate(b"k", now, &hlc, |_| (Mutation::Delete, ()))
+        .unwrap();
     assert_eq!(v, Version::NONE);
     assert_eq!(get(&s, now, b"k"), None);
     assert_eq!(s.stats().curr_items, 0);
@@ -50,9 +70,21 @@ fn append_prepend_compose() {
     let (s, hlc, clock) = store(64 << 20, true);
     let now = clock.now_secs();
     set(&s, &hlc, now, b"k", b"mid", 0).unwrap();
-    for (v, expect) in [(NewValue::Append(b">"), &b"mid>"[..]), (NewValue::Prepend(b"<"), b"<mid>")] {
+    for (v, expect) in [
+        (NewValue::Append(b">"), &b"mid>"[..]),
+        (NewValue::Prepend(b"<"), b"<mid>"),
+    ] {
         s.mutate(b"k", now, &hlc, |_| {
-            (Mutation::Put(Put { value: v, flags: 0, exptime: 0, bits: 0, version: None }), ())
+            (
+                Mutation::Put(Put {
+                    value: v,
+                    flags: 0,
+                    exptime: 0,
+                    bits: 0,
+                    version: None,
+                }),
+                (),
+            )
         })
         .unwrap();
         assert_eq!(get(&s, now, b"k").unwrap().0, expect);
@@ -106,8 +138,14 @@ fn evicts_least_recently_used_under_pressure() {
     }
     let st = s.stats();
     assert!(st.evictions > 900, "evictions {}", st.evictions);
-    assert!(get(&s, now, b"key0").is_some(), "a hot key survives CLOCK eviction");
-    assert!(get(&s, now, b"key1999").is_some(), "the newest key is present");
+    assert!(
+        get(&s, now, b"key0").is_some(),
+        "a hot key survives CLOCK eviction"
+    );
+    assert!(
+        get(&s, now, b"key1999").is_some(),
+        "the newest key is present"
+    );
 }
 
 #[test]
@@ -135,7 +173,10 @@ fn too_large_matches_memcached_arithmetic() {
     let max_value = (1 << 20) - 48 - 8 - 2 - 2;
     assert!(!s.too_large(1, max_value, 0));
     assert!(s.too_large(1, max_value + 1, 0));
-    assert!(s.too_large(1, max_value, 1), "nonzero flags add a 4-byte suffix");
+    assert!(
+        s.too_large(1, max_value, 1),
+        "nonzero flags add a 4-byte suffix"
+    );
 }
 
 #[derive(Debug, Clone)]

@@ -9,7 +9,10 @@ fn decode_all(input: &[u8]) -> Vec<String> {
     let mut buf = BytesMut::from(input);
     let mut out = Vec::new();
     while let Some(req) = decode(&mut buf, 1 << 20).expect("text decode") {
-        out.push(format!("{:?}|{:?}|{}|{}", req.command, req.reply, req.close, req.swallow));
+        out.push(format!(
+            "{:?}|{:?}|{}|{}",
+            req.command, req.reply, req.close, req.swallow
+        ));
         if req.close {
             break;
         }
@@ -29,7 +32,10 @@ fn split_everywhere(input: &[u8]) {
             match decode(&mut buf, 1 << 20).expect("text decode") {
                 Some(req) => {
                     let close = req.close;
-                    got.push(format!("{:?}|{:?}|{}|{}", req.command, req.reply, req.close, req.swallow));
+                    got.push(format!(
+                        "{:?}|{:?}|{}|{}",
+                        req.command, req.reply, req.close, req.swallow
+                    ));
                     if close {
                         break;
                     }
@@ -45,7 +51,10 @@ fn split_everywhere(input: &[u8]) {
         }
         buf.extend_from_slice(&input[cut..]);
         while let Some(req) = decode(&mut buf, 1 << 20).expect("text decode") {
-            got.push(format!("{:?}|{:?}|{}|{}", req.command, req.reply, req.close, req.swallow));
+            got.push(format!(
+                "{:?}|{:?}|{}|{}",
+                req.command, req.reply, req.close, req.swallow
+            ));
             if req.close {
                 break;
             }
@@ -63,7 +72,8 @@ stats items\r\nbogus\r\nquit\r\n",
     );
     assert_eq!(reqs.len(), 15, "{reqs:#?}");
     assert!(reqs[0].starts_with("Get { keys: [Key(\"a\"), Key(\"b\")], touch: None, cas: false"));
-    assert!(reqs[2].contains("Store { mode: Set, key: Key(\"k\"), flags: 5, exptime: 0, value: b\"abc\""));
+    assert!(reqs[2]
+        .contains("Store { mode: Set, key: Key(\"k\"), flags: 5, exptime: 0, value: b\"abc\""));
     assert!(reqs[3].contains("cas: 99") && reqs[3].contains("noreply: true"));
     assert!(reqs[12].contains("Stats { group: Some(b\"items\") }"));
     assert!(reqs[13].contains("Invalid(Unknown)"));
@@ -72,7 +82,9 @@ stats items\r\nbogus\r\nquit\r\n",
 
 #[test]
 fn bad_lines_get_memcached_answers() {
-    let r = decode_all(b"set k x 0 1\r\nset k 0 0 -1\r\ndelete k 5\r\nincr k x\r\nset k 0 0 1\r\nab\r\n");
+    let r = decode_all(
+        b"set k x 0 1\r\nset k 0 0 -1\r\ndelete k 5\r\nincr k x\r\nset k 0 0 1\r\nab\r\n",
+    );
     assert!(r[0].contains("bad command line format"));
     assert!(r[1].contains("bad command line format"));
     assert!(r[2].contains("Usage: delete <key> [noreply]"));
@@ -86,7 +98,13 @@ fn bad_lines_get_memcached_answers() {
 fn oversized_value_is_swallowed_not_buffered() {
     let mut buf = BytesMut::from(&b"set k 0 0 5000000\r\n"[..]);
     let req = decode(&mut buf, 1 << 20).unwrap().unwrap();
-    assert!(matches!(req.command, Command::TooLarge { mode: StoreMode::Set, .. }));
+    assert!(matches!(
+        req.command,
+        Command::TooLarge {
+            mode: StoreMode::Set,
+            ..
+        }
+    ));
     assert_eq!(req.swallow, 5_000_002);
     assert!(buf.is_empty());
 }
