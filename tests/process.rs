@@ -10,9 +10,12 @@ use std::time::Duration;
 use common::{binary, eventually, Client, Node, DEADLINE};
 
 fn run_flags(args: &[&str]) -> (i32, String) {
-    let out = Command::new(binary()).args(args).output().expect("run meshcached");
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run meshcached");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -38,8 +41,13 @@ fn bad_flags_exit_2_with_a_clear_error() {
 fn help_lists_memcached_flags() {
     let (code, text) = run_flags(&["--help"]);
     assert_eq!(code, 0);
-    for flag in ["-p", "-l", "-s", "-m", "-c", "-t", "-I", "-M", "-C", "-F", "-U", "-v", "-u"] {
-        assert!(text.contains(&format!("{flag},")), "--help lacks {flag}: {text}");
+    for flag in [
+        "-p", "-l", "-s", "-m", "-c", "-t", "-I", "-M", "-C", "-F", "-U", "-v", "-u",
+    ] {
+        assert!(
+            text.contains(&format!("{flag},")),
+            "--help lacks {flag}: {text}"
+        );
     }
 }
 
@@ -51,7 +59,10 @@ fn sigterm_and_sigint_exit_cleanly() {
         assert_eq!(c.line("set k 0 0 1\r\nv"), "STORED\r\n");
         node.signal(sig);
         let status = node.wait_exit();
-        assert!(status.success(), "exit status {status:?} after signal {sig}");
+        assert!(
+            status.success(),
+            "exit status {status:?} after signal {sig}"
+        );
         assert!(c.closed(), "the idle client is disconnected");
         let log = node.stderr();
         assert!(log.contains("shutting down"), "{log}");
@@ -75,7 +86,9 @@ fn connection_limit_refuses_cleanly() {
     let node = Node::start(&["-c", "2"]);
     let mut a = node.client();
     // The start-up probe's connection may not have been reaped yet.
-    eventually(DEADLINE, "only one client connected", || a.stats()["curr_connections"] == "1");
+    eventually(DEADLINE, "only one client connected", || {
+        a.stats()["curr_connections"] == "1"
+    });
     let mut b = node.client();
     assert!(a.line("version").starts_with("VERSION "));
     assert!(b.line("version").starts_with("VERSION "));
@@ -100,14 +113,19 @@ fn memory_limit_evicts_and_minus_m_refuses() {
     let mut c = node.client();
     let value = "x".repeat(1000);
     for i in 0..3000 {
-        assert_eq!(c.line(&format!("set key{i} 0 0 1000\r\n{value}")), "STORED\r\n");
+        assert_eq!(
+            c.line(&format!("set key{i} 0 0 1000\r\n{value}")),
+            "STORED\r\n"
+        );
     }
     let stats = c.stats();
     assert_eq!(stats["limit_maxbytes"], "1048576");
     let evictions: u64 = stats["evictions"].parse().unwrap();
     assert!(evictions > 1500, "evictions {evictions}");
     assert!(stats["bytes"].parse::<u64>().unwrap() <= 1 << 20);
-    assert!(c.call(b"get key2999\r\n", b"END\r\n").starts_with("VALUE key2999 0 1000"));
+    assert!(c
+        .call(b"get key2999\r\n", b"END\r\n")
+        .starts_with("VALUE key2999 0 1000"));
     assert_eq!(c.call(b"get key0\r\n", b"END\r\n"), "END\r\n");
 
     let node = Node::start(&["-m", "1", "-M"]);
@@ -122,7 +140,9 @@ fn memory_limit_evicts_and_minus_m_refuses() {
     }
     assert!(refused > 1500, "refused {refused}");
     assert_eq!(c.stats()["evictions"], "0");
-    assert!(c.call(b"get key0\r\n", b"END\r\n").starts_with("VALUE key0 0 1000"));
+    assert!(c
+        .call(b"get key0\r\n", b"END\r\n")
+        .starts_with("VALUE key0 0 1000"));
 }
 
 #[test]
@@ -190,7 +210,10 @@ fn a_client_that_never_reads_stalls_only_itself() {
     let mut node = Node::start(&["-m", "64", "-t", "1"]);
     let mut c = node.client();
     let value = "z".repeat(500_000);
-    assert_eq!(c.line(&format!("set big 0 0 500000\r\n{value}")), "STORED\r\n");
+    assert_eq!(
+        c.line(&format!("set big 0 0 500000\r\n{value}")),
+        "STORED\r\n"
+    );
     let mut hog = std::net::TcpStream::connect(node.addr).unwrap();
     hog.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let req = b"get big\r\n".repeat(1000);
@@ -207,7 +230,10 @@ fn a_client_that_never_reads_stalls_only_itself() {
     let rss = rss_kb(node.child.id());
     assert!(rss < 200_000, "server RSS grew to {rss} kB");
     drop(hog);
-    assert!(node.child.try_wait().unwrap().is_none(), "server still running");
+    assert!(
+        node.child.try_wait().unwrap().is_none(),
+        "server still running"
+    );
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -120,7 +120,10 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -132,7 +135,11 @@ impl Client {
         let mut chunk = [0u8; 64 * 1024];
         while !self.buf.ends_with(end) {
             let n = self.stream.read(&mut chunk).expect("read (timed out?)");
-            assert!(n > 0, "connection closed; got so far: {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                n > 0,
+                "connection closed; got so far: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             self.buf.extend_from_slice(&chunk[..n]);
         }
         std::mem::take(&mut self.buf)
