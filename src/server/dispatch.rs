@@ -164,44 +164,33 @@ fn get(
     let shared = ctx.shared;
     let exptime = touch.map(|t| ctx.expiry(t));
     for key in keys {
-        ctx.bump(Counter::CmdGet);
         if let Some(exptime) = exptime {
+            // gat/gats and binary touch count as touches, not gets, as in memcached. A touch
+            // is a write (it gets a new version, so that it replicates by last-writer-wins);
+            // the read that follows returns the touched item.
             ctx.bump(Counter::CmdTouch);
-            // A touch is a write (it gets a new version, so that it replicates by
-            // last-writer-wins); the read that follows returns the touched item.
-            let touched = shared
-                .store
-                .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-                    let m = match cur {
-                        Some(_) => touch_mutation(exptime),
-                        None => Mutation::Keep,
-                    };
-                    (m, cur.is_some())
-                });
+            let touched = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+                let m = if cur.is_some() { touch_mutation(exptime) } else { Mutation::Keep };
+                (m, cur.is_some())
+            });
             let hit = matches!(touched, Ok((true, _)));
-            ctx.bump(if hit {
-                Counter::TouchHits
-            } else {
-                Counter::TouchMisses
-            });
-        }
-        let hit = shared
-            .store
-            .read(key.as_bytes(), ctx.now, true, |item| match item {
-                Some(item) => {
-                    protocol::encode_hit(reply, &ctx.visible(item), cas, out);
-                    true
-                }
-                None => {
-                    protocol::encode_miss(reply, key, out);
-                    false
-                }
-            });
-        ctx.bump(if hit {
-            Counter::GetHits
+            ctx.bump(if hit { Counter::TouchHits } else { Counter::TouchMisses });
         } else {
-            Counter::GetMisses
+            ctx.bump(Counter::CmdGet);
+        }
+        let hit = shared.store.read(key.as_bytes(), ctx.now, true, |item| match item {
+            Some(item) => {
+                protocol::encode_hit(reply, &ctx.visible(item), cas, out);
+                true
+            }
+            None => {
+                protocol::encode_miss(reply, key, out);
+                false
+            }
         });
+        if exptime.is_none() {
+            ctx.bump(if hit { Counter::GetHits } else { Counter::GetMisses });
+        }
     }
     protocol::encode_end(reply, out);
 }
