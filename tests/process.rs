@@ -258,3 +258,19 @@ fn trickled_bytes_are_assembled() {
     );
     let _ = Client::connect(node.addr);
 }
+
+#[test]
+fn binary_garbage_closes_only_that_connection() {
+    let node = Node::start(&[]);
+    let mut c = node.client();
+    // First byte 0x80 selects the binary protocol; the next frame has a bad magic byte.
+    let mut noop = vec![0u8; 24];
+    noop[0] = 0x80;
+    noop[1] = 0x0a;
+    c.send(&noop);
+    let reply = c.read_exact(24);
+    assert_eq!(&reply[..2], &[0x81, 0x0a], "a NOOP response");
+    c.send(b"\x13garbage that is not a binary header at all........");
+    assert!(c.closed());
+    assert!(node.client().line("version").starts_with("VERSION "));
+}

@@ -145,6 +145,17 @@ impl Client {
         std::mem::take(&mut self.buf)
     }
 
+    /// Reads exactly `n` bytes.
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        let have = out.len().min(n);
+        self.buf = out.split_off(have);
+        let start = out.len();
+        out.resize(n, 0);
+        self.stream.read_exact(&mut out[start..]).expect("read_exact (timed out?)");
+        out
+    }
+
     /// Sends a request and returns its reply up to and including the line `end`.
     pub fn call(&mut self, req: &[u8], end: &[u8]) -> String {
         self.send(req);
