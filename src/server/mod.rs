@@ -99,6 +99,7 @@ impl Server {
             evict: config.evict,
             cas_enabled: config.cas_enabled,
             shards: 64,
+            tombstone_ttl: 0,
         });
         // Node id 0: a standalone node (DESIGN.md section 1).
         let hlc = Hlc::new(NodeId::default(), clock.clone());

@@ -25,7 +25,7 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::clock::{Hlc, Version};
-use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
+use shard::{Removal, Shard, Slot, FETCHED, REFERENCED, TOMBSTONE};
 pub use shard::{STALE, WIN_SENT};
 
 /// Bytes charged per entry beyond key and value: slot bookkeeping, allocator rounding and the
@@ -51,6 +51,9 @@ pub struct StoreConfig {
     /// because memcached's items carry 8 more bytes with CAS on.
     pub cas_enabled: bool,
     pub shards: usize,
+    /// Seconds a delete's tombstone is kept (`--tombstone-ttl`); 0 keeps none, which is
+    /// right for a standalone node, where no older write can arrive late.
+    pub tombstone_ttl: u32,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +64,7 @@ impl Default for StoreConfig {
             evict: true,
             cas_enabled: true,
             shards: 64,
+            tombstone_ttl: 0,
         }
     }
 }
@@ -147,10 +151,71 @@ pub enum Mutation<'a> {
     Delete,
 }
 
+/// A mutation received from a peer, already stamped with its origin's version.
+#[derive(Debug, Clone, Copy)]
+pub enum Remote<'a> {
+    Put {
+        value: &'a [u8],
+        flags: u32,
+        exptime: u32,
+        version: Version,
+    },
+    Delete {
+        version: Version,
+    },
+}
+
+impl Remote<'_> {
+    pub fn version(&self) -> Version {
+        match *self {
+            Remote::Put { version, .. } | Remote::Delete { version } => version,
+        }
+    }
+}
+
+/// What [`Store::apply`] did, counted as Couchbase does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Accepted,
+    /// Older than what is held.
+    Behind,
+    /// The very write already held.
+    Identical,
+}
+
+/// Where a key's slot is, inside one locked shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Item(u32),
+    Tombstone(u32),
+    Absent,
+}
+
+/// A key's place in its locked shard, carried through one mutation.
+struct Slotted<'s, 'k> {
+    shard: &'s mut Shard,
+    shard_idx: usize,
+    hash: u64,
+    key: &'k [u8],
+    now: u32,
+    floor: u64,
+    found: Found,
+}
+
+/// The metadata of a slot being written.
+#[derive(Debug, Clone, Copy)]
+struct SlotMeta {
+    version: Version,
+    exptime: u32,
+    flags: u32,
+    bits: u8,
+}
+
 /// Counters kept per shard under its lock; summed by [`Store::stats`].
 #[derive(Debug, Default, Clone)]
 pub struct ShardStats {
     pub curr_items: u64,
+    pub tombstones: u64,
     pub total_items: u64,
     pub bytes: usize,
     pub evictions: u64,
@@ -257,7 +322,7 @@ impl Store {
         let hash = self.hash(key);
         let floor = self.flush_floor(now);
         let mut shard = lock(&self.shards[self.shard_of(hash)]);
-        let Some(idx) = self.live_slot(&mut shard, hash, key, now, floor, true) else {
+        let Found::Item(idx) = self.find(&mut shard, hash, key, now, floor, true) else {
             return f(None);
         };
         let r = f(Some(ItemRef::of(shard.slot(idx))));
@@ -269,8 +334,8 @@ impl Store {
         r
     }
 
-    /// Finds the live slot for `key`, reclaiming it on the way if it is dead.
-    fn live_slot(
+    /// Finds the slot for `key`, reclaiming it on the way if it is dead.
+    fn find(
         &self,
         shard: &mut Shard,
         hash: u64,
@@ -278,13 +343,19 @@ impl Store {
         now: u32,
         floor: u64,
         count_miss: bool,
-    ) -> Option<u32> {
-        let idx = shard.find(hash, key)?;
+    ) -> Found {
+        let Some(idx) = shard.find(hash, key) else {
+            return Found::Absent;
+        };
         let slot = shard.slot(idx);
         if !slot.is_dead(now, floor) {
-            return Some(idx);
+            return if slot.is_tombstone() {
+                Found::Tombstone(idx)
+            } else {
+                Found::Item(idx)
+            };
         }
-        if count_miss {
+        if count_miss && !slot.is_tombstone() {
             if slot.version < floor {
                 shard.stats.get_flushed += 1;
             } else {
@@ -293,7 +364,7 @@ impl Store {
         }
         let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now);
         self.used.fetch_sub(freed, Ordering::AcqRel);
-        None
+        Found::Absent
     }
 
     /// Runs `f` on the current item under the shard lock and applies what it decides.
@@ -310,17 +381,27 @@ impl Store {
         let floor = self.flush_floor(now);
         let shard_idx = self.shard_of(hash);
         let mut shard = lock(&self.shards[shard_idx]);
-        let current = self.live_slot(&mut shard, hash, key, now, floor, false);
-        let (mutation, r) = f(current.map(|i| ItemRef::of(shard.slot(i))));
+        let found = self.find(&mut shard, hash, key, now, floor, false);
+        let current = match found {
+            Found::Item(i) => Some(i),
+            _ => None,
+        };
+        let mut at = Slotted {
+            shard: &mut shard,
+            shard_idx,
+            hash,
+            key,
+            now,
+            floor,
+            found,
+        };
+        let (mutation, r) = f(current.map(|i| ItemRef::of(at.shard.slot(i))));
         let version = match mutation {
-            Mutation::Keep => current.map_or(Version::NONE, |i| Version(shard.slot(i).version)),
-            Mutation::Delete => {
-                if let Some(idx) = current {
-                    let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
-                    self.used.fetch_sub(freed, Ordering::AcqRel);
-                }
-                Version::NONE
-            }
+            Mutation::Keep => current.map_or(Version::NONE, |i| Version(at.shard.slot(i).version)),
+            Mutation::Delete => match current {
+                Some(_) => self.delete_at(&mut at, hlc.tick())?,
+                None => Version::NONE,
+            },
             Mutation::Update {
                 exptime,
                 set_bits,
@@ -331,93 +412,207 @@ impl Store {
                 let Some(idx) = current else {
                     return Ok((r, Version::NONE));
                 };
+                let new_version = if bump {
+                    version.unwrap_or_else(|| hlc.tick())
+                } else {
+                    Version::NONE
+                };
                 if exptime.is_some_and(|e| e != 0 && e <= now) {
-                    let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
-                    self.used.fetch_sub(freed, Ordering::AcqRel);
+                    let v = if bump { new_version } else { hlc.tick() };
+                    self.delete_at(&mut at, v)?;
                     return Ok((r, Version::NONE));
                 }
-                let slot = shard.slot_mut(idx);
+                let slot = at.shard.slot_mut(idx);
                 if let Some(e) = exptime {
                     slot.exptime = e;
                 }
                 slot.bits = (slot.bits | set_bits) & !clear_bits;
                 if bump {
-                    slot.version = version.unwrap_or_else(|| hlc.tick()).0;
+                    slot.version = new_version.0;
                 }
                 Version(slot.version)
             }
-            Mutation::Put(put) => self.put(
-                &mut shard, shard_idx, hash, key, current, put, now, floor, hlc,
-            )?,
+            Mutation::Put(put) => {
+                let old_value = current.map_or(&[][..], |i| at.shard.slot(i).value());
+                let parts: [&[u8]; 2] = match &put.value {
+                    NewValue::Bytes(v) => [v, &[]],
+                    NewValue::Owned(v) => [v, &[]],
+                    NewValue::Append(v) => [old_value, v],
+                    NewValue::Prepend(v) => [v, old_value],
+                };
+                let value_len = parts[0].len() + parts[1].len();
+                if self.too_large(key.len(), value_len, put.flags) {
+                    return Err(StoreError::TooLarge);
+                }
+                if put.exptime != 0 && put.exptime <= now {
+                    // Stored and immediately expired: the observable effect is that the key
+                    // is gone.
+                    let v = put.version.unwrap_or_else(|| hlc.tick());
+                    if current.is_some() {
+                        self.delete_at(&mut at, v)?;
+                    }
+                    return Ok((r, Version::NONE));
+                }
+                let mut data = Vec::with_capacity(key.len() + value_len);
+                data.extend_from_slice(key);
+                data.extend_from_slice(parts[0]);
+                data.extend_from_slice(parts[1]);
+                let version = put.version.unwrap_or_else(|| hlc.tick());
+                let meta = SlotMeta {
+                    version,
+                    exptime: put.exptime,
+                    flags: put.flags,
+                    bits: put.bits & (STALE | WIN_SENT),
+                };
+                self.write_slot(&mut at, data, meta)?;
+                version
+            }
         };
         Ok((r, version))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn put(
-        &self,
-        shard: &mut Shard,
-        shard_idx: usize,
-        hash: u64,
-        key: &[u8],
-        current: Option<u32>,
-        put: Put<'_>,
-        now: u32,
-        floor: u64,
-        hlc: &Hlc,
-    ) -> Result<Version, StoreError> {
-        let old_value = current.map_or(&[][..], |i| shard.slot(i).value());
-        let parts: [&[u8]; 2] = match &put.value {
-            NewValue::Bytes(v) => [v, &[]],
-            NewValue::Owned(v) => [v, &[]],
-            NewValue::Append(v) => [old_value, v],
-            NewValue::Prepend(v) => [v, old_value],
-        };
-        let value_len = parts[0].len() + parts[1].len();
-        if self.too_large(key.len(), value_len, put.flags) {
-            return Err(StoreError::TooLarge);
-        }
-        if put.exptime != 0 && put.exptime <= now {
-            // Stored and immediately expired: the observable effect is that the key is gone.
-            if let Some(idx) = current {
-                let freed = shard.remove_slot(idx, hash, Removal::Explicit, now);
+    /// Removes the item `at` points to: with tombstones on (a cluster), it becomes a
+    /// tombstone carrying `version`, so that older writes arriving later lose.
+    fn delete_at(&self, at: &mut Slotted<'_, '_>, version: Version) -> Result<Version, StoreError> {
+        if self.cfg.tombstone_ttl == 0 {
+            if let Found::Item(idx) | Found::Tombstone(idx) = at.found {
+                let freed = at
+                    .shard
+                    .remove_slot(idx, at.hash, Removal::Explicit, at.now);
                 self.used.fetch_sub(freed, Ordering::AcqRel);
+                at.found = Found::Absent;
             }
             return Ok(Version::NONE);
         }
-        let mut data = Vec::with_capacity(key.len() + value_len);
-        data.extend_from_slice(key);
-        data.extend_from_slice(parts[0]);
-        data.extend_from_slice(parts[1]);
-        let new_cost = entry_cost(key.len(), value_len);
-        let old_cost = current.map_or(0, |i| shard.slot(i).cost());
+        let gc_at = at.now.saturating_add(self.cfg.tombstone_ttl);
+        let meta = SlotMeta {
+            version,
+            exptime: gc_at,
+            flags: 0,
+            bits: TOMBSTONE,
+        };
+        self.write_slot(at, at.key.to_vec(), meta)?;
+        Ok(Version::NONE)
+    }
+
+    /// Stores `data` (key then value) with `meta` for the key `at` points to, over its
+    /// current slot if any, after making room for it.
+    fn write_slot(
+        &self,
+        at: &mut Slotted<'_, '_>,
+        data: Vec<u8>,
+        meta: SlotMeta,
+    ) -> Result<(), StoreError> {
+        let key_len = at.key.len();
+        let new_cost = entry_cost(key_len, data.len() - key_len);
+        let existing = match at.found {
+            Found::Item(i) | Found::Tombstone(i) => Some(i),
+            Found::Absent => None,
+        };
+        let old_cost = existing.map_or(0, |i| at.shard.slot(i).cost());
         if new_cost > old_cost {
-            self.reserve(shard, shard_idx, new_cost - old_cost, current, now, floor)?;
+            self.reserve(
+                at.shard,
+                at.shard_idx,
+                new_cost - old_cost,
+                existing,
+                at.now,
+                at.floor,
+            )?;
         } else {
             self.used.fetch_sub(old_cost - new_cost, Ordering::AcqRel);
         }
-        let version = put.version.unwrap_or_else(|| hlc.tick());
         let slot = Slot {
             data: data.into_boxed_slice(),
-            version: version.0,
-            exptime: put.exptime,
-            flags: put.flags,
-            last_access: now,
+            version: meta.version.0,
+            exptime: meta.exptime,
+            flags: meta.flags,
+            last_access: at.now,
             // Key lengths are at most 250 (crate::key), so they fit in a u8.
-            key_len: key.len() as u8,
-            bits: put.bits & (STALE | WIN_SENT),
+            key_len: key_len as u8,
+            bits: meta.bits,
         };
-        if let Some(idx) = current {
-            // Replacing in place keeps the slot (and its table entry); fix the counters the
-            // way a remove plus insert would.
-            shard.stats.bytes = shard.stats.bytes - old_cost + new_cost;
-            shard.stats.total_items += 1;
-            *shard.slot_mut(idx) = slot;
+        let tombstone = slot.is_tombstone();
+        let idx = match existing {
+            Some(idx) => {
+                at.shard.replace(idx, slot);
+                idx
+            }
+            None => {
+                let hasher = |k: &[u8]| self.hash(k);
+                at.shard.insert(at.hash, slot, &hasher)
+            }
+        };
+        at.found = if tombstone {
+            Found::Tombstone(idx)
         } else {
-            let hasher = |k: &[u8]| self.hash(k);
-            shard.insert(hash, slot, &hasher);
+            Found::Item(idx)
+        };
+        Ok(())
+    }
+
+    /// Applies a replicated mutation by last-writer-wins: it takes effect iff its version is
+    /// newer than what is held for the key (item, tombstone, or a flush covering it). Equal
+    /// versions are the same write. Hence order, duplication and redelivery do not matter.
+    pub fn apply(&self, key: &[u8], m: &Remote<'_>, now: u32) -> Result<Applied, StoreError> {
+        let hash = self.hash(key);
+        let floor = self.flush_floor(now);
+        let shard_idx = self.shard_of(hash);
+        let mut shard = lock(&self.shards[shard_idx]);
+        let found = self.find(&mut shard, hash, key, now, floor, false);
+        let held = match found {
+            Found::Item(i) | Found::Tombstone(i) => shard.slot(i).version,
+            Found::Absent => 0,
+        };
+        let version = m.version();
+        if version.0 == held {
+            return Ok(Applied::Identical);
         }
-        Ok(version)
+        if version.0 < held.max(floor) {
+            return Ok(Applied::Behind);
+        }
+        let mut at = Slotted {
+            shard: &mut shard,
+            shard_idx,
+            hash,
+            key,
+            now,
+            floor,
+            found,
+        };
+        match *m {
+            Remote::Put {
+                value,
+                flags,
+                exptime,
+                version,
+            } => {
+                if self.too_large(key.len(), value.len(), flags) {
+                    return Err(StoreError::TooLarge);
+                }
+                if exptime != 0 && exptime <= now {
+                    self.delete_at(&mut at, version)?;
+                } else {
+                    let mut data = Vec::with_capacity(key.len() + value.len());
+                    data.extend_from_slice(key);
+                    data.extend_from_slice(value);
+                    self.write_slot(
+                        &mut at,
+                        data,
+                        SlotMeta {
+                            version,
+                            exptime,
+                            flags,
+                            bits: 0,
+                        },
+                    )?;
+                }
+            }
+            Remote::Delete { version } => {
+                self.delete_at(&mut at, version)?;
+            }
+        }
+        Ok(Applied::Accepted)
     }
 
     /// Makes room for `need` more bytes, evicting if allowed.
@@ -517,6 +712,7 @@ impl Store {
         for shard in self.shards.iter() {
             let s = &lock(shard).stats;
             total.curr_items += s.curr_items;
+            total.tombstones += s.tombstones;
             total.total_items += s.total_items;
             total.bytes += s.bytes;
             total.evictions += s.evictions;
@@ -548,6 +744,22 @@ impl Store {
                 )
             }));
         }
+        out
+    }
+
+    /// Every key held, item or tombstone, as (key, value or `None` for a tombstone, version),
+    /// sorted by key: what two replicas must agree on. For tests; it copies the whole store.
+    pub fn state(&self, now: u32) -> Vec<(Vec<u8>, Option<Vec<u8>>, Version)> {
+        let floor = self.flush_floor(now);
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            out.extend(shard.held(now, floor).map(|s| {
+                let value = (!s.is_tombstone()).then(|| s.value().to_vec());
+                (s.key().to_vec(), value, Version(s.version))
+            }));
+        }
+        out.sort();
         out
     }
 

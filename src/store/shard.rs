@@ -14,6 +14,8 @@ pub(super) const REFERENCED: u8 = 1;
 pub(super) const FETCHED: u8 = 2;
 pub const STALE: u8 = 4;
 pub const WIN_SENT: u8 = 8;
+/// The slot is a delete's tombstone: key and version only, `exptime` is when it may go.
+pub(super) const TOMBSTONE: u8 = 16;
 
 pub(super) struct Slot {
     /// Key followed by value, in one allocation; empty for a free slot.
@@ -51,11 +53,29 @@ impl Slot {
         self.data.is_empty()
     }
 
+    pub fn is_tombstone(&self) -> bool {
+        self.bits & TOMBSTONE != 0
+    }
+
+    /// Keeps the counters of a slot's kind (item or tombstone) right.
+    fn count(&self, stats: &mut ShardStats, sign: i64) {
+        let field = if self.is_tombstone() {
+            &mut stats.tombstones
+        } else {
+            &mut stats.curr_items
+        };
+        *field = field.wrapping_add_signed(sign);
+        stats.bytes = stats
+            .bytes
+            .wrapping_add_signed(sign as isize * self.cost() as isize);
+    }
+
     pub fn cost(&self) -> usize {
         entry_cost(usize::from(self.key_len), self.value().len())
     }
 
-    /// Dead items are invisible to clients and reclaimed by whoever finds them first.
+    /// Dead items are invisible to clients and reclaimed by whoever finds them first. A
+    /// tombstone is dead once its time is up, or once a flush covers it anyway.
     pub fn is_dead(&self, now: u32, flush_floor: u64) -> bool {
         (self.exptime != 0 && self.exptime <= now) || self.version < flush_floor
     }
@@ -100,9 +120,10 @@ impl Shard {
 
     /// Stores a new slot under `hash`; the key must not be present.
     pub fn insert(&mut self, hash: u64, slot: Slot, hasher: &impl Fn(&[u8]) -> u64) -> u32 {
-        self.stats.curr_items += 1;
-        self.stats.total_items += 1;
-        self.stats.bytes += slot.cost();
+        slot.count(&mut self.stats, 1);
+        if !slot.is_tombstone() {
+            self.stats.total_items += 1;
+        }
         let idx = match self.free.pop() {
             Some(idx) => {
                 self.slots[idx as usize] = slot;
@@ -129,8 +150,10 @@ impl Shard {
         let slot = std::mem::replace(&mut self.slots[idx as usize], Slot::free());
         self.free.push(idx);
         let cost = slot.cost();
-        self.stats.curr_items -= 1;
-        self.stats.bytes -= cost;
+        slot.count(&mut self.stats, -1);
+        if slot.is_tombstone() {
+            return cost;
+        }
         let unfetched = slot.bits & FETCHED == 0;
         match why {
             Removal::Explicit => {}
@@ -154,6 +177,18 @@ impl Shard {
         cost
     }
 
+    /// Puts `slot` where `idx` was (same key, so the table entry stays); returns the old
+    /// slot's cost.
+    pub fn replace(&mut self, idx: u32, slot: Slot) -> usize {
+        slot.count(&mut self.stats, 1);
+        if !slot.is_tombstone() {
+            self.stats.total_items += 1;
+        }
+        let old = std::mem::replace(&mut self.slots[idx as usize], slot);
+        old.count(&mut self.stats, -1);
+        old.cost()
+    }
+
     /// Advances the CLOCK hand until it frees one slot other than `keep`; returns the bytes
     /// freed, or `None` when the shard holds nothing evictable. Dead items go first at no cost
     /// to the hit rate; live ones get a second chance when recently used.
@@ -165,7 +200,8 @@ impl Shard {
         hasher: &impl Fn(&[u8]) -> u64,
     ) -> Option<usize> {
         let n = self.slots.len();
-        if self.stats.curr_items == 0 || (self.stats.curr_items == 1 && keep.is_some()) {
+        let held = self.stats.curr_items + self.stats.tombstones;
+        if held == 0 || (held == 1 && keep.is_some()) {
             return None;
         }
         // Two full turns: the first may only clear reference bits.
@@ -221,6 +257,13 @@ impl Shard {
 
     /// Every live slot, for `stats`-like walks and tests.
     pub fn live(&self, now: u32, flush_floor: u64) -> impl Iterator<Item = &Slot> {
+        self.slots
+            .iter()
+            .filter(move |s| !s.is_free() && !s.is_dead(now, flush_floor))
+    }
+
+    /// Every item and tombstone not yet dead.
+    pub fn held(&self, now: u32, flush_floor: u64) -> impl Iterator<Item = &Slot> {
         self.slots
             .iter()
             .filter(move |s| !s.is_free() && !s.is_dead(now, flush_floor))
