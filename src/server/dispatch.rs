@@ -169,27 +169,43 @@ fn get(
             // is a write (it gets a new version, so that it replicates by last-writer-wins);
             // the read that follows returns the touched item.
             ctx.bump(Counter::CmdTouch);
-            let touched = shared.store.mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-                let m = if cur.is_some() { touch_mutation(exptime) } else { Mutation::Keep };
-                (m, cur.is_some())
-            });
+            let touched = shared
+                .store
+                .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
+                    let m = if cur.is_some() {
+                        touch_mutation(exptime)
+                    } else {
+                        Mutation::Keep
+                    };
+                    (m, cur.is_some())
+                });
             let hit = matches!(touched, Ok((true, _)));
-            ctx.bump(if hit { Counter::TouchHits } else { Counter::TouchMisses });
+            ctx.bump(if hit {
+                Counter::TouchHits
+            } else {
+                Counter::TouchMisses
+            });
         } else {
             ctx.bump(Counter::CmdGet);
         }
-        let hit = shared.store.read(key.as_bytes(), ctx.now, true, |item| match item {
-            Some(item) => {
-                protocol::encode_hit(reply, &ctx.visible(item), cas, out);
-                true
-            }
-            None => {
-                protocol::encode_miss(reply, key, out);
-                false
-            }
-        });
+        let hit = shared
+            .store
+            .read(key.as_bytes(), ctx.now, true, |item| match item {
+                Some(item) => {
+                    protocol::encode_hit(reply, &ctx.visible(item), cas, out);
+                    true
+                }
+                None => {
+                    protocol::encode_miss(reply, key, out);
+                    false
+                }
+            });
         if exptime.is_none() {
-            ctx.bump(if hit { Counter::GetHits } else { Counter::GetMisses });
+            ctx.bump(if hit {
+                Counter::GetHits
+            } else {
+                Counter::GetMisses
+            });
         }
     }
     protocol::encode_end(reply, out);

@@ -152,7 +152,9 @@ impl Client {
         self.buf = out.split_off(have);
         let start = out.len();
         out.resize(n, 0);
-        self.stream.read_exact(&mut out[start..]).expect("read_exact (timed out?)");
+        self.stream
+            .read_exact(&mut out[start..])
+            .expect("read_exact (timed out?)");
         out
     }
 
