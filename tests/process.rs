@@ -73,7 +73,7 @@ fn sigterm_and_sigint_exit_cleanly() {
 fn shutdown_command_is_refused_unless_enabled() {
     let node = Node::start(&[]);
     let mut c = node.client();
-    assert_eq!(c.line("shutdown"), "ERROR: shutdown not enabled\r\n");
+    assert_eq!(c.line("shutdown"), "SERVER_ERROR: shutdown not enabled\r\n");
     let mut node = Node::start(&["-A"]);
     let mut c = node.client();
     c.send(b"shutdown\r\n");

@@ -19,8 +19,6 @@ pub const MAX_LINE: usize = 2048;
 /// Multi-key gets may be longer than [`MAX_LINE`] (memcached grows its buffer for them); this
 /// bounds what one connection can make us buffer.
 pub const MAX_GET_LINE: usize = 1 << 20;
-/// memcached's tokenizer keeps at most this many tokens per line for non-get commands.
-const MAX_TOKENS: usize = 24;
 
 /// Decoding problems that end the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,17 +37,14 @@ fn invalid(inv: Invalid) -> Request {
     text(Command::Invalid(inv), false)
 }
 
-/// Splits a line into token ranges the way memcached's `tokenize_command` does: on single
-/// spaces, skipping empty tokens.
-fn tokenize(line: &[u8], limit: usize, out: &mut Vec<Range<usize>>) {
+/// Splits a line into token ranges the way memcached does: on spaces (not tabs), skipping
+/// empty tokens.
+fn tokenize(line: &[u8], out: &mut Vec<Range<usize>>) {
     let mut start = None;
     for (i, &b) in line.iter().enumerate() {
         if b == b' ' {
             if let Some(s) = start.take() {
                 out.push(s..i);
-                if out.len() == limit {
-                    return;
-                }
             }
         } else if start.is_none() {
             start = Some(i);
@@ -87,17 +82,26 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, T
         return Ok(meta::decode(buf, nl)?);
     }
     let mut tokens = Vec::with_capacity(8);
-    let limit = if is_get_line(buf) {
-        usize::MAX
-    } else {
-        MAX_TOKENS
-    };
-    tokenize(&buf[..line_end], limit, &mut tokens);
-    let Some(cmd) = tokens.first().map(|r| &buf[r.clone()]) else {
+    tokenize(&buf[..line_end], &mut tokens);
+    let line = &buf[..line_end];
+    // An empty line or a one-letter command is malformed, not unknown (1.6.45).
+    if tokens.first().is_none_or(|t| t.len() < 2) {
         buf.advance_to(nl + 1);
-        return Ok(Some(invalid(Invalid::Unknown)));
-    };
-    let mode = match cmd {
+        return Ok(Some(invalid(BAD_FORMAT)));
+    }
+    // A web request sent to the cache port: hang up, as memcached does.
+    if tokens.len() > 1
+        && tokens
+            .last()
+            .is_some_and(|t| line[t.clone()].starts_with(b"HTTP/"))
+    {
+        let mut req = invalid(Invalid::Unknown);
+        req.close = true;
+        req.reply = Reply::Text { noreply: true };
+        buf.advance_to(nl + 1);
+        return Ok(Some(req));
+    }
+    let mode = match &line[tokens[0].clone()] {
         b"set" => Some(StoreMode::Set),
         b"add" => Some(StoreMode::Add),
         b"replace" => Some(StoreMode::Replace),
@@ -148,6 +152,9 @@ fn noreply(line: &[u8], tokens: &[Range<usize>]) -> bool {
         .is_some_and(|r| &line[r.clone()] == b"noreply")
 }
 
+/// A storage command: `<cmd> <key> <flags> <exptime> <bytes> [<cas>] [noreply]`. As in
+/// 1.6.45, once the length parses the data block is always read, even when another token
+/// is bad (so it is never mistaken for a command); extra tokens are ignored.
 fn decode_storage(
     buf: &mut BytesMut,
     nl: usize,
@@ -156,42 +163,31 @@ fn decode_storage(
     max_value: usize,
 ) -> Option<Request> {
     let line = &buf[..nl];
-    let n = tokens.len();
-    let base = if mode == StoreMode::Cas { 6 } else { 5 };
-    if n != base && n != base + 1 {
-        buf.advance_to(nl + 1);
-        return Some(invalid(Invalid::Unknown));
-    }
     let nr = noreply(line, tokens);
-    let tok = |i: usize| &line[tokens[i].clone()];
-    let key_tok = tokens[1].clone();
-    let (Some(flags), Some(exptime), Some(vlen)) =
-        (parse_u32(tok(2)), parse_i32(tok(3)), parse_i32(tok(4)))
-    else {
+    let tok = |i: usize| tokens.get(i).map(|r| &line[r.clone()]);
+    let Some(vlen) = tok(4).and_then(parse_i32).filter(|v| *v >= 0) else {
         buf.advance_to(nl + 1);
         return Some(text(Command::Invalid(BAD_FORMAT), nr));
     };
-    let cas = if mode == StoreMode::Cas {
-        match parse_u64(tok(5)) {
-            Some(c) => c,
-            None => {
-                buf.advance_to(nl + 1);
-                return Some(text(Command::Invalid(BAD_FORMAT), nr));
-            }
-        }
-    } else {
-        0
-    };
-    if vlen < 0 || key_tok.len() > crate::key::MAX_KEY_LEN {
-        buf.advance_to(nl + 1);
-        return Some(text(Command::Invalid(BAD_FORMAT), nr));
-    }
     let vlen = vlen as usize;
+    let key_tok = tokens[1].clone();
+    let flags = tok(2).and_then(parse_u32);
+    let exptime = tok(3).and_then(parse_i32);
+    let cas = if mode == StoreMode::Cas {
+        tok(5).and_then(parse_u64)
+    } else {
+        Some(0)
+    };
+    let valid = flags.is_some() && exptime.is_some() && cas.is_some();
     if vlen > max_value {
         // Cannot be stored whatever the key: answer now and skip the data as it comes.
         let line = buf.split_to(nl + 1).freeze();
-        let key = Key::parse(line.slice(key_tok)).ok();
-        let mut req = text(Command::TooLarge { mode, key }, nr);
+        let mut req = if valid {
+            let key = Key::parse(line.slice(key_tok)).ok();
+            text(Command::TooLarge { mode, key }, nr)
+        } else {
+            text(Command::Invalid(BAD_FORMAT), nr)
+        };
         req.swallow = vlen + 2;
         return Some(req);
     }
@@ -201,9 +197,10 @@ fn decode_storage(
         return None;
     }
     let frame = buf.split_to(total).freeze();
-    let key = match Key::parse(frame.slice(key_tok)) {
-        Ok(k) => k,
-        Err(_) => return Some(text(Command::Invalid(BAD_FORMAT), nr)),
+    let (Some(flags), Some(exptime), Some(cas), Ok(key)) =
+        (flags, exptime, cas, Key::parse(frame.slice(key_tok)))
+    else {
+        return Some(text(Command::Invalid(BAD_FORMAT), nr));
     };
     if &frame[total - 2..] != b"\r\n" {
         // memcached consumed vlen+2 bytes and found no CRLF at their end; so do we.
@@ -226,39 +223,41 @@ fn decode_storage(
     ))
 }
 
+/// Every other command. Missing arguments are `CLIENT_ERROR bad command line format`;
+/// extra arguments are ignored, and `noreply` counts only as the last token (1.6.45).
 fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
     let tok = |i: usize| &line[tokens[i].clone()];
     let n = tokens.len();
     let nr = noreply(line, tokens);
     let key_at = |i: usize| Key::parse(line.slice(tokens[i].clone()));
+    let bad = |nr| text(Command::Invalid(BAD_FORMAT), nr);
     match tok(0) {
         b"get" | b"gets" if n >= 2 => get(line, &tokens[1..], None, tok(0) == b"gets"),
-        b"gat" | b"gats" if n >= 2 => match parse_i32(tok(1)) {
-            Some(exptime) if n >= 3 => get(line, &tokens[2..], Some(exptime), tok(0) == b"gats"),
-            _ => invalid(Invalid::Client("invalid exptime argument")),
+        b"gat" | b"gats" if n >= 3 => match parse_i32(tok(1)) {
+            Some(exptime) => get(line, &tokens[2..], Some(exptime), tok(0) == b"gats"),
+            None => invalid(Invalid::Client("invalid exptime argument")),
         },
-        b"delete" if (2..=4).contains(&n) => {
+        b"delete" if n >= 2 => {
+            // Kept from 1.6.18 because memccapable checks it: an argument after the key
+            // other than `0` or `noreply` is refused with a usage line.
             if n > 2 {
                 let hold_zero = tok(2) == b"0";
                 let valid = (n == 3 && (hold_zero || nr)) || (n == 4 && hold_zero && nr);
                 if !valid {
-                    return text(
-                        Command::Invalid(Invalid::Client(
-                            "bad command line format.  Usage: delete <key> [noreply]",
-                        )),
-                        nr,
-                    );
+                    if n > 4 {
+                        return invalid(Invalid::Unknown);
+                    }
+                    let usage = "bad command line format.  Usage: delete <key> [noreply]";
+                    return text(Command::Invalid(Invalid::Client(usage)), nr);
                 }
             }
             match key_at(1) {
                 Ok(key) => text(Command::Delete { key, cas: 0 }, nr),
-                Err(_) => text(Command::Invalid(BAD_FORMAT), nr),
+                Err(_) => bad(nr),
             }
         }
-        b"incr" | b"decr" if n == 3 || n == 4 => {
-            let Ok(key) = key_at(1) else {
-                return text(Command::Invalid(BAD_FORMAT), nr);
-            };
+        b"incr" | b"decr" if n >= 3 => {
+            let Ok(key) = key_at(1) else { return bad(nr) };
             match parse_u64(tok(2)) {
                 Some(delta) => {
                     let incr = tok(0) == b"incr";
@@ -279,10 +278,8 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
                 ),
             }
         }
-        b"touch" if n == 3 || n == 4 => {
-            let Ok(key) = key_at(1) else {
-                return text(Command::Invalid(BAD_FORMAT), nr);
-            };
+        b"touch" if n >= 3 => {
+            let Ok(key) = key_at(1) else { return bad(nr) };
             match parse_i32(tok(2)) {
                 Some(exptime) => text(Command::Touch { key, exptime }, nr),
                 None => text(
@@ -309,7 +306,7 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
         }
         // memcached ignores anything after `version` and `quit`.
         b"version" => text(Command::Version, false),
-        b"verbosity" if n == 2 || n == 3 => text(Command::Verbosity, nr),
+        b"verbosity" if n >= 2 => text(Command::Verbosity, nr),
         b"stats" => {
             let group = (n >= 2).then(|| line.slice(tokens[1].start..tokens[n - 1].end));
             text(Command::Stats { group }, false)
@@ -319,7 +316,9 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             req.close = true;
             req
         }
-        b"shutdown" if n <= 2 => text(Command::Shutdown, false),
+        b"shutdown" => text(Command::Shutdown, false),
+        b"get" | b"gets" | b"gat" | b"gats" | b"delete" | b"incr" | b"decr" | b"touch"
+        | b"verbosity" => bad(false),
         _ => invalid(Invalid::Unknown),
     }
 }

@@ -125,7 +125,7 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
                 return After::Close;
             }
             Some(Outcome::Invalid(Invalid::Raw(
-                "ERROR: shutdown not enabled",
+                "SERVER_ERROR: shutdown not enabled",
             )))
         }
         Command::Meta(cmd) => {
@@ -165,15 +165,14 @@ fn get(
     let exptime = touch.map(|t| ctx.expiry(t));
     for key in keys {
         if let Some(exptime) = exptime {
-            // gat/gats and binary touch count as touches, not gets, as in memcached. A touch
-            // is a write (it gets a new version, so that it replicates by last-writer-wins);
-            // the read that follows returns the touched item.
+            // gat/gats and binary touch count as touches, not gets, as in memcached; the
+            // read that follows returns the touched item.
             ctx.bump(Counter::CmdTouch);
             let touched = shared
                 .store
                 .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
                     let m = if cur.is_some() {
-                        touch_mutation(exptime)
+                        touch_mutation(shared, exptime)
                     } else {
                         Mutation::Keep
                     };
@@ -211,12 +210,15 @@ fn get(
     protocol::encode_end(reply, out);
 }
 
-pub fn touch_mutation(exptime: u32) -> Mutation<'static> {
+/// A touch: a new expiry. On a standalone node the CAS stays, as in memcached (so `gets`,
+/// `touch`, `cas` works); once writes replicate, a touch must carry a new version to win
+/// by last-writer-wins everywhere (DESIGN.md section 2), and the CAS changes with it.
+pub fn touch_mutation(shared: &Shared, exptime: u32) -> Mutation<'static> {
     Mutation::Update {
         exptime: Some(exptime),
         set_bits: 0,
         clear_bits: 0,
-        bump: true,
+        bump: shared.replicated(),
         version: None,
     }
 }
@@ -463,7 +465,7 @@ fn touch(ctx: &mut Ctx<'_>, key: &Key, exptime: i64) -> Outcome {
     let result = shared
         .store
         .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
-            Some(_) => (touch_mutation(exptime), true),
+            Some(_) => (touch_mutation(shared, exptime), true),
             None => (Mutation::Keep, false),
         });
     match result {

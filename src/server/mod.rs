@@ -51,6 +51,12 @@ impl Shared {
         self.hlc.clock()
     }
 
+    /// Whether writes replicate to peers. Always false until the cluster exists; it decides
+    /// the few places where replication needs other semantics than memcached's (touch).
+    pub fn replicated(&self) -> bool {
+        false
+    }
+
     /// Asks the whole server to stop (a signal, the `shutdown` command, a test).
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
