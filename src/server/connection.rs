@@ -21,32 +21,39 @@ use crate::protocol::{binary, text, Request};
 const READ_CHUNK: usize = 16 * 1024;
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
-/// An accepted client socket.
+/// An accepted client socket, in its std (not yet registered) form: it is registered with
+/// the reactor of the worker that serves it, so that its readiness events wake that worker
+/// directly instead of hopping through the acceptor's thread.
 pub enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
 }
 
 impl Stream {
-    /// Best-effort refusal message, then close.
-    pub async fn refuse(self, msg: &[u8]) {
-        match self {
-            Stream::Tcp(mut s) => {
-                let _ = s.try_write(msg);
-                let _ = s.shutdown().await;
-            }
-            Stream::Unix(mut s) => {
-                let _ = s.try_write(msg);
-                let _ = s.shutdown().await;
-            }
-        }
+    /// Best-effort refusal message (the socket is non-blocking), then close.
+    pub fn refuse(self, msg: &[u8]) {
+        use std::io::Write;
+        let _ = match self {
+            Stream::Tcp(mut s) => s.write(msg),
+            Stream::Unix(mut s) => s.write(msg),
+        };
     }
 }
 
+/// Serves one connection; must run on the worker's runtime.
 pub async fn serve(shared: Arc<Shared>, stream: Stream) {
-    match stream {
-        Stream::Tcp(s) => run(&shared, s).await,
-        Stream::Unix(s) => run(&shared, s).await,
+    let registered = match stream {
+        Stream::Tcp(s) => match TcpStream::from_std(s) {
+            Ok(s) => Ok(run(&shared, s).await),
+            Err(e) => Err(e),
+        },
+        Stream::Unix(s) => match UnixStream::from_std(s) {
+            Ok(s) => Ok(run(&shared, s).await),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = registered {
+        tracing::warn!(error = %e, "cannot register a client socket");
     }
     shared.conns.curr.fetch_sub(1, Ordering::AcqRel);
 }
@@ -63,6 +70,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut counters = LocalCounters::default();
     let mut shutdown = shared.shutdown.subscribe();
+    // One waiter for the whole connection: building it per read would register and
+    // unregister a waiter on every request.
+    let stopping = shutdown.wait_for(|s| *s);
+    tokio::pin!(stopping);
     let mut dialect = None;
     let mut swallow = 0usize;
     let max_value = shared.config.max_item_size;
@@ -71,8 +82,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
             rbuf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
+            biased;
             r = stream.read_buf(&mut rbuf) => r,
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = &mut stopping => break,
         };
         match read {
             Ok(0) => break,

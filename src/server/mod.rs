@@ -190,6 +190,7 @@ async fn accept_loop(
                 match l.accept().await {
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
+                        let Ok(s) = s.into_std() else { continue };
                         if tx.send(Stream::Tcp(s)).await.is_err() {
                             return;
                         }
@@ -207,6 +208,7 @@ async fn accept_loop(
             loop {
                 match l.accept().await {
                     Ok((s, _)) => {
+                        let Ok(s) = s.into_std() else { continue };
                         if tx.send(Stream::Unix(s)).await.is_err() {
                             return;
                         }
@@ -226,7 +228,7 @@ async fn accept_loop(
         tokio::select! {
             conn = accepted.recv() => {
                 let Some(conn) = conn else { break };
-                if let Some(conn) = admit(&shared, conn).await {
+                if let Some(conn) = admit(&shared, conn) {
                     let _ = senders[next % senders.len()].send(conn);
                     next = next.wrapping_add(1);
                 }
@@ -256,11 +258,11 @@ async fn accept_error(e: io::Error) {
 }
 
 /// Applies the connection limit (`-c`): beyond it, memcached's refusal line, then close.
-async fn admit(shared: &Shared, conn: Stream) -> Option<Stream> {
+fn admit(shared: &Shared, conn: Stream) -> Option<Stream> {
     let conns = &shared.conns;
     if conns.curr.load(Ordering::Acquire) >= u64::from(shared.config.max_conns) {
         conns.rejected.fetch_add(1, Ordering::Relaxed);
-        conn.refuse(b"ERROR Too many open connections\r\n").await;
+        conn.refuse(b"ERROR Too many open connections\r\n");
         return None;
     }
     conns.curr.fetch_add(1, Ordering::AcqRel);
