@@ -22,6 +22,7 @@
 //! Layering: `clock`, `key` and `protocol` know nothing of the network or the store; the
 //! `store` knows nothing of protocols; only `server::dispatch` joins protocol to store.
 
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod key;

@@ -9,6 +9,10 @@ use meshcached::config::{Args, Config};
 use meshcached::server::Server;
 
 fn main() -> ExitCode {
+    // Subcommands first: the node itself takes memcached's flat list of flags.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "certs") {
+        return meshcached::certs::main(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     let config = match Config::from_args(&args) {
         Ok(c) => c,

@@ -95,7 +95,8 @@ impl CertInfo {
     /// The SANs, as `DNS:name` and `IP:addr`.
     pub fn hosts(&self) -> Vec<String> {
         let dns = self.dns_names.iter().map(|d| format!("DNS:{d}"));
-        dns.chain(self.ips.iter().map(|ip| format!("IP:{ip}"))).collect()
+        dns.chain(self.ips.iter().map(|ip| format!("IP:{ip}")))
+            .collect()
     }
 
     /// Whether the certificate is valid at `now`; the error says which bound is crossed, and when.
@@ -126,7 +127,7 @@ pub(crate) fn parse_certs(src: &Labeled<'_>) -> Result<Vec<CertificateDer<'stati
     };
     let certs = CertificateDer::pem_slice_iter(src.bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| malformed(format!("not valid PEM ({e})")))?;
+        .map_err(|e| malformed(format!("not valid PEM ({})", pem_error(e))))?;
     if certs.is_empty() {
         let reason = if contains(src.bytes, b"PRIVATE KEY-----") {
             "it holds a private key, not a certificate"
@@ -149,7 +150,7 @@ pub(crate) fn parse_key(src: &Labeled<'_>) -> Result<PrivateKeyDer<'static>, Cer
             pem::Error::NoItemsFound => {
                 "no private key found (expected a PEM \"PRIVATE KEY\" block)".into()
             }
-            e => format!("not valid PEM ({e})"),
+            e => format!("not valid PEM ({})", pem_error(e)),
         },
     })
 }
@@ -280,7 +281,7 @@ fn describe(e: webpki::Error) -> String {
                 .into()
         }
         E::CaUsedAsEndEntity => "it is a CA certificate, not a node certificate".into(),
-        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => {
+        E::RequiredEkuNotFoundContext(_) => {
             "it lacks the extended key usages serverAuth and clientAuth that mutual TLS needs"
                 .into()
         }
@@ -339,6 +340,20 @@ pub(crate) fn verify_identity(
         ca_certs: cas.into_iter().map(|c| c.der).collect(),
         not_after: system_time(leaf.not_after),
     })
+}
+
+/// pki-types shows the offending bytes as a list of numbers; show them as text.
+fn pem_error(e: pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            let marker = String::from_utf8_lossy(&end_marker);
+            format!("no \"-----END {marker}-----\" line: is the file cut short?")
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("bad line {:?}", String::from_utf8_lossy(&line))
+        }
+        e => e.to_string(),
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -401,6 +416,12 @@ mod tests {
         let bad = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
         let err = parse_certs(&lab(bad)).unwrap_err().to_string();
         assert!(err.starts_with("f.pem: not valid PEM"), "{err}");
+        let truncated = &ca.cert_pem()[..100];
+        let err = parse_certs(&lab(truncated)).unwrap_err().to_string();
+        assert!(
+            err.contains("(no \"-----END CERTIFICATE-----\" line: is"),
+            "{err}"
+        );
         let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let der = parse_certs(&lab(junk)).unwrap();
         let err = CertInfo::parse(&der[0], "f.pem").unwrap_err().to_string();
@@ -423,15 +444,25 @@ mod tests {
         assert_eq!(info.common_names, ["node1"]);
         assert_eq!(
             info.hosts(),
-            ["DNS:node1", "DNS:node1.example.com", "IP:127.0.0.1", "IP:::1"]
+            [
+                "DNS:node1",
+                "DNS:node1.example.com",
+                "IP:127.0.0.1",
+                "IP:::1"
+            ]
         );
         assert!(!info.is_ca);
         assert!(info.issuer.contains("meshcached CA"), "{}", info.issuer);
         let now = SystemTime::now();
         info.check_time("node.crt", now).unwrap();
-        let err = info.check_time("node.crt", now + 6 * 365 * DAY).unwrap_err();
+        let err = info
+            .check_time("node.crt", now + 6 * 365 * DAY)
+            .unwrap_err();
         assert!(matches!(err, CertsError::Expired { .. }), "{err}");
-        assert!(err.to_string().starts_with("node.crt expired on 20"), "{err}");
+        assert!(
+            err.to_string().starts_with("node.crt expired on 20"),
+            "{err}"
+        );
         let err = info.check_time("node.crt", now - 2 * DAY).unwrap_err();
         assert!(matches!(err, CertsError::NotYetValid { .. }), "{err}");
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
@@ -446,17 +477,38 @@ mod tests {
         let leaf = CertInfo::parse(&node.cert_der(), "node.crt").unwrap();
         let ca_info = CertInfo::parse(ca.cert_der(), "ca.crt").unwrap();
         let other_info = CertInfo::parse(other.cert_der(), "other.crt").unwrap();
-        assert_eq!(verify_chain(&leaf, &[], &[ca_info.clone()], "n", "c").unwrap(), 0);
+        assert_eq!(
+            verify_chain(&leaf, &[], std::slice::from_ref(&ca_info), "n", "c").unwrap(),
+            0
+        );
         // Same CA name, different key: only a signature check can tell.
         assert_eq!(ca_info.subject, other_info.subject);
-        let err = verify_chain(&leaf, &[], &[other_info.clone()], "node.crt", "ca.crt");
+        let err = verify_chain(
+            &leaf,
+            &[],
+            std::slice::from_ref(&other_info),
+            "node.crt",
+            "ca.crt",
+        );
         let err = err.unwrap_err();
         assert!(matches!(err, CertsError::NotSignedByCa { .. }), "{err}");
-        assert!(err.to_string().starts_with("node.crt is not signed by the CA in ca.crt"));
+        assert!(err
+            .to_string()
+            .starts_with("node.crt is not signed by the CA in ca.crt"));
         // A bundle (rotation): the second CA signed it.
-        assert_eq!(verify_chain(&leaf, &[], &[other_info, ca_info.clone()], "n", "c").unwrap(), 1);
+        assert_eq!(
+            verify_chain(&leaf, &[], &[other_info, ca_info.clone()], "n", "c").unwrap(),
+            1
+        );
         // A CA is not a node certificate.
-        let err = verify_chain(&ca_info, &[], &[ca_info.clone()], "ca.crt", "ca.crt").unwrap_err();
+        let err = verify_chain(
+            &ca_info,
+            &[],
+            std::slice::from_ref(&ca_info),
+            "ca.crt",
+            "ca.crt",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("CA certificate"), "{err}");
 
         let key = parse_key(&lab(&node.key_pem)).unwrap();
@@ -487,17 +539,51 @@ mod tests {
         let other = generate_ca().unwrap();
         let stranger = other.issue_node("node1", &["127.0.0.1"]).unwrap();
         let cases = [
-            (check(&stranger.cert_pem, &stranger.key_pem, ca.cert_pem(), now), "not signed"),
-            (check(&node.cert_pem, &stranger.key_pem, ca.cert_pem(), now), "does not match"),
-            (check(&node.cert_pem, &node.key_pem, &node.cert_pem, now), "not a meshcached CA"),
-            (check(ca.cert_pem(), ca.key_pem(), ca.cert_pem(), now), "not a meshcached node"),
-            (check(&node.cert_pem, "", ca.cert_pem(), now), "no private key"),
-            (check(&node.cert_pem, &node.key_pem, ca.cert_pem(), now + 6 * 365 * DAY), "expired"),
-            (check(&node.cert_pem, &node.key_pem, ca.cert_pem(), now + 11 * 365 * DAY), "ca.crt expired"),
+            (
+                check(&stranger.cert_pem, &stranger.key_pem, ca.cert_pem(), now),
+                "not signed",
+            ),
+            (
+                check(&node.cert_pem, &stranger.key_pem, ca.cert_pem(), now),
+                "does not match",
+            ),
+            (
+                check(&node.cert_pem, &node.key_pem, &node.cert_pem, now),
+                "not a meshcached CA",
+            ),
+            (
+                check(ca.cert_pem(), ca.key_pem(), ca.cert_pem(), now),
+                "not a meshcached node",
+            ),
+            (
+                check(&node.cert_pem, "", ca.cert_pem(), now),
+                "no private key",
+            ),
+            (
+                check(
+                    &node.cert_pem,
+                    &node.key_pem,
+                    ca.cert_pem(),
+                    now + 6 * 365 * DAY,
+                ),
+                "expired",
+            ),
+            (
+                check(
+                    &node.cert_pem,
+                    &node.key_pem,
+                    ca.cert_pem(),
+                    now + 11 * 365 * DAY,
+                ),
+                "ca.crt expired",
+            ),
         ];
         for (result, expected) in cases {
             let err = result.unwrap_err().to_string();
-            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
         }
     }
 }

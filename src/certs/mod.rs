@@ -29,7 +29,10 @@
 mod cli;
 mod create;
 mod inspect;
+mod list;
 mod names;
+#[cfg(test)]
+mod testdir;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,6 +47,10 @@ pub use names::{Host, NodeName};
 pub const CA_CERT_FILE: &str = "ca.crt";
 pub const NODE_CERT_FILE: &str = "node.crt";
 pub const NODE_KEY_FILE: &str = "node.key";
+
+/// Appended to "X does not exist" when a command can make X.
+pub(crate) const HINT_CREATE_CA: &str = "; create it with `meshcached certs create-ca`";
+pub(crate) const HINT_CREATE_NODE: &str = "; create it with `meshcached certs create-node`";
 
 /// Default lifetime of a CA certificate (`create-ca --lifetime`): ten years.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -185,13 +192,16 @@ pub fn load_node_identity(certs_dir: &Path) -> Result<NodeIdentity, CertsError> 
 /// formed; `node.key` is not accessible by other users and matches `node.crt`; `node.crt` is a
 /// meshcached node certificate, signed by a CA in `ca.crt`, and neither it nor that CA is
 /// expired or not yet valid. The first problem found is returned, naming its file.
-pub fn load_node_identity_at(certs_dir: &Path, now: SystemTime) -> Result<NodeIdentity, CertsError> {
+pub fn load_node_identity_at(
+    certs_dir: &Path,
+    now: SystemTime,
+) -> Result<NodeIdentity, CertsError> {
     let ca_path = certs_dir.join(CA_CERT_FILE);
     let cert_path = certs_dir.join(NODE_CERT_FILE);
     let key_path = certs_dir.join(NODE_KEY_FILE);
-    let ca = create::read_file(&ca_path, "create it with `meshcached certs create-ca`")?;
-    let cert = create::read_file(&cert_path, "create it with `meshcached certs create-node`")?;
-    let key = create::read_secret(&key_path, "create it with `meshcached certs create-node`")?;
+    let ca = create::read_file(&ca_path, HINT_CREATE_CA)?;
+    let cert = create::read_file(&cert_path, HINT_CREATE_NODE)?;
+    let key = create::read_secret(&key_path, HINT_CREATE_NODE)?;
     inspect::verify_identity(
         inspect::Labeled::new(&cert, cert_path.display().to_string()),
         inspect::Labeled::new(&key, key_path.display().to_string()),
@@ -237,19 +247,71 @@ mod tests {
     }
 
     #[test]
+    fn shareable_across_threads() {
+        // A test harness keeps one CA for many nodes; the transport moves identities to tasks.
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Ca>();
+        send_sync::<NodeCert>();
+        send_sync::<NodeIdentity>();
+        send_sync::<CertsError>();
+    }
+
+    #[test]
     fn identity_debug_hides_the_key() {
         let ca = generate_ca().unwrap();
         let node = ca.issue_node("node1", &["127.0.0.1"]).unwrap();
         let id = node.identity(&ca).unwrap();
         let shown = format!("{id:?}");
-        assert!(shown.contains("node1") && !shown.contains("PRIVATE"), "{shown}");
+        assert!(
+            shown.contains("node1") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
         assert_eq!(id.clone().key.secret_der(), id.key.secret_der());
+    }
+
+    #[test]
+    fn load_node_identity_checks_the_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = testdir::TempDir::new("load");
+        let err = load_node_identity(dir.path()).unwrap_err();
+        assert!(matches!(err, CertsError::Missing { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("ca.crt does not exist; create it with `meshcached certs create-ca`"),
+            "{err}"
+        );
+        let ca = generate_ca().unwrap();
+        let node = ca.issue_node("node7", &["192.0.2.7"]).unwrap();
+        let put = |f: &str, text: &str, mode| {
+            create::write_file(&dir.path().join(f), text.as_bytes(), mode, true).unwrap()
+        };
+        put(CA_CERT_FILE, ca.cert_pem(), 0o644);
+        put(NODE_CERT_FILE, &node.cert_pem, 0o644);
+        let err = load_node_identity(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("node.key does not exist"), "{err}");
+        put(NODE_KEY_FILE, &node.key_pem, 0o644);
+        let err = load_node_identity(dir.path()).unwrap_err();
+        assert!(matches!(err, CertsError::KeyPermissions { .. }), "{err}");
+        let key_path = dir.path().join(NODE_KEY_FILE);
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let id = load_node_identity(dir.path()).unwrap();
+        assert_eq!(id.name, "node7");
+        assert_eq!(id.key.secret_der(), node.key_der().secret_der());
+        assert_eq!(id.ca_certs, [ca.cert_der().clone()]);
+        put(NODE_CERT_FILE, "garbage", 0o644);
+        let err = load_node_identity(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("node.crt: no certificate found"),
+            "{err}"
+        );
     }
 
     #[test]
     fn node_name_of_reads_the_cn() {
         let ca = generate_ca().unwrap();
-        let node = ca.issue_node("cache-b", &["10.0.0.2", "cache-b.internal"]).unwrap();
+        let node = ca
+            .issue_node("cache-b", &["10.0.0.2", "cache-b.internal"])
+            .unwrap();
         assert_eq!(node_name_of(&node.cert_der()).unwrap(), "cache-b");
         // The CA is not a node; neither is garbage.
         let err = node_name_of(ca.cert_der()).unwrap_err();

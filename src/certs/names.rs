@@ -36,7 +36,9 @@ impl NodeName {
             return Err(bad("it is longer than 253 characters"));
         }
         if name.parse::<IpAddr>().is_ok() {
-            return Err(bad("an IP address is not a node name (give it as a HOST instead)"));
+            return Err(bad(
+                "an IP address is not a node name (give it as a HOST instead)",
+            ));
         }
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(bad("node names are lowercase"));
@@ -46,7 +48,8 @@ impl NodeName {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
         if !name.split('.').all(label_ok) {
             return Err(bad(
@@ -159,9 +162,13 @@ mod tests {
             );
         }
         assert!(NodeName::new(&"a".repeat(64)).is_err());
-        assert!(NodeName::new(&["a"; 127].join(".")).is_err());
+        assert!(NodeName::new(&["a"; 127].join(".")).is_ok()); // 253 characters
+        assert!(NodeName::new(&["a"; 128].join(".")).is_err());
         let err = NodeName::new("Node1").unwrap_err().to_string();
-        assert!(err.contains("\"Node1\"") && err.contains("lowercase"), "{err}");
+        assert!(
+            err.contains("\"Node1\"") && err.contains("lowercase"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -179,8 +186,18 @@ mod tests {
             "Cache.Example.COM".parse::<Host>().unwrap(),
             Host::Dns("cache.example.com".into())
         );
-        assert_eq!("localhost".parse::<Host>().unwrap().to_string(), "DNS:localhost");
-        for bad in ["", "host:11212", "*.example.com", "a b", "exa_mple..com", "x."] {
+        assert_eq!(
+            "localhost".parse::<Host>().unwrap().to_string(),
+            "DNS:localhost"
+        );
+        for bad in [
+            "",
+            "host:11212",
+            "*.example.com",
+            "a b",
+            "exa_mple..com",
+            "x.",
+        ] {
             let err = bad.parse::<Host>().unwrap_err();
             assert!(matches!(err, CertsError::InvalidHost { .. }), "{bad:?}");
         }

@@ -79,7 +79,7 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, T
         nl
     };
     if is_meta(&buf[..line_end]) {
-        return Ok(meta::decode(buf, nl)?);
+        return Ok(meta::decode(buf, nl, max_value)?);
     }
     let mut tokens = Vec::with_capacity(8);
     tokenize(&buf[..line_end], &mut tokens);

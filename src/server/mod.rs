@@ -171,7 +171,9 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if !w.is_finished() {
-                tracing::warn!("connections still open after the shutdown grace period; closing them");
+                tracing::warn!(
+                    "connections still open after the shutdown grace period; closing them"
+                );
                 break;
             }
             if w.join().is_err() {

@@ -377,11 +377,38 @@ impl Store {
         hlc: &Hlc,
         f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R),
     ) -> Result<(R, Version), StoreError> {
+        self.mutate_with(key, now, hlc, false, |cur| {
+            let (m, r) = f(cur);
+            (m, r, false)
+        })
+    }
+
+    /// [`Store::mutate`] for a read that may also write (meta `mg`: touch, auto-vivify,
+    /// recache tokens): a dead item found counts as a get miss, as with [`Store::read`], and
+    /// when `f` says so (its third result) the resulting item is marked accessed.
+    pub fn fetch_mutate<'v, R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        hlc: &Hlc,
+        f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R, bool),
+    ) -> Result<(R, Version), StoreError> {
+        self.mutate_with(key, now, hlc, true, f)
+    }
+
+    fn mutate_with<'v, R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        hlc: &Hlc,
+        count_miss: bool,
+        f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R, bool),
+    ) -> Result<(R, Version), StoreError> {
         let hash = self.hash(key);
         let floor = self.flush_floor(now);
         let shard_idx = self.shard_of(hash);
         let mut shard = lock(&self.shards[shard_idx]);
-        let found = self.find(&mut shard, hash, key, now, floor, false);
+        let found = self.find(&mut shard, hash, key, now, floor, count_miss);
         let current = match found {
             Found::Item(i) => Some(i),
             _ => None,
@@ -395,7 +422,7 @@ impl Store {
             floor,
             found,
         };
-        let (mutation, r) = f(current.map(|i| ItemRef::of(at.shard.slot(i))));
+        let (mutation, r, access) = f(current.map(|i| ItemRef::of(at.shard.slot(i))));
         let version = match mutation {
             Mutation::Keep => current.map_or(Version::NONE, |i| Version(at.shard.slot(i).version)),
             Mutation::Delete => match current {
@@ -468,6 +495,13 @@ impl Store {
                 version
             }
         };
+        if access {
+            if let Found::Item(idx) = at.found {
+                let slot = at.shard.slot_mut(idx);
+                slot.bits |= REFERENCED | FETCHED;
+                slot.last_access = now;
+            }
+        }
         Ok((r, version))
     }
 

@@ -93,11 +93,7 @@ pub struct Flags {
 
 /// memcached's `_meta_flag_preparse`: flags start at token `start`; `line` is the whole
 /// line including its terminator. Errors are `CLIENT_ERROR` messages.
-pub fn preparse(
-    line: &[u8],
-    tokens: &[Range<usize>],
-    start: usize,
-) -> Result<Flags, &'static str> {
+pub fn preparse(line: &[u8], tokens: &[Range<usize>], start: usize) -> Result<Flags, &'static str> {
     let key = tokens[1].clone();
     if key.len() > crate::key::MAX_KEY_LEN {
         return Err(BAD_FORMAT);
