@@ -89,18 +89,6 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, T
         buf.advance_to(nl + 1);
         return Ok(Some(invalid(BAD_FORMAT)));
     }
-    // A web request sent to the cache port: hang up, as memcached does.
-    if tokens.len() > 1
-        && tokens
-            .last()
-            .is_some_and(|t| line[t.clone()].starts_with(b"HTTP/"))
-    {
-        let mut req = invalid(Invalid::Unknown);
-        req.close = true;
-        req.reply = Reply::Text { noreply: true };
-        buf.advance_to(nl + 1);
-        return Ok(Some(req));
-    }
     let mode = match &line[tokens[0].clone()] {
         b"set" => Some(StoreMode::Set),
         b"add" => Some(StoreMode::Add),
@@ -114,7 +102,19 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, T
         return Ok(decode_storage(buf, nl, &tokens, mode, max_value));
     }
     let line = buf.split_to(nl + 1).freeze();
-    Ok(Some(decode_line(&line, &tokens)))
+    let req = decode_line(&line, &tokens);
+    // An unknown command ending in an HTTP version is a web request sent to the cache
+    // port: hang up without a word, as memcached does.
+    let n = tokens.len();
+    if matches!(req.command, Command::Invalid(Invalid::Unknown))
+        && n > 1
+        && line[tokens[n - 1].clone()].starts_with(b"HTTP/")
+    {
+        let mut req = text(Command::Quit, true);
+        req.close = true;
+        return Ok(Some(req));
+    }
+    Ok(Some(req))
 }
 
 trait AdvanceTo {
@@ -306,7 +306,10 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
         }
         // memcached ignores anything after `version` and `quit`.
         b"version" => text(Command::Version, false),
-        b"verbosity" if n >= 2 => text(Command::Verbosity, nr),
+        b"verbosity" if n >= 2 => match parse_u32(tok(1)) {
+            Some(_) => text(Command::Verbosity, nr),
+            None => bad(nr),
+        },
         b"stats" => {
             let group = (n >= 2).then(|| line.slice(tokens[1].start..tokens[n - 1].end));
             text(Command::Stats { group }, false)

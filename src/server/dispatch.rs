@@ -164,48 +164,53 @@ fn get(
     let shared = ctx.shared;
     let exptime = touch.map(|t| ctx.expiry(t));
     for key in keys {
-        if let Some(exptime) = exptime {
-            // gat/gats and binary touch count as touches, not gets, as in memcached; the
-            // read that follows returns the touched item.
-            ctx.bump(Counter::CmdTouch);
-            let touched = shared
-                .store
-                .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-                    let m = if cur.is_some() {
-                        touch_mutation(shared, exptime)
-                    } else {
-                        Mutation::Keep
-                    };
-                    (m, cur.is_some())
-                });
-            let hit = matches!(touched, Ok((true, _)));
-            ctx.bump(if hit {
-                Counter::TouchHits
-            } else {
-                Counter::TouchMisses
-            });
-        } else {
+        let Some(exptime) = exptime else {
             ctx.bump(Counter::CmdGet);
-        }
-        let hit = shared
-            .store
-            .read(key.as_bytes(), ctx.now, true, |item| match item {
-                Some(item) => {
-                    protocol::encode_hit(reply, &ctx.visible(item), cas, out);
-                    true
-                }
-                None => {
-                    protocol::encode_miss(reply, key, out);
-                    false
-                }
-            });
-        if exptime.is_none() {
+            let hit = shared
+                .store
+                .read(key.as_bytes(), ctx.now, true, |item| match item {
+                    Some(item) => {
+                        protocol::encode_hit(reply, &ctx.visible(item), cas, out);
+                        true
+                    }
+                    None => {
+                        protocol::encode_miss(reply, key, out);
+                        false
+                    }
+                });
             ctx.bump(if hit {
                 Counter::GetHits
             } else {
                 Counter::GetMisses
             });
-        }
+            continue;
+        };
+        // gat/gats and binary touch count as touches, not gets, as in memcached. The item is
+        // answered as found, under the same lock as the touch: even a touch into the past
+        // returns it once, as memcached does, before it is gone.
+        ctx.bump(Counter::CmdTouch);
+        let touched = shared
+            .store
+            .fetch_mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
+                Some(item) => {
+                    let shown = ItemRef {
+                        exptime,
+                        ..ctx.visible(item)
+                    };
+                    protocol::encode_hit(reply, &shown, cas, out);
+                    (touch_mutation(shared, exptime), true, true)
+                }
+                None => {
+                    protocol::encode_miss(reply, key, out);
+                    (Mutation::Keep, false, false)
+                }
+            });
+        let hit = matches!(touched, Ok((true, _)));
+        ctx.bump(if hit {
+            Counter::TouchHits
+        } else {
+            Counter::TouchMisses
+        });
     }
     protocol::encode_end(reply, out);
 }
@@ -313,17 +318,20 @@ fn store(
         }
         return Outcome::TooLarge;
     }
+    let cas_disabled = !shared.config.cas_enabled && checks_cas(mode, cas);
     let result = shared
         .store
         .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-            store_decision(
-                mode,
-                cur.map(|c| ctx.visible(c)),
-                value,
-                flags,
-                exptime,
-                cas,
-            )
+            if cas_disabled {
+                // With -C items have no CAS, so a CAS condition can never hold.
+                let outcome = if cur.is_some() {
+                    Outcome::Exists
+                } else {
+                    Outcome::NotFound
+                };
+                return (Mutation::Keep, outcome);
+            }
+            store_decision(mode, cur, value, flags, exptime, cas)
         });
     let outcome = match result {
         Ok((Outcome::Stored(_), v)) => Outcome::Stored(v),

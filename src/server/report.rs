@@ -82,6 +82,13 @@ fn general(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "response_obj_bytes", 0);
     push(&mut s, "read_buf_oom", 0);
     push(&mut s, "reserved_fds", 0);
+    push(
+        &mut s,
+        "read_buf_count",
+        shared.conns.curr.load(Ordering::Relaxed),
+    );
+    push(&mut s, "read_buf_bytes", 0);
+    push(&mut s, "read_buf_bytes_free", 0);
     for &counter in &Counter::ALL[..5] {
         push(&mut s, counter.stat_name(), c(counter));
     }

@@ -473,12 +473,13 @@ impl Store {
                 }
                 if put.exptime != 0 && put.exptime <= now {
                     // Stored and immediately expired: the observable effect is that the key
-                    // is gone.
+                    // is gone, but the write happened and has its version (memcached reports
+                    // its CAS).
                     let v = put.version.unwrap_or_else(|| hlc.tick());
                     if current.is_some() {
                         self.delete_at(&mut at, v)?;
                     }
-                    return Ok((r, Version::NONE));
+                    return Ok((r, v));
                 }
                 let mut data = Vec::with_capacity(key.len() + value_len);
                 data.extend_from_slice(key);
