@@ -16,7 +16,9 @@
 //! that is the one place where "compaction" happens, and it means a stored item never pins a
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
+mod merge;
 mod shard;
+mod write;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -25,8 +27,10 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::clock::{Hlc, Version};
-use shard::{Removal, Shard, Slot, FETCHED, REFERENCED, TOMBSTONE};
+pub use merge::{Applied, Remote};
+use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
 pub use shard::{STALE, WIN_SENT};
+use write::{Found, SlotMeta, Slotted};
 
 /// Bytes charged per entry beyond key and value: slot bookkeeping, allocator rounding and the
 /// hash table's share. Close to what one item really costs, so `-m` means what it says.
@@ -149,66 +153,6 @@ pub enum Mutation<'a> {
         version: Option<Version>,
     },
     Delete,
-}
-
-/// A mutation received from a peer, already stamped with its origin's version.
-#[derive(Debug, Clone, Copy)]
-pub enum Remote<'a> {
-    Put {
-        value: &'a [u8],
-        flags: u32,
-        exptime: u32,
-        version: Version,
-    },
-    Delete {
-        version: Version,
-    },
-}
-
-impl Remote<'_> {
-    pub fn version(&self) -> Version {
-        match *self {
-            Remote::Put { version, .. } | Remote::Delete { version } => version,
-        }
-    }
-}
-
-/// What [`Store::apply`] did, counted as Couchbase does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Accepted,
-    /// Older than what is held.
-    Behind,
-    /// The very write already held.
-    Identical,
-}
-
-/// Where a key's slot is, inside one locked shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Found {
-    Item(u32),
-    Tombstone(u32),
-    Absent,
-}
-
-/// A key's place in its locked shard, carried through one mutation.
-struct Slotted<'s, 'k> {
-    shard: &'s mut Shard,
-    shard_idx: usize,
-    hash: u64,
-    key: &'k [u8],
-    now: u32,
-    floor: u64,
-    found: Found,
-}
-
-/// The metadata of a slot being written.
-#[derive(Debug, Clone, Copy)]
-struct SlotMeta {
-    version: Version,
-    exptime: u32,
-    flags: u32,
-    bits: u8,
 }
 
 /// Counters kept per shard under its lock; summed by [`Store::stats`].
@@ -504,207 +448,6 @@ impl Store {
             }
         }
         Ok((r, version))
-    }
-
-    /// Removes the item `at` points to: with tombstones on (a cluster), it becomes a
-    /// tombstone carrying `version`, so that older writes arriving later lose.
-    fn delete_at(&self, at: &mut Slotted<'_, '_>, version: Version) -> Result<Version, StoreError> {
-        if self.cfg.tombstone_ttl == 0 {
-            if let Found::Item(idx) | Found::Tombstone(idx) = at.found {
-                let freed = at
-                    .shard
-                    .remove_slot(idx, at.hash, Removal::Explicit, at.now);
-                self.used.fetch_sub(freed, Ordering::AcqRel);
-                at.found = Found::Absent;
-            }
-            return Ok(Version::NONE);
-        }
-        let gc_at = at.now.saturating_add(self.cfg.tombstone_ttl);
-        let meta = SlotMeta {
-            version,
-            exptime: gc_at,
-            flags: 0,
-            bits: TOMBSTONE,
-        };
-        self.write_slot(at, at.key.to_vec(), meta)?;
-        Ok(Version::NONE)
-    }
-
-    /// Stores `data` (key then value) with `meta` for the key `at` points to, over its
-    /// current slot if any, after making room for it.
-    fn write_slot(
-        &self,
-        at: &mut Slotted<'_, '_>,
-        data: Vec<u8>,
-        meta: SlotMeta,
-    ) -> Result<(), StoreError> {
-        let key_len = at.key.len();
-        let new_cost = entry_cost(key_len, data.len() - key_len);
-        let existing = match at.found {
-            Found::Item(i) | Found::Tombstone(i) => Some(i),
-            Found::Absent => None,
-        };
-        let old_cost = existing.map_or(0, |i| at.shard.slot(i).cost());
-        if new_cost > old_cost {
-            self.reserve(
-                at.shard,
-                at.shard_idx,
-                new_cost - old_cost,
-                existing,
-                at.now,
-                at.floor,
-            )?;
-        } else {
-            self.used.fetch_sub(old_cost - new_cost, Ordering::AcqRel);
-        }
-        let slot = Slot {
-            data: data.into_boxed_slice(),
-            version: meta.version.0,
-            exptime: meta.exptime,
-            flags: meta.flags,
-            last_access: at.now,
-            // Key lengths are at most 250 (crate::key), so they fit in a u8.
-            key_len: key_len as u8,
-            bits: meta.bits,
-        };
-        let tombstone = slot.is_tombstone();
-        let idx = match existing {
-            Some(idx) => {
-                at.shard.replace(idx, slot);
-                idx
-            }
-            None => {
-                let hasher = |k: &[u8]| self.hash(k);
-                at.shard.insert(at.hash, slot, &hasher)
-            }
-        };
-        at.found = if tombstone {
-            Found::Tombstone(idx)
-        } else {
-            Found::Item(idx)
-        };
-        Ok(())
-    }
-
-    /// Applies a replicated mutation by last-writer-wins: it takes effect iff its version is
-    /// newer than what is held for the key (item, tombstone, or a flush covering it). Equal
-    /// versions are the same write. Hence order, duplication and redelivery do not matter.
-    pub fn apply(&self, key: &[u8], m: &Remote<'_>, now: u32) -> Result<Applied, StoreError> {
-        let hash = self.hash(key);
-        let floor = self.flush_floor(now);
-        let shard_idx = self.shard_of(hash);
-        let mut shard = lock(&self.shards[shard_idx]);
-        let found = self.find(&mut shard, hash, key, now, floor, false);
-        let held = match found {
-            Found::Item(i) | Found::Tombstone(i) => shard.slot(i).version,
-            Found::Absent => 0,
-        };
-        let version = m.version();
-        if version.0 == held {
-            return Ok(Applied::Identical);
-        }
-        if version.0 < held.max(floor) {
-            return Ok(Applied::Behind);
-        }
-        let mut at = Slotted {
-            shard: &mut shard,
-            shard_idx,
-            hash,
-            key,
-            now,
-            floor,
-            found,
-        };
-        match *m {
-            Remote::Put {
-                value,
-                flags,
-                exptime,
-                version,
-            } => {
-                if self.too_large(key.len(), value.len(), flags) {
-                    return Err(StoreError::TooLarge);
-                }
-                if exptime != 0 && exptime <= now {
-                    self.delete_at(&mut at, version)?;
-                } else {
-                    let mut data = Vec::with_capacity(key.len() + value.len());
-                    data.extend_from_slice(key);
-                    data.extend_from_slice(value);
-                    self.write_slot(
-                        &mut at,
-                        data,
-                        SlotMeta {
-                            version,
-                            exptime,
-                            flags,
-                            bits: 0,
-                        },
-                    )?;
-                }
-            }
-            Remote::Delete { version } => {
-                self.delete_at(&mut at, version)?;
-            }
-        }
-        Ok(Applied::Accepted)
-    }
-
-    /// Makes room for `need` more bytes, evicting if allowed.
-    fn reserve(
-        &self,
-        shard: &mut Shard,
-        shard_idx: usize,
-        need: usize,
-        keep: Option<u32>,
-        now: u32,
-        floor: u64,
-    ) -> Result<(), StoreError> {
-        let hasher = |k: &[u8]| self.hash(k);
-        loop {
-            let used = self.used.load(Ordering::Acquire);
-            if used + need <= self.cfg.mem_limit {
-                if self
-                    .used
-                    .compare_exchange_weak(used, used + need, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return Ok(());
-                }
-                continue;
-            }
-            if !self.cfg.evict {
-                // Even with -M, dead items are fair game: they are not data.
-                let freed = shard.sweep(DEAD_SCAN, now, floor, &hasher);
-                if freed > 0 {
-                    self.used.fetch_sub(freed, Ordering::AcqRel);
-                    continue;
-                }
-                return Err(StoreError::OutOfMemory);
-            }
-            if let Some(freed) = shard.evict_one(keep, now, floor, &hasher) {
-                self.used.fetch_sub(freed, Ordering::AcqRel);
-                continue;
-            }
-            // This shard has nothing left to give; ask the others without blocking on them
-            // (blocking could deadlock against a writer doing the same the other way round).
-            let mut freed_any = false;
-            for (i, other) in self.shards.iter().enumerate() {
-                if i == shard_idx {
-                    continue;
-                }
-                if let Ok(mut other) = other.try_lock() {
-                    if let Some(freed) = other.evict_one(None, now, floor, &hasher) {
-                        self.used.fetch_sub(freed, Ordering::AcqRel);
-                        freed_any = true;
-                        break;
-                    }
-                }
-            }
-            if !freed_any {
-                return Err(StoreError::OutOfMemory);
-            }
-        }
     }
 
     /// `flush_all`: every item older than `version` is gone once `at` (unix seconds) has
