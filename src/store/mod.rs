@@ -469,14 +469,19 @@ impl Store {
     /// at a time; the background sweeper calls this often with a small budget so that no
     /// lock is held for long.
     pub fn sweep(&self, now: u32, budget: usize) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.sweep_shard(i, now, budget))
+            .sum()
+    }
+
+    /// [`Store::sweep`] for one shard (`index` wraps around the shard count), so that a
+    /// frequent sweeper can do a little at a time.
+    pub fn sweep_shard(&self, index: usize, now: u32, budget: usize) -> usize {
         let floor = self.flush_floor(now);
         let hasher = |k: &[u8]| self.hash(k);
-        let mut freed = 0;
-        for shard in self.shards.iter() {
-            let f = lock(shard).sweep(budget, now, floor, &hasher);
-            self.used.fetch_sub(f, Ordering::AcqRel);
-            freed += f;
-        }
+        let shard = &self.shards[index % self.shards.len()];
+        let freed = lock(shard).sweep(budget, now, floor, &hasher);
+        self.used.fetch_sub(freed, Ordering::AcqRel);
         freed
     }
 
