@@ -27,5 +27,6 @@ pub mod clock;
 pub mod config;
 pub mod key;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod store;
