@@ -181,7 +181,25 @@ struct PendingFlush {
     at: u32,
 }
 
+/// A local change as replicated: the key's resulting state (DESIGN.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    Put {
+        value: &'a [u8],
+        flags: u32,
+        exptime: u32,
+        version: Version,
+    },
+    Delete {
+        version: Version,
+    },
+}
+
+/// Receives every local change; see [`Store::set_journal`].
+pub type Journal = Box<dyn Fn(&[u8], Change<'_>) + Send + Sync>;
+
 pub struct Store {
+    journal: std::sync::OnceLock<Journal>,
     shards: Box<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
     cfg: StoreConfig,
@@ -205,6 +223,7 @@ impl Store {
         let n = cfg.shards.max(1).next_power_of_two();
         let shards = (0..n).map(|_| Mutex::new(Shard::default())).collect();
         Self {
+            journal: std::sync::OnceLock::new(),
             shards,
             hasher: DefaultHashBuilder::default(),
             shard_shift: n.trailing_zeros(),
@@ -370,7 +389,11 @@ impl Store {
         let version = match mutation {
             Mutation::Keep => current.map_or(Version::NONE, |i| Version(at.shard.slot(i).version)),
             Mutation::Delete => match current {
-                Some(_) => self.delete_at(&mut at, hlc.tick())?,
+                Some(_) => {
+                    let v = self.delete_at(&mut at, hlc.tick())?;
+                    self.journal(&at);
+                    v
+                }
                 None => Version::NONE,
             },
             Mutation::Update {
@@ -391,6 +414,7 @@ impl Store {
                 if exptime.is_some_and(|e| e != 0 && e <= now) {
                     let v = if bump { new_version } else { hlc.tick() };
                     self.delete_at(&mut at, v)?;
+                    self.journal(&at);
                     return Ok((r, Version::NONE));
                 }
                 let slot = at.shard.slot_mut(idx);
@@ -401,7 +425,11 @@ impl Store {
                 if bump {
                     slot.version = new_version.0;
                 }
-                Version(slot.version)
+                let v = Version(slot.version);
+                if bump {
+                    self.journal(&at);
+                }
+                v
             }
             Mutation::Put(put) => {
                 let old_value = current.map_or(&[][..], |i| at.shard.slot(i).value());
@@ -422,6 +450,7 @@ impl Store {
                     let v = put.version.unwrap_or_else(|| hlc.tick());
                     if current.is_some() {
                         self.delete_at(&mut at, v)?;
+                        self.journal(&at);
                     }
                     return Ok((r, v));
                 }
@@ -437,6 +466,7 @@ impl Store {
                     bits: put.bits & (STALE | WIN_SENT),
                 };
                 self.write_slot(&mut at, data, meta)?;
+                self.journal(&at);
                 version
             }
         };
@@ -448,6 +478,37 @@ impl Store {
             }
         }
         Ok((r, version))
+    }
+
+    /// Has every local change (not remote ones applied by [`Store::apply`]) reported to
+    /// `journal` as the key's resulting state, under the key's lock, so the report order per
+    /// key is the write order. For replication; set once, before serving.
+    pub fn set_journal(&self, journal: Journal) -> Result<(), Journal> {
+        self.journal.set(journal)
+    }
+
+    /// Reports the state `at` points to, if a journal is set.
+    fn journal(&self, at: &Slotted<'_, '_>) {
+        let Some(journal) = self.journal.get() else {
+            return;
+        };
+        let change = match at.found {
+            Found::Item(i) => {
+                let s = at.shard.slot(i);
+                Change::Put {
+                    value: s.value(),
+                    flags: s.flags,
+                    exptime: s.exptime,
+                    version: Version(s.version),
+                }
+            }
+            Found::Tombstone(i) => Change::Delete {
+                version: Version(at.shard.slot(i).version),
+            },
+            // Without tombstones there is nothing to tell (a standalone node).
+            Found::Absent => return,
+        };
+        journal(at.key, change);
     }
 
     /// `flush_all`: every item older than `version` is gone once `at` (unix seconds) has
