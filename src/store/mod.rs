@@ -16,6 +16,7 @@
 //! that is the one place where "compaction" happens, and it means a stored item never pins a
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
+mod journal;
 mod merge;
 mod shard;
 mod write;
@@ -27,6 +28,7 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::clock::{Hlc, Version};
+pub use journal::{Change, Journal};
 pub use merge::{Applied, Remote};
 use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
 pub use shard::{STALE, WIN_SENT};
@@ -180,23 +182,6 @@ struct PendingFlush {
     version: Version,
     at: u32,
 }
-
-/// A local change as replicated: the key's resulting state (DESIGN.md section 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change<'a> {
-    Put {
-        value: &'a [u8],
-        flags: u32,
-        exptime: u32,
-        version: Version,
-    },
-    Delete {
-        version: Version,
-    },
-}
-
-/// Receives every local change; see [`Store::set_journal`].
-pub type Journal = Box<dyn Fn(&[u8], Change<'_>) + Send + Sync>;
 
 pub struct Store {
     journal: std::sync::OnceLock<Journal>,
@@ -478,37 +463,6 @@ impl Store {
             }
         }
         Ok((r, version))
-    }
-
-    /// Has every local change (not remote ones applied by [`Store::apply`]) reported to
-    /// `journal` as the key's resulting state, under the key's lock, so the report order per
-    /// key is the write order. For replication; set once, before serving.
-    pub fn set_journal(&self, journal: Journal) -> Result<(), Journal> {
-        self.journal.set(journal)
-    }
-
-    /// Reports the state `at` points to, if a journal is set.
-    fn journal(&self, at: &Slotted<'_, '_>) {
-        let Some(journal) = self.journal.get() else {
-            return;
-        };
-        let change = match at.found {
-            Found::Item(i) => {
-                let s = at.shard.slot(i);
-                Change::Put {
-                    value: s.value(),
-                    flags: s.flags,
-                    exptime: s.exptime,
-                    version: Version(s.version),
-                }
-            }
-            Found::Tombstone(i) => Change::Delete {
-                version: Version(at.shard.slot(i).version),
-            },
-            // Without tombstones there is nothing to tell (a standalone node).
-            Found::Absent => return,
-        };
-        journal(at.key, change);
     }
 
     /// `flush_all`: every item older than `version` is gone once `at` (unix seconds) has
