@@ -1,0 +1,433 @@
+//! The peer transport (DESIGN.md section 4): one QUIC endpoint per node, both server and
+//! client, on mutually authenticated TLS 1.3. It knows who a peer is and nothing of what the
+//! peer says: streams, frames and cluster logic are the caller's.
+//!
+//! ```text
+//!   PeerEndpoint::bind(addr, identity)      one UDP socket, the node's cert, the cluster CA
+//!     .connect(addr, "node-b") ──► PeerConn { name: "node-b", conn }   (we dialed node-b)
+//!     .accept()                ──► PeerConn { name: <dialer's CN>, conn }
+//! ```
+//!
+//! **Who may talk.** Both sides present a certificate chained to a CA in
+//! `identity.ca_certs`, checked by webpki inside the handshake, so that a refused peer never
+//! gets a connection to send application data on. The dialer also checks that the server is
+//! the node it meant to reach: its name is the TLS server name (matched against the DNS SANs)
+//! *and* must be the certificate's CN (the node name proper, see `crate::certs`). The
+//! acceptor learns the dialer's name from its verified certificate. ALPN [`ALPN`] names the
+//! protocol and its version; a peer speaking anything else is refused in the handshake.
+//!
+//! **Liveness.** Keep-alives every [`KEEP_ALIVE`] and an idle timeout of [`IDLE_TIMEOUT`]:
+//! a silent peer (crashed, partitioned) is noticed as a closed connection within seconds,
+//! without any application-level ping. Datagrams are enabled for gossip.
+//!
+//! A refusal is reported as a [`TransportError`] naming the reason (the rustls message, or
+//! the names that did not match); [`PeerEndpoint::accept`] reports each failed incoming
+//! handshake and keeps the endpoint usable. Incoming handshakes run concurrently, each in its
+//! own task, so a peer that starts a handshake and goes silent delays nobody else: a hostile
+//! packet stream never stops a node from accepting its real peers.
+
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::AlertDescription;
+use tokio::sync::mpsc;
+
+use crate::certs::{node_name_of, CertsError, NodeIdentity, NodeName};
+
+/// The ALPN protocol id: the peer protocol and its version. A new incompatible wire version
+/// gets a new id, so that mismatched nodes fail the handshake instead of misparsing frames.
+pub const ALPN: &[u8] = b"meshcached/1";
+
+/// How often an otherwise idle connection sends a keep-alive (a PING).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// How long without hearing from a peer before its connection is declared dead. Ten missed
+/// keep-alives: tolerant of a lost packet or a GC-like pause, quick enough for failover.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Room for received gossip datagrams not yet read by the application.
+const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
+
+/// Handshakes completed (or refused) but not yet taken by [`PeerEndpoint::accept`]; beyond
+/// this, finished handshakes wait for the caller (quinn bounds how many are in flight).
+const ACCEPT_QUEUE: usize = 64;
+
+/// Application close code when we refuse a connection after the TLS handshake (a check that
+/// TLS itself cannot make, e.g. the negotiated protocol).
+const CLOSE_REFUSED: u32 = 1;
+
+/// Why a peer connection could not be made or was refused. Each message names the peer's
+/// address (or the node names involved) and the reason; none leaves the endpoint unusable
+/// except [`TransportError::Closed`] (and a failed [`PeerEndpoint::bind`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot bind the cluster endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the cluster endpoint's local address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("invalid TLS configuration: {0}")]
+    Config(String),
+    #[error("cannot dial {expected:?}: {source}")]
+    InvalidName {
+        expected: String,
+        source: CertsError,
+    },
+    #[error("cannot dial {addr}: {source}")]
+    Dial {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    /// The TLS handshake failed: `by_peer` says which side refused; `reason` is what rustls
+    /// said (e.g. "invalid peer certificate: UnknownIssuer", "certificate expired ...").
+    #[error("TLS handshake with {addr} refused by {}: {reason}", if *.by_peer { "the peer" } else { "us" })]
+    HandshakeRefused {
+        addr: SocketAddr,
+        by_peer: bool,
+        reason: String,
+    },
+    /// The dialed server holds a valid certificate from our CA, but for another node.
+    #[error("expected node {expected:?}, but the peer's certificate names {presented:?}")]
+    NameMismatch { expected: String, presented: String },
+    #[error("peer {addr} presented no client certificate")]
+    NoClientCertificate { addr: SocketAddr },
+    #[error(
+        "peer {addr} does not speak {} (ALPN negotiation failed)",
+        String::from_utf8_lossy(ALPN)
+    )]
+    AlpnMismatch { addr: SocketAddr },
+    #[error("peer {addr} presented a certificate that is not a node certificate: {source}")]
+    PeerCertificate {
+        addr: SocketAddr,
+        source: CertsError,
+    },
+    #[error("connection with {addr} failed: {source}")]
+    Connection {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("the cluster endpoint is closed")]
+    Closed,
+}
+
+/// An authenticated connection to a peer node.
+#[derive(Debug, Clone)]
+pub struct PeerConn {
+    /// The peer's node name, read from its verified certificate.
+    pub name: String,
+    pub conn: quinn::Connection,
+}
+
+type Accepted = Result<PeerConn, TransportError>;
+
+/// One node's QUIC endpoint: it accepts peers and dials them, on a single UDP port.
+#[derive(Debug)]
+pub struct PeerEndpoint {
+    endpoint: quinn::Endpoint,
+    identity: NodeIdentity,
+    roots: Arc<rustls::RootCertStore>,
+    transport: Arc<quinn::TransportConfig>,
+    /// Results of incoming handshakes, in the order they finish.
+    accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
+    /// Takes incoming connections off the endpoint and starts their handshakes; it holds a
+    /// handle on the endpoint, so it is aborted when the `PeerEndpoint` is dropped.
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PeerEndpoint {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl PeerEndpoint {
+    /// Binds the endpoint on `addr` (port 0 picks one). Must be called inside a tokio runtime,
+    /// which drives the socket.
+    pub fn bind(addr: SocketAddr, identity: NodeIdentity) -> Result<PeerEndpoint, TransportError> {
+        let roots = tls::roots(&identity)?;
+        let transport = Arc::new(transport_config());
+        let server_tls = tls::server_config(&identity, roots.clone())?;
+        let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+        server.transport_config(transport.clone());
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let acceptor = tokio::spawn(run_acceptor(endpoint.clone(), tx));
+        Ok(PeerEndpoint {
+            endpoint,
+            identity,
+            roots,
+            transport,
+            accepted: tokio::sync::Mutex::new(rx),
+            acceptor,
+        })
+    }
+
+    /// The address the endpoint is bound to (with the real port when bound on port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(TransportError::LocalAddr)
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// The underlying quinn endpoint, e.g. for its statistics.
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Dials the node `expected_name` at `addr`. Returns once the handshake is done and the
+    /// server proved to be that node. Note that in TLS 1.3 the server checks our certificate
+    /// after we consider the handshake done: if it refuses us, this returns `Ok` and the
+    /// connection closes right after with the server's reason (streams then fail).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected_name: &str,
+    ) -> Result<PeerConn, TransportError> {
+        let invalid = |source| TransportError::InvalidName {
+            expected: expected_name.to_string(),
+            source,
+        };
+        // A node name is always a valid DNS name (NodeName guarantees it), so it can be the
+        // TLS server name, which rustls matches against the certificate's DNS SANs.
+        let name = NodeName::new(expected_name).map_err(invalid)?;
+        let server_name = ServerName::try_from(name.as_str().to_string())
+            .map_err(|e| TransportError::Config(format!("server name {expected_name:?}: {e}")))?;
+        let refusal = Arc::new(Mutex::new(None));
+        let client_tls = tls::client_config(
+            &self.identity,
+            self.roots.clone(),
+            name.as_str(),
+            refusal.clone(),
+        )?;
+        let client_quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_quic));
+        client.transport_config(self.transport.clone());
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, server_name.to_str().as_ref())
+            .map_err(|source| TransportError::Dial { addr, source })?;
+        let conn = match connecting.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Our verifier's own account of a refusal is more precise than the TLS alert.
+                let recorded = refusal.lock().ok().and_then(|mut slot| slot.take());
+                return Err(recorded.unwrap_or_else(|| classify(addr, e)));
+            }
+        };
+        check_alpn(&conn, addr)?;
+        // The verifier already insisted on the name; reading it back from the certificate
+        // keeps `PeerConn::name` the certificate's word, on both sides alike.
+        let presented = peer_name(&conn, addr)?;
+        if presented != expected_name {
+            conn.close(CLOSE_REFUSED.into(), b"unexpected node name");
+            return Err(TransportError::NameMismatch {
+                expected: expected_name.to_string(),
+                presented,
+            });
+        }
+        Ok(PeerConn {
+            name: presented,
+            conn,
+        })
+    }
+
+    /// The next peer that dialed in and passed the handshake. An `Err` other than
+    /// [`TransportError::Closed`] concerns one incoming connection (refused certificate,
+    /// wrong protocol, timeout): log it and call `accept` again. Cancel-safe.
+    pub async fn accept(&self) -> Result<PeerConn, TransportError> {
+        let mut accepted = self.accepted.lock().await;
+        accepted.recv().await.unwrap_or(Err(TransportError::Closed))
+    }
+
+    /// Closes every connection (telling peers why) and stops accepting.
+    pub fn close(&self, reason: &str) {
+        self.endpoint.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Waits until every connection has closed cleanly (for a graceful shutdown).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Hands every incoming connection to its own handshake task, until the endpoint closes;
+/// then dropping the last sender (once pending handshakes end) makes `accept` return `Closed`.
+async fn run_acceptor(endpoint: quinn::Endpoint, tx: mpsc::Sender<Accepted>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = handshake(incoming).await;
+            if let Err(e) = &result {
+                tracing::debug!("incoming peer connection refused: {e}");
+            }
+            // If the PeerEndpoint is gone, nobody wants the connection: dropping it closes it.
+            let _ = tx.send(result).await;
+        });
+    }
+}
+
+/// The server side of one handshake, and the checks after it.
+async fn handshake(incoming: quinn::Incoming) -> Accepted {
+    let addr = incoming.remote_address();
+    let conn = incoming.await.map_err(|e| classify(addr, e))?;
+    check_alpn(&conn, addr)?;
+    let name = peer_name(&conn, addr)?;
+    Ok(PeerConn { name, conn })
+}
+
+/// The QUIC settings shared by both directions of every peer connection.
+fn transport_config() -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config.keep_alive_interval(Some(KEEP_ALIVE));
+    // Both ends advertise the same timeout; QUIC uses the smaller of the two.
+    config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        IDLE_TIMEOUT.as_millis() as u32,
+    ))));
+    config.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    config
+}
+
+/// Rustls refuses a peer offering no common ALPN; this re-checks the outcome so that a
+/// configuration change can never silently accept a peer without one.
+fn check_alpn(conn: &quinn::Connection, addr: SocketAddr) -> Result<(), TransportError> {
+    let protocol = conn
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if protocol.as_deref() == Some(ALPN) {
+        Ok(())
+    } else {
+        conn.close(CLOSE_REFUSED.into(), b"ALPN mismatch");
+        Err(TransportError::AlpnMismatch { addr })
+    }
+}
+
+/// The node name from the peer's verified certificate (the first of its chain).
+fn peer_name(conn: &quinn::Connection, addr: SocketAddr) -> Result<String, TransportError> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let Some(cert) = chain.as_ref().and_then(|chain| chain.first()) else {
+        conn.close(CLOSE_REFUSED.into(), b"no certificate");
+        return Err(TransportError::NoClientCertificate { addr });
+    };
+    node_name_of(cert).map_err(|source| {
+        conn.close(CLOSE_REFUSED.into(), b"not a node certificate");
+        TransportError::PeerCertificate { addr, source }
+    })
+}
+
+/// Turns a failed handshake into what it means: a TLS alert becomes a refusal naming its
+/// reason, with the two alerts a misconfigured peer most often earns singled out.
+fn classify(addr: SocketAddr, error: quinn::ConnectionError) -> TransportError {
+    let (code, reason, by_peer) = match &error {
+        // We refused: quinn keeps the rustls error's text.
+        quinn::ConnectionError::TransportError(e) => (e.code, e.reason.clone(), false),
+        // The peer refused, and said why (quinn sends the rustls text along).
+        quinn::ConnectionError::ConnectionClosed(close) => (
+            close.error_code,
+            String::from_utf8_lossy(&close.reason).into_owned(),
+            true,
+        ),
+        _ => {
+            return TransportError::Connection {
+                addr,
+                source: error,
+            }
+        }
+    };
+    let alert = |a: AlertDescription| quinn::TransportErrorCode::crypto(u8::from(a));
+    if code == alert(AlertDescription::CertificateRequired) {
+        TransportError::NoClientCertificate { addr }
+    } else if code == alert(AlertDescription::NoApplicationProtocol) {
+        TransportError::AlpnMismatch { addr }
+    } else if (0x100..0x200).contains(&u64::from(code)) {
+        // 0x100-0x1ff: a TLS alert carried as a QUIC error (RFC 9001 section 4.8).
+        TransportError::HandshakeRefused {
+            addr,
+            by_peer,
+            reason: if reason.is_empty() {
+                format!("{code}")
+            } else {
+                reason
+            },
+        }
+    } else {
+        TransportError::Connection {
+            addr,
+            source: error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_who_refused_and_why() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 11212));
+        let e = TransportError::HandshakeRefused {
+            addr,
+            by_peer: true,
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "TLS handshake with 127.0.0.1:11212 refused by the peer: \
+             invalid peer certificate: UnknownIssuer"
+        );
+        let e = TransportError::AlpnMismatch { addr };
+        assert!(e.to_string().contains("meshcached/1"), "{e}");
+        let e = TransportError::NameMismatch {
+            expected: "node-b".into(),
+            presented: "node-c".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "expected node \"node-b\", but the peer's certificate names \"node-c\""
+        );
+    }
+
+    #[test]
+    fn tls_alerts_are_classified() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 11212));
+        let closed = |alert: AlertDescription, reason: &'static [u8]| {
+            quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: quinn::TransportErrorCode::crypto(u8::from(alert)),
+                frame_type: None,
+                reason: bytes::Bytes::from_static(reason),
+            })
+        };
+        let e = classify(addr, closed(AlertDescription::CertificateRequired, b""));
+        assert!(
+            matches!(e, TransportError::NoClientCertificate { .. }),
+            "{e:?}"
+        );
+        let e = classify(addr, closed(AlertDescription::NoApplicationProtocol, b""));
+        assert!(matches!(e, TransportError::AlpnMismatch { .. }), "{e:?}");
+        let e = classify(addr, closed(AlertDescription::BadCertificate, b"expired"));
+        assert!(
+            matches!(&e, TransportError::HandshakeRefused { by_peer: true, reason, .. }
+                if reason == "expired"),
+            "{e:?}"
+        );
+        let e = classify(addr, quinn::ConnectionError::TimedOut);
+        assert!(matches!(e, TransportError::Connection { .. }), "{e:?}");
+    }
+}
