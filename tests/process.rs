@@ -130,6 +130,7 @@ fn memory_limit_evicts_and_minus_m_refuses() {
 
     let node = Node::start(&["-m", "1", "-M"]);
     let mut c = node.client();
+    assert_eq!(c.line("set small 0 0 1\r\nx"), "STORED\r\n");
     let mut refused = 0;
     for i in 0..3000 {
         match c.line(&format!("set key{i} 0 0 1000\r\n{value}")).as_str() {
@@ -143,6 +144,12 @@ fn memory_limit_evicts_and_minus_m_refuses() {
     assert!(c
         .call(b"get key0\r\n", b"END\r\n")
         .starts_with("VALUE key0 0 1000"));
+    // A set that fails for memory drops the old value, as memcached does.
+    assert_eq!(
+        c.line(&format!("set small 0 0 1000\r\n{value}")),
+        "SERVER_ERROR out of memory storing object\r\n"
+    );
+    assert_eq!(c.call(b"get small\r\n", b"END\r\n"), "END\r\n");
 }
 
 #[test]
@@ -273,4 +280,48 @@ fn binary_garbage_closes_only_that_connection() {
     c.send(b"\x13garbage that is not a binary header at all........");
     assert!(c.closed());
     assert!(node.client().line("version").starts_with("VERSION "));
+}
+
+/// One multi-key get whose answer is far larger than memory: the server writes it out as it
+/// goes instead of building it whole.
+#[test]
+fn a_huge_multi_get_is_answered_in_bounded_memory() {
+    let node = Node::start(&["-m", "64", "-I", "1m", "-t", "1"]);
+    let mut c = node.client();
+    let value = "v".repeat(1_000_000);
+    assert_eq!(
+        c.line(&format!("set big 0 0 1000000\r\n{value}")),
+        "STORED\r\n"
+    );
+    let n = 600; // 600 MB of answer
+    let line = format!("get{}\r\n", " big".repeat(n));
+    c.send(line.as_bytes());
+    // Once the first bytes arrive the server is writing; had it built the whole answer
+    // first, it would now hold 600 MB.
+    let first = c.read_exact(16);
+    assert!(first.starts_with(b"VALUE big 0 "));
+    let rss = rss_kb(node.child.id());
+    assert!(rss < 200_000, "server RSS grew to {rss} kB");
+    // Count the answers: "VALUE " can straddle two reads, so keep its length minus one.
+    let mut seen = 1;
+    let mut total = first.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut tail = Vec::new();
+    loop {
+        let got = std::io::Read::read(&mut c.stream, &mut buf).expect("read");
+        assert!(got > 0, "closed early");
+        total += got;
+        tail.extend_from_slice(&buf[..got]);
+        seen += tail.windows(6).filter(|w| w == b"VALUE ").count();
+        if tail.ends_with(b"END\r\n") {
+            break;
+        }
+        let keep = tail.len().min(5);
+        tail.drain(..tail.len() - keep);
+    }
+    assert_eq!(seen, n);
+    assert_eq!(
+        total,
+        n * (b"VALUE big 0 1000000\r\n".len() + 1_000_000 + 2) + 5
+    );
 }

@@ -218,8 +218,8 @@ pub fn parse_i32(b: &[u8]) -> Option<i64> {
         Some(b'-') => (true, &b[1..]),
         _ => (false, b),
     };
-    let n = parse_u64(digits)? as i64;
-    let n = if neg { -n } else { n };
+    let n = i64::try_from(parse_u64(digits)?).ok()?;
+    let n = if neg { n.checked_neg()? } else { n };
     (i64::from(i32::MIN)..=i64::from(i32::MAX))
         .contains(&n)
         .then_some(n)
@@ -254,6 +254,9 @@ mod tests {
         assert_eq!(parse_u32(b"4294967296"), None);
         assert_eq!(parse_i32(b"-5"), Some(-5));
         assert_eq!(parse_i32(b"2147483648"), None);
+        assert_eq!(parse_i32(b"-9223372036854775808"), None);
+        assert_eq!(parse_i32(b"-18446744073709551615"), None);
+        assert_eq!(parse_i32(b"18446744073709551615"), None);
         let mut out = BytesMut::new();
         put_u64(&mut out, 0);
         out.extend_from_slice(b" ");

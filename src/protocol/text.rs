@@ -58,7 +58,20 @@ fn tokenize(line: &[u8], out: &mut Vec<Range<usize>>) {
 /// Decodes one request from the front of `buf`. `max_value` is the `-I` limit: larger data
 /// blocks are not buffered but swallowed as they arrive.
 pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, TextError> {
-    let Some(nl) = memchr(b'\n', buf) else {
+    decode_from(buf, max_value, &mut 0)
+}
+
+/// [`decode`] for a connection that keeps `scanned`: how many leading bytes of `buf` are
+/// known to hold no newline. A long line that arrives a few bytes at a time is then
+/// searched once, not once per read. Reset it to 0 whenever a request is returned.
+pub fn decode_from(
+    buf: &mut BytesMut,
+    max_value: usize,
+    scanned: &mut usize,
+) -> Result<Option<Request>, TextError> {
+    let from = (*scanned).min(buf.len());
+    let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| i + from) else {
+        *scanned = buf.len();
         let limit = if is_get_line(buf) {
             MAX_GET_LINE
         } else {

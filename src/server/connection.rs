@@ -19,7 +19,9 @@ use super::Shared;
 use crate::protocol::{binary, text, Request};
 
 const READ_CHUNK: usize = 16 * 1024;
-const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// An idle connection's buffers are given back once they grew past this (a large value
+/// came or went), so that many idle connections do not pin memory outside `-m`.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// An accepted client socket, in its std (not yet registered) form: it is registered with
 /// the reactor of the worker that serves it, so that its readiness events wake that worker
@@ -42,6 +44,14 @@ impl Stream {
 
 /// Serves one connection; must run on the worker's runtime.
 pub async fn serve(shared: Arc<Shared>, stream: Stream) {
+    // Gives the connection's slot back however the task ends, a panic included.
+    struct Slot<'a>(&'a Shared);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.conns.curr.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let _slot = Slot(&shared);
     let registered = match stream {
         Stream::Tcp(s) => match TcpStream::from_std(s) {
             Ok(s) => Ok(run(&shared, s).await),
@@ -55,7 +65,6 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
     if let Err(e) = registered {
         tracing::warn!(error = %e, "cannot register a client socket");
     }
-    shared.conns.curr.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// The dialect of a connection is fixed by its first byte, as in memcached.
@@ -76,8 +85,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
     tokio::pin!(stopping);
     let mut dialect = None;
     let mut swallow = 0usize;
+    let mut scanned = 0usize;
     let max_value = shared.config.max_item_size;
     loop {
+        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+            rbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
@@ -94,7 +107,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                 break;
             }
         }
-        let now = shared.clock().now_secs();
+        let mut now = shared.clock().now_secs();
         let mut close = false;
         loop {
             if swallow > 0 {
@@ -112,7 +125,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                 Dialect::Text
             });
             let decoded: Result<Option<Request>, String> = match d {
-                Dialect::Text => text::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
+                Dialect::Text => {
+                    text::decode_from(&mut rbuf, max_value, &mut scanned).map_err(|e| e.to_string())
+                }
                 Dialect::Binary => binary::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
             };
             let req = match decoded {
@@ -124,20 +139,41 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                     break;
                 }
             };
+            scanned = 0;
             swallow = req.swallow;
-            let mut ctx = Ctx {
-                shared,
-                now,
-                counters: &mut counters,
-            };
-            if dispatch::execute(&mut ctx, req, &mut wbuf) == After::Close {
-                close = true;
+            let mut req = req;
+            loop {
+                let mut ctx = Ctx {
+                    shared,
+                    now,
+                    counters: &mut counters,
+                };
+                match dispatch::execute(&mut ctx, req, &mut wbuf) {
+                    After::Continue => break,
+                    After::Close => {
+                        close = true;
+                        break;
+                    }
+                    After::More(rest) => {
+                        if !flush(&mut stream, &mut wbuf, &mut counters).await {
+                            close = true;
+                            break;
+                        }
+                        // Writing may have waited on a slow reader: time has moved.
+                        now = shared.clock().now_secs();
+                        req = rest;
+                    }
+                }
+            }
+            if close {
                 break;
             }
-            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &mut counters).await
-            {
-                close = true;
-                break;
+            if wbuf.len() >= dispatch::ANSWER_CHUNK {
+                if !flush(&mut stream, &mut wbuf, &mut counters).await {
+                    close = true;
+                    break;
+                }
+                now = shared.clock().now_secs();
             }
         }
         let ok = flush(&mut stream, &mut wbuf, &mut counters).await;
@@ -162,6 +198,10 @@ async fn flush<S: AsyncWrite + Unpin>(
     }
     let ok = stream.write_all(wbuf).await.is_ok();
     counters.add(Counter::BytesWritten, wbuf.len() as u64);
-    wbuf.clear();
+    if wbuf.capacity() > SHRINK_ABOVE {
+        *wbuf = BytesMut::with_capacity(READ_CHUNK);
+    } else {
+        wbuf.clear();
+    }
     ok
 }

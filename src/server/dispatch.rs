@@ -18,11 +18,18 @@ use super::Shared;
 const RELATIVE_MAX: i64 = 60 * 60 * 24 * 30;
 
 /// What the connection must do after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum After {
     Continue,
     Close,
+    /// The answer so far passed [`ANSWER_CHUNK`] bytes: write it out, then run this, the
+    /// rest of the request (a multi-key get), so that one request cannot make the server
+    /// buffer without bound.
+    More(Request),
 }
+
+/// How much answer a connection may hold before writing it out.
+pub const ANSWER_CHUNK: usize = 256 * 1024;
 
 /// Everything a command needs: the shared server state, the time of this batch of requests
 /// and the connection's counters.
@@ -75,12 +82,32 @@ impl Ctx<'_> {
     }
 }
 
-/// Runs one request and writes its answer to `out`.
+/// Runs one request and writes its answer to `out`. Returns what the connection must do
+/// next; for a multi-key get that answered only part of its keys, the rest to run.
 pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
     let reply = req.reply;
     let outcome = match req.command {
-        Command::Get { keys, touch, cas } => {
-            get(ctx, &reply, &keys, touch, cas, out);
+        Command::Get {
+            mut keys,
+            touch,
+            cas,
+        } => {
+            let done = get(ctx, &reply, &keys, touch, cas, out);
+            if done < keys.len() {
+                let rest = keys.split_off(done);
+                let command = Command::Get {
+                    keys: rest,
+                    touch,
+                    cas,
+                };
+                return After::More(Request {
+                    command,
+                    reply,
+                    close: req.close,
+                    swallow: 0,
+                });
+            }
+            protocol::encode_end(&reply, out);
             None
         }
         Command::Store {
@@ -94,13 +121,7 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
         Command::TooLarge { mode, key } => {
             ctx.bump(Counter::StoreTooLarge);
             if let (StoreMode::Set, Some(key)) = (mode, key) {
-                // memcached drops the old value rather than let a failed set leave it.
-                let _ = ctx
-                    .shared
-                    .store
-                    .mutate(key.as_bytes(), ctx.now, &ctx.shared.hlc, |_| {
-                        (Mutation::Delete, ())
-                    });
+                drop_after_failed_set(ctx, key.as_bytes());
             }
             Some(Outcome::TooLarge)
         }
@@ -153,6 +174,8 @@ fn unreachable_reply(out: &mut BytesMut) {
     out.extend_from_slice(b"SERVER_ERROR internal error\r\n");
 }
 
+/// Answers the keys in order and returns how many it answered: all of them, unless the
+/// answer passed [`ANSWER_CHUNK`] first (at least one key is always answered).
 fn get(
     ctx: &mut Ctx<'_>,
     reply: &Reply,
@@ -160,10 +183,13 @@ fn get(
     touch: Option<i64>,
     cas: bool,
     out: &mut BytesMut,
-) {
+) -> usize {
     let shared = ctx.shared;
     let exptime = touch.map(|t| ctx.expiry(t));
-    for key in keys {
+    for (i, key) in keys.iter().enumerate() {
+        if out.len() >= ANSWER_CHUNK && i > 0 {
+            return i;
+        }
         let Some(exptime) = exptime else {
             ctx.bump(Counter::CmdGet);
             let hit = shared
@@ -212,7 +238,7 @@ fn get(
             Counter::TouchMisses
         });
     }
-    protocol::encode_end(reply, out);
+    keys.len()
 }
 
 /// A touch: a new expiry. On a standalone node the CAS stays, as in memcached (so `gets`,
@@ -226,6 +252,15 @@ pub fn touch_mutation(shared: &Shared, exptime: u32) -> Mutation<'static> {
         bump: shared.replicated(),
         version: None,
     }
+}
+
+/// memcached removes the old value when a set fails (too large, or no memory with `-M`)
+/// rather than let a stale value survive a write the client made.
+pub fn drop_after_failed_set(ctx: &Ctx<'_>, key: &[u8]) {
+    let _ = ctx
+        .shared
+        .store
+        .mutate(key, ctx.now, &ctx.shared.hlc, |_| (Mutation::Delete, ()));
 }
 
 /// Whether a storage request is conditional on the item's CAS: the text `cas` command, or
@@ -310,11 +345,7 @@ fn store(
     {
         ctx.bump(Counter::StoreTooLarge);
         if mode == StoreMode::Set {
-            let _ = shared
-                .store
-                .mutate(key.as_bytes(), ctx.now, &shared.hlc, |_| {
-                    (Mutation::Delete, ())
-                });
+            drop_after_failed_set(ctx, key.as_bytes());
         }
         return Outcome::TooLarge;
     }
@@ -343,6 +374,9 @@ fn store(
         Err(StoreError::TooLarge) => Outcome::TooLarge,
         Err(StoreError::OutOfMemory) => {
             ctx.bump(Counter::StoreNoMemory);
+            if mode == StoreMode::Set {
+                drop_after_failed_set(ctx, key.as_bytes());
+            }
             Outcome::OutOfMemory
         }
     };

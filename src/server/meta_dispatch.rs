@@ -16,7 +16,9 @@ mod debug;
 
 use bytes::BytesMut;
 
-use super::dispatch::{counter_bytes, parse_counter, store_decision, After, Ctx};
+use super::dispatch::{
+    counter_bytes, drop_after_failed_set, parse_counter, store_decision, After, Ctx,
+};
 use super::stats::Counter;
 use crate::clock::Version;
 use crate::protocol::meta::{
@@ -275,9 +277,7 @@ fn set(ctx: &mut Ctx<'_>, s: &MetaSet, reply: &MetaReply, out: &mut BytesMut) {
         _ => {
             // memcached drops the old item rather than let a failed store leave it.
             ctx.counters.bump(Counter::StoreTooLarge);
-            let _ = shared
-                .store
-                .mutate(key, ctx.now, &shared.hlc, |_| (Mutation::Delete, ()));
+            drop_after_failed_set(ctx, key);
             server_error("object too large for cache", out);
             return;
         }

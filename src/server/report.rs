@@ -89,14 +89,33 @@ fn general(ctx: &Ctx<'_>) -> Stats {
     );
     push(&mut s, "read_buf_bytes", 0);
     push(&mut s, "read_buf_bytes_free", 0);
-    for &counter in &Counter::ALL[..5] {
+    // Counters in memcached's order, with the store's get_expired/get_flushed after the
+    // get hits and misses.
+    use Counter::*;
+    for counter in [CmdGet, CmdSet, CmdFlush, CmdTouch, CmdMeta] {
         push(&mut s, counter.stat_name(), c(counter));
     }
     push(&mut s, "get_hits", c(Counter::GetHits));
     push(&mut s, "get_misses", c(Counter::GetMisses));
     push(&mut s, "get_expired", store.get_expired);
     push(&mut s, "get_flushed", store.get_flushed);
-    for &counter in &Counter::ALL[7..] {
+    for counter in [
+        DeleteMisses,
+        DeleteHits,
+        IncrMisses,
+        IncrHits,
+        DecrMisses,
+        DecrHits,
+        CasMisses,
+        CasHits,
+        CasBadval,
+        TouchHits,
+        TouchMisses,
+        StoreTooLarge,
+        StoreNoMemory,
+        BytesRead,
+        BytesWritten,
+    ] {
         push(&mut s, counter.stat_name(), c(counter));
     }
     push(&mut s, "auth_cmds", 0);

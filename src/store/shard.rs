@@ -257,9 +257,7 @@ impl Shard {
 
     /// Every live slot, for `stats`-like walks and tests.
     pub fn live(&self, now: u32, flush_floor: u64) -> impl Iterator<Item = &Slot> {
-        self.slots
-            .iter()
-            .filter(move |s| !s.is_free() && !s.is_dead(now, flush_floor))
+        self.held(now, flush_floor).filter(|s| !s.is_tombstone())
     }
 
     /// Every item and tombstone not yet dead.

@@ -143,13 +143,13 @@ impl Store {
                 }
                 continue;
             }
+            // Dead items go first, in both modes: they are not data.
+            let freed = shard.sweep(DEAD_SCAN, now, floor, &hasher);
+            if freed > 0 {
+                self.used.fetch_sub(freed, Ordering::AcqRel);
+                continue;
+            }
             if !self.cfg.evict {
-                // Even with -M, dead items are fair game: they are not data.
-                let freed = shard.sweep(DEAD_SCAN, now, floor, &hasher);
-                if freed > 0 {
-                    self.used.fetch_sub(freed, Ordering::AcqRel);
-                    continue;
-                }
                 return Err(StoreError::OutOfMemory);
             }
             if let Some(freed) = shard.evict_one(keep, now, floor, &hasher) {
