@@ -72,7 +72,9 @@ pub fn apply_entries(
             Ok(Applied::Accepted) => stats.accepted += 1,
             Ok(Applied::Behind) => stats.rejected_behind += 1,
             Ok(Applied::Identical) => stats.rejected_identical += 1,
-            Err(StoreError::TooLarge | StoreError::OutOfMemory) => stats.not_stored += 1,
+            Ok(Applied::BadKey) | Err(StoreError::TooLarge | StoreError::OutOfMemory) => {
+                stats.not_stored += 1
+            }
         }
     }
     stats

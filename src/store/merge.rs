@@ -34,6 +34,8 @@ pub enum Applied {
     Behind,
     /// The very write already held.
     Identical,
+    /// Refused: an empty or over-long key, which no client could have written.
+    BadKey,
 }
 
 impl Store {
@@ -41,6 +43,11 @@ impl Store {
     /// newer than what is held for the key (item, tombstone, or a flush covering it). Equal
     /// versions are the same write. Hence order, duplication and redelivery do not matter.
     pub fn apply(&self, key: &[u8], m: &Remote<'_>, now: u32) -> Result<Applied, StoreError> {
+        // Keys from peers have not been through the protocol layer: a slot with an empty
+        // key would look free, and lengths must fit the slot's u8.
+        if key.is_empty() || key.len() > crate::key::MAX_KEY_LEN {
+            return Ok(Applied::BadKey);
+        }
         let hash = self.hash(key);
         let floor = self.flush_floor(now);
         let shard_idx = self.shard_of(hash);

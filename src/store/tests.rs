@@ -514,3 +514,18 @@ fn standalone_store_journals_nothing_without_a_journal() {
     set(&s, &hlc, now, b"k", b"v", 0).unwrap();
     assert!(s.journal.get().is_none());
 }
+
+#[test]
+fn remote_mutations_with_impossible_keys_are_refused() {
+    let (s, hlc, clock) = cluster_store();
+    let now = clock.now_secs();
+    let put = Remote::Put {
+        value: b"",
+        flags: 0,
+        exptime: 0,
+        version: hlc.tick(),
+    };
+    assert_eq!(s.apply(b"", &put, now).unwrap(), Applied::BadKey);
+    assert_eq!(s.apply(&[b'k'; 251], &put, now).unwrap(), Applied::BadKey);
+    assert_eq!(s.stats().curr_items, 0);
+}
