@@ -116,10 +116,6 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, B
         return Err(BinError::BadMagic(h.magic));
     }
     let head = h.head();
-    if buf.len() < head {
-        buf.reserve(head - buf.len());
-        return Ok(None);
-    }
     let (base, quiet) = unquiet(h.opcode);
     let reply = BinReply {
         opcode: h.opcode,
@@ -127,7 +123,8 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, B
         quiet,
         with_key: matches!(base, GETK | GATK),
     };
-    // memcached checks these before it looks at the opcode, and closes after answering.
+    // memcached checks these on the header alone, before it looks at the opcode or waits
+    // for the key, and closes after answering.
     if h.keylen + h.extlen > h.bodylen {
         return Ok(Some(fatal(buf, head, reply, Invalid::Unknown)));
     }
@@ -136,6 +133,10 @@ pub fn decode(buf: &mut BytesMut, max_value: usize) -> Result<Option<Request>, B
     }
     if h.shape_ok(base) == Some(false) {
         return Ok(Some(fatal(buf, head, reply, BAD_ARGS)));
+    }
+    if buf.len() < head {
+        buf.reserve(head - buf.len());
+        return Ok(None);
     }
     if let Some(mode) = store_mode(base) {
         return Ok(store(buf, &h, mode, reply, max_value));
@@ -171,8 +172,10 @@ fn answer(command: Command, reply: BinReply, close: bool, swallow: usize) -> Req
 
 /// A request memcached answers and then closes on: only the header, extras and key are
 /// consumed (what memcached had read); nothing after it matters.
+/// Answers a malformed request; the connection closes after it, so whatever of its head has
+/// arrived is dropped.
 fn fatal(buf: &mut BytesMut, head: usize, reply: BinReply, inv: Invalid) -> Request {
-    let _ = buf.split_to(head);
+    let _ = buf.split_to(head.min(buf.len()));
     answer(Command::Invalid(inv), reply, true, 0)
 }
 

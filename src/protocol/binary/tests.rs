@@ -461,3 +461,19 @@ fn outcomes() {
         [0, 1]
     );
 }
+
+#[test]
+fn a_bad_header_is_answered_before_its_key_arrives() {
+    // GET with keylen 65535: refused on the 24-byte header alone.
+    let mut header = vec![0u8; 24];
+    header[0] = 0x80;
+    header[2] = 0xff;
+    header[3] = 0xff;
+    header[8..12].copy_from_slice(&65535u32.to_be_bytes());
+    let mut buf = BytesMut::from(&header[..]);
+    let req = decode(&mut buf, 1 << 20)
+        .unwrap()
+        .expect("answered without the key");
+    assert!(req.close);
+    assert!(matches!(req.command, Command::Invalid(_)));
+}
