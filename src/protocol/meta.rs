@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 
 use super::{put_u64, text, Command, Invalid, Outcome, Reply, Request, StoreMode};
 use crate::key::Key;
-use crate::store::ItemRef;
 pub use flags::{base64_decode, MAX_OPAQUE};
 use flags::{KeySource, RetToken, BAD_FORMAT};
 pub use render::{put_base64, put_echo, put_echo_one, put_error, put_key, put_ret, HitView};
@@ -459,36 +458,6 @@ pub fn encode(reply: &MetaReply, outcome: &Outcome, out: &mut BytesMut) {
     out.extend_from_slice(code);
     put_echo(reply, key, cas, out);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Writes a plain `mg` hit (no `T`, `N`, `R` or serve-stale handling, which need the
-/// store). Without a clock, `t` and `l` are measured from the item's last access; the meta
-/// dispatcher renders hits itself with the request's time.
-pub fn encode_hit(reply: &MetaReply, item: &ItemRef<'_>, out: &mut BytesMut) {
-    let view = HitView {
-        key: item.key,
-        value: item.value,
-        flags: item.flags,
-        exptime: item.exptime,
-        cas: item.version.0,
-        last_access: item.last_access,
-        fetched: item.fetched,
-        now: item.last_access,
-    };
-    if reply.value {
-        out.extend_from_slice(b"VA ");
-        put_u64(out, item.value.len() as u64);
-    } else {
-        out.extend_from_slice(b"HD");
-    }
-    for r in &reply.rets {
-        put_ret(reply, r, &view, out);
-    }
-    out.extend_from_slice(b"\r\n");
-    if reply.value {
-        out.extend_from_slice(item.value);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// Writes an `mg` miss: `EN` with the `O` and `k` flags, nothing when quiet.

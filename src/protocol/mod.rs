@@ -169,7 +169,9 @@ pub fn encode(reply: &Reply, outcome: &Outcome, out: &mut BytesMut) {
 pub fn encode_hit(reply: &Reply, item: &ItemRef<'_>, with_cas: bool, out: &mut BytesMut) {
     match reply {
         Reply::Text { .. } => text::encode_hit(item, with_cas, out),
-        Reply::Meta(m) => meta::encode_hit(m, item, out),
+        // `mg` is answered by the meta dispatcher, which needs the store for its flags;
+        // no get-family command carries a meta reply.
+        Reply::Meta(_) => {}
         Reply::Binary(b) => binary::encode_hit(b, item, out),
     }
 }

@@ -423,6 +423,17 @@ pub fn parse_counter(value: &[u8]) -> Option<u64> {
     protocol::parse_u64(&rest[..digits])
 }
 
+/// incr/decr on a stored value: `None` when it is not a number; incr wraps at 2^64, decr
+/// stops at 0, as in memcached.
+pub fn apply_delta(value: &[u8], incr: bool, delta: u64) -> Option<u64> {
+    let old = parse_counter(value)?;
+    Some(if incr {
+        old.wrapping_add(delta)
+    } else {
+        old.saturating_sub(delta)
+    })
+}
+
 /// The digits of an incr/decr result, padded with spaces to the old length when shorter, as
 /// memcached does when it rewrites a counter in place.
 pub fn counter_bytes(n: u64, old_len: usize) -> Vec<u8> {
@@ -464,13 +475,8 @@ fn arith(
             if cas != 0 && ctx.visible(cur).version.0 != cas {
                 return (Mutation::Keep, Outcome::Exists);
             }
-            let Some(old) = parse_counter(cur.value) else {
+            let Some(n) = apply_delta(cur.value, incr, delta) else {
                 return (Mutation::Keep, Outcome::NonNumeric);
-            };
-            let n = if incr {
-                old.wrapping_add(delta)
-            } else {
-                old.saturating_sub(delta)
             };
             let put = Put {
                 value: NewValue::Owned(counter_bytes(n, cur.value.len())),

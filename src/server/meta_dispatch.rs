@@ -18,7 +18,7 @@ mod debug;
 use bytes::BytesMut;
 
 use super::dispatch::{
-    counter_bytes, drop_after_failed_set, parse_counter, store_decision, After, Ctx,
+    apply_delta, counter_bytes, drop_after_failed_set, store_decision, After, Ctx,
 };
 use super::stats::Counter;
 use crate::clock::Version;

@@ -237,9 +237,15 @@ impl Store {
     /// Whether memcached would refuse an item of this shape as too large (its header, CAS
     /// and suffix arithmetic, so that the boundary matches byte for byte).
     pub fn too_large(&self, key_len: usize, value_len: usize, flags: u32) -> bool {
+        self.item_size(key_len, value_len, flags) > self.cfg.max_item_size
+    }
+
+    /// memcached's `ITEM_ntotal` for an item of this shape: header, CAS (unless `-C`), key
+    /// and its NUL, value and CRLF, client flags when nonzero.
+    pub fn item_size(&self, key_len: usize, value_len: usize, flags: u32) -> usize {
         let cas = if self.cfg.cas_enabled { 8 } else { 0 };
         let suffix = if flags == 0 { 0 } else { 4 };
-        48 + cas + key_len + 1 + value_len + 2 + suffix > self.cfg.max_item_size
+        48 + cas + key_len + 1 + value_len + 2 + suffix
     }
 
     /// The version below which items are flushed, promoting a due delayed flush first.

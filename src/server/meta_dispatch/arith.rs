@@ -32,13 +32,8 @@ pub(super) fn arith(ctx: &mut Ctx<'_>, a: &MetaArith, reply: &MetaReply, out: &m
                 {
                     return (Mutation::Keep, ArithResult::Exists);
                 }
-                let Some(old) = parse_counter(i.value) else {
+                let Some(n) = apply_delta(i.value, a.incr, a.delta) else {
                     return (Mutation::Keep, ArithResult::NonNumeric);
-                };
-                let n = if a.incr {
-                    old.wrapping_add(a.delta)
-                } else {
-                    old.saturating_sub(a.delta)
                 };
                 (n, i.exptime, i.flags, i.bits, i.value.len())
             }

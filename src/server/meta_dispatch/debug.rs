@@ -27,7 +27,10 @@ pub(super) fn debug(ctx: &mut Ctx<'_>, key: &Key, reply: &MetaReply, out: &mut B
         } else {
             i64::from(i.exptime) - i64::from(now)
         };
-        let size = item_size(i.key.len(), i.value.len(), i.flags, cas_on);
+        let size = ctx
+            .shared
+            .store
+            .item_size(i.key.len(), i.value.len(), i.flags);
         let line = format!(
             " exp={exp} la={} cas={} fetch={} cls={} size={size}\r\n",
             now.wrapping_sub(i.last_access),
@@ -37,11 +40,6 @@ pub(super) fn debug(ctx: &mut Ctx<'_>, key: &Key, reply: &MetaReply, out: &mut B
         );
         out.extend_from_slice(line.as_bytes());
     });
-}
-
-/// memcached's `ITEM_ntotal`: header, CAS, key and its NUL, value and CRLF, client flags.
-pub(super) fn item_size(key_len: usize, value_len: usize, flags: u32, cas: bool) -> usize {
-    48 + if cas { 8 } else { 0 } + key_len + 1 + value_len + 2 + if flags == 0 { 0 } else { 4 }
 }
 
 /// The slab class memcached (default `-f 1.25 -n 48`, 1 MB pages) puts an item of `size`
