@@ -5,6 +5,7 @@
 //! ```text
 //!   PeerEndpoint::bind(addr, identity)      one UDP socket, the node's cert, the cluster CA
 //!     .connect(addr, "node-b") ──► PeerConn { name: "node-b", conn }   (we dialed node-b)
+//!     .connect_any(addr)       ──► PeerConn { name: <server's CN>, conn } (a --join seed)
 //!     .accept()                ──► PeerConn { name: <dialer's CN>, conn }
 //! ```
 //!
@@ -12,9 +13,11 @@
 //! `identity.ca_certs`, checked by webpki inside the handshake, so that a refused peer never
 //! gets a connection to send application data on. The dialer also checks that the server is
 //! the node it meant to reach: its name is the TLS server name (matched against the DNS SANs)
-//! *and* must be the certificate's CN (the node name proper, see `crate::certs`). The
-//! acceptor learns the dialer's name from its verified certificate. ALPN [`ALPN`] names the
-//! protocol and its version; a peer speaking anything else is refused in the handshake.
+//! *and* must be the certificate's CN (the node name proper, see `crate::certs`). Dialing a
+//! seed address with `connect_any`, the dialer accepts any node of the cluster and learns its
+//! name from its verified certificate, as the acceptor learns the dialer's. ALPN [`ALPN`]
+//! names the protocol and its version; a peer speaking anything else is refused in the
+//! handshake.
 //!
 //! **Liveness.** Keep-alives every [`KEEP_ALIVE`] and an idle timeout of [`IDLE_TIMEOUT`]:
 //! a silent peer (crashed, partitioned) is noticed as a closed connection within seconds,
@@ -197,20 +200,46 @@ impl PeerEndpoint {
         addr: SocketAddr,
         expected_name: &str,
     ) -> Result<PeerConn, TransportError> {
-        let invalid = |source| TransportError::InvalidName {
-            expected: expected_name.to_string(),
-            source,
-        };
+        self.dial(addr, Some(expected_name)).await
+    }
+
+    /// Dials whichever node answers at `addr`, for an address known before the node behind it
+    /// (a `--join` seed). The server must still hold a valid node certificate from the cluster
+    /// CA; only its name is not prescribed, and `PeerConn::name` is the one its certificate
+    /// gives (possibly this node's own, if the seed is our address: the caller decides). The
+    /// same TLS 1.3 caveat as [`PeerEndpoint::connect`] applies.
+    pub async fn connect_any(&self, addr: SocketAddr) -> Result<PeerConn, TransportError> {
+        self.dial(addr, None).await
+    }
+
+    /// The client side of one handshake, and the checks after it: the server must be the node
+    /// `expected`, or with `None` any node of the cluster.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<&str>,
+    ) -> Result<PeerConn, TransportError> {
         // A node name is always a valid DNS name (NodeName guarantees it), so it can be the
-        // TLS server name, which rustls matches against the certificate's DNS SANs.
-        let name = NodeName::new(expected_name).map_err(invalid)?;
-        let server_name = ServerName::try_from(name.as_str().to_string())
-            .map_err(|e| TransportError::Config(format!("server name {expected_name:?}: {e}")))?;
+        // TLS server name, which rustls matches against the certificate's DNS SANs. Dialing
+        // any node, a placeholder stands in, and the verifier ignores the mismatch.
+        let expected = expected
+            .map(|name| {
+                NodeName::new(name).map_err(|source| TransportError::InvalidName {
+                    expected: name.to_string(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let expected = expected.as_ref().map(NodeName::as_str);
+        let sni = expected.unwrap_or(tls::ANY_NODE_SERVER_NAME);
+        let server_name = ServerName::try_from(sni)
+            .map_err(|e| TransportError::Config(format!("server name {sni:?}: {e}")))?;
         let refusal = Arc::new(Mutex::new(None));
         let client_tls = tls::client_config(
             &self.identity,
             self.roots.clone(),
-            name.as_str(),
+            addr,
+            expected,
             refusal.clone(),
         )?;
         let client_quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
@@ -233,10 +262,10 @@ impl PeerEndpoint {
         // The verifier already insisted on the name; reading it back from the certificate
         // keeps `PeerConn::name` the certificate's word, on both sides alike.
         let presented = peer_name(&conn, addr)?;
-        if presented != expected_name {
+        if let Some(expected) = expected.filter(|&expected| expected != presented) {
             conn.close(CLOSE_REFUSED.into(), b"unexpected node name");
             return Err(TransportError::NameMismatch {
-                expected: expected_name.to_string(),
+                expected: expected.to_string(),
                 presented,
             });
         }

@@ -1,6 +1,6 @@
 //! The rustls half of the peer transport: the server and client configurations for mutual TLS
 //! against the cluster CA, and the verifier that ties a dialed peer's certificate to the node
-//! name the dialer expected.
+//! name the dialer expected (or, dialing a seed address, to whichever node it names).
 //!
 //! Everything here is built with the `ring` provider passed explicitly, never the
 //! process-default provider: a library that relied on `CryptoProvider::install_default` would
@@ -8,6 +8,7 @@
 //!
 //! Only TLS 1.3 is offered: QUIC requires it (RFC 9001), and one version means one code path.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,7 +19,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::{TransportError, ALPN};
-use crate::certs::{node_name_of, NodeIdentity};
+use crate::certs::{node_name_of, CertsError, NodeIdentity};
 
 /// The crypto provider every configuration here uses.
 pub(super) fn provider() -> Arc<CryptoProvider> {
@@ -64,14 +65,21 @@ pub(super) fn server_config(
     Ok(config)
 }
 
-/// The client side for one dial: the server must chain to `roots`, be valid for
-/// `expected` as a DNS name, and carry `expected` as its node name (CN). Built per dial
-/// because the verifier records, in `refusal`, why it refused a certificate, so that
-/// `connect` can return a typed error rather than the string quinn keeps of a TLS failure.
+/// The TLS server name sent when dialing a node whose name we do not know yet
+/// (`connect_any`). Any valid DNS name would do: the server ignores it (one certificate per
+/// node), and our verifier does not hold the certificate to it, only to the cluster CA.
+pub(super) const ANY_NODE_SERVER_NAME: &str = "meshcached-peer";
+
+/// The client side for one dial: the server must chain to `roots` and be a node certificate;
+/// with `expected` set it must also be valid for `expected` as a DNS name and carry it as its
+/// node name (CN), while `None` accepts any node of the cluster. Built per dial (to `addr`)
+/// because the verifier records, in `refusal`, why it refused a certificate, so that `connect`
+/// can return a typed error rather than the string quinn keeps of a TLS failure.
 pub(super) fn client_config(
     identity: &NodeIdentity,
     roots: Arc<RootCertStore>,
-    expected: &str,
+    addr: SocketAddr,
+    expected: Option<&str>,
     refusal: Arc<Mutex<Option<TransportError>>>,
 ) -> Result<rustls::ClientConfig, TransportError> {
     let provider = provider();
@@ -80,7 +88,8 @@ pub(super) fn client_config(
         .map_err(|e| TransportError::Config(format!("server verifier: {e}")))?;
     let verifier = NodeServerVerifier {
         inner,
-        expected: expected.to_string(),
+        addr,
+        expected: expected.map(str::to_string),
         refusal,
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -98,22 +107,41 @@ pub(super) fn client_config(
 /// SANs), plus the node-name check: the certificate's CN must be `expected`. The DNS SAN alone
 /// is not enough, because a node's SANs also list its hosts, and a host of one node that
 /// equals another node's name must not let it pass as that node (see `crate::certs`).
+///
+/// With `expected: None` (dialing a seed address) any node name passes, but nothing else is
+/// relaxed: the chain and validity are webpki's as always, and the certificate must still be
+/// a node certificate whose name `connect_any` can report.
 #[derive(Debug)]
 struct NodeServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    expected: String,
+    addr: SocketAddr,
+    expected: Option<String>,
     refusal: Arc<Mutex<Option<TransportError>>>,
 }
 
 impl NodeServerVerifier {
-    fn refuse(&self, presented: String) -> rustls::Error {
+    fn record(&self, refusal: TransportError) {
         if let Ok(mut slot) = self.refusal.lock() {
-            *slot = Some(TransportError::NameMismatch {
-                expected: self.expected.clone(),
-                presented,
-            });
+            *slot = Some(refusal);
         }
+    }
+
+    fn refuse(&self, expected: &str, presented: String) -> rustls::Error {
+        self.record(TransportError::NameMismatch {
+            expected: expected.to_string(),
+            presented,
+        });
         rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+    }
+
+    /// A certificate that chains to our CA but is not a node certificate (its CN not among its
+    /// DNS names, or a CA certificate): refused with the reason `crate::certs` gives.
+    fn not_a_node(&self, source: CertsError) -> rustls::Error {
+        self.record(TransportError::PeerCertificate {
+            addr: self.addr,
+            source,
+        });
+        rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
     }
 }
 
@@ -126,32 +154,35 @@ impl ServerCertVerifier for NodeServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
+        let verified = match self.inner.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        );
-        match verified {
-            Ok(ok) => match node_name_of(end_entity) {
-                Ok(name) if name == self.expected => Ok(ok),
-                Ok(name) => Err(self.refuse(name)),
-                Err(e) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                    rustls::OtherError(Arc::new(e)),
-                ))),
-            },
+        ) {
             // Webpki checks the chain and validity before the name, so a name error means the
             // certificate is a genuine one from our CA, for another node: reading its CN is
-            // then trustworthy, and makes the refusal say who answered.
+            // then trustworthy, and makes the refusal say who answered. Dialing any node, it
+            // is the expected outcome (the server name is a placeholder no node need hold),
+            // and the certificate passes on to the node-name check below.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {
-                let presented = node_name_of(end_entity)
-                    .unwrap_or_else(|e| format!("<not a node certificate: {e}>"));
-                Err(self.refuse(presented))
-            }
-            Err(e) => Err(e),
+            )) => match &self.expected {
+                None => ServerCertVerified::assertion(),
+                Some(expected) => {
+                    let presented = node_name_of(end_entity)
+                        .unwrap_or_else(|e| format!("<not a node certificate: {e}>"));
+                    return Err(self.refuse(expected, presented));
+                }
+            },
+            other => other?,
+        };
+        // The chain is our CA's: the certificate must also be a node's, and the node expected.
+        let name = node_name_of(end_entity).map_err(|e| self.not_a_node(e))?;
+        match &self.expected {
+            Some(expected) if name != *expected => Err(self.refuse(expected, name)),
+            _ => Ok(verified),
         }
     }
 
