@@ -9,6 +9,12 @@
 //!           op 2 (delete): nothing more
 //!           op 3 (flush):  at:u32
 //! Ack    := kind 2, run_id:u64 seq:u64      (highest sequence applied)
+//! Hello  := kind 3, name:str8 node_id:u16 run_id:u64 have_run:u64 have_seq:u64
+//!           (first frame on each live stream: who we are, and what we already applied
+//!           of the receiver's log: its run id and sequence, 0 and 0 for nothing)
+//! Members:= kind 4, count:u16 (name:str8 node_id:u16 addr:str8)*
+//!           (the members the sender knows, with their cluster addresses)
+//! str8   := len:u8 bytes (UTF-8)
 //! ```
 //!
 //! The protocol version travels in the QUIC ALPN, so frames carry none. [`decode`] is
@@ -28,6 +34,8 @@ pub const MAX_FRAME: usize = 64 << 20;
 
 const BATCH: u8 = 1;
 const ACK: u8 = 2;
+const HELLO: u8 = 3;
+const MEMBERS: u8 = 4;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const FLUSH: u8 = 3;
@@ -36,6 +44,27 @@ const FLUSH: u8 = 3;
 pub enum Frame {
     Batch { run_id: RunId, entries: Vec<Entry> },
     Ack { run_id: RunId, seq: u64 },
+    Hello(Hello),
+    Members(Vec<Member>),
+}
+
+/// The first frame each side sends on its live stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub name: String,
+    pub node_id: u16,
+    pub run_id: RunId,
+    /// The receiver's run id and the last sequence of it the sender applied (0, 0: none).
+    pub have_run: RunId,
+    pub have_seq: u64,
+}
+
+/// A cluster member as gossiped: its name, node id and cluster address (`ip:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub node_id: u16,
+    pub addr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +83,8 @@ pub enum FrameError {
     Trailing(usize),
     #[error("key of {0} bytes (limit {MAX_KEY_LEN})")]
     KeyTooLong(usize),
+    #[error("a name or address is not UTF-8")]
+    NotUtf8,
 }
 
 /// Decodes one frame from the front of `buf`.
@@ -115,6 +146,23 @@ impl Reader {
         self.need(n)?;
         Ok(self.bytes.split_to(n))
     }
+
+    fn str8(&mut self) -> Result<String, FrameError> {
+        let n = usize::from(self.u8()?);
+        let b = self.slice(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| FrameError::NotUtf8)
+    }
+}
+
+/// Writes a string of at most 255 bytes (longer ones are cut at a character boundary;
+/// node names and socket addresses are far shorter).
+fn put_str8(out: &mut BytesMut, s: &str) {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u8(end as u8);
+    out.put_slice(&s.as_bytes()[..end]);
 }
 
 fn parse(body: Bytes) -> Result<Frame, FrameError> {
@@ -138,6 +186,29 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             run_id: RunId(r.u64()?),
             seq: r.u64()?,
         },
+        HELLO => Frame::Hello(Hello {
+            name: r.str8()?,
+            node_id: r.u16()?,
+            run_id: RunId(r.u64()?),
+            have_run: RunId(r.u64()?),
+            have_seq: r.u64()?,
+        }),
+        MEMBERS => {
+            let count = usize::from(r.u16()?);
+            // Each member takes at least 4 bytes.
+            if count > r.bytes.len() / 4 {
+                return Err(FrameError::Truncated);
+            }
+            let mut members = Vec::with_capacity(count);
+            for _ in 0..count {
+                members.push(Member {
+                    name: r.str8()?,
+                    node_id: r.u16()?,
+                    addr: r.str8()?,
+                });
+            }
+            Frame::Members(members)
+        }
         other => return Err(FrameError::UnknownKind(other)),
     };
     if !r.bytes.is_empty() {
@@ -176,51 +247,124 @@ fn parse_entry(r: &mut Reader) -> Result<Entry, FrameError> {
     })
 }
 
+/// Values at least this long are sent as their own chunk by [`encode_batch_chunks`] rather
+/// than copied next to their header.
+pub const ZERO_COPY_MIN: usize = 512;
+
 /// Appends the encoding of `frame` to `out`.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let start = out.len();
     out.put_u32(0); // patched below
     match frame {
         Frame::Batch { run_id, entries } => {
-            out.put_u8(BATCH);
-            out.put_u64(run_id.0);
-            out.put_u32(entries.len() as u32);
-            for e in entries {
-                let m = &e.mutation;
-                out.put_u64(e.seq);
-                out.put_u64(m.version.0);
-                out.put_u8(match m.op {
-                    Op::Put { .. } => PUT,
-                    Op::Delete => DELETE,
-                    Op::Flush { .. } => FLUSH,
-                });
-                // Keys come from the store, so they are within MAX_KEY_LEN.
-                out.put_u16(m.key.len() as u16);
-                out.put_slice(&m.key);
-                match &m.op {
-                    Op::Put {
-                        value,
-                        flags,
-                        exptime,
-                    } => {
-                        out.put_u32(*flags);
-                        out.put_u32(*exptime);
-                        out.put_u32(value.len() as u32);
-                        out.put_slice(value);
-                    }
-                    Op::Delete => {}
-                    Op::Flush { at } => out.put_u32(*at),
-                }
-            }
+            batch_into(*run_id, entries, out, &mut |out, value| {
+                out.put_slice(value)
+            });
         }
         Frame::Ack { run_id, seq } => {
             out.put_u8(ACK);
             out.put_u64(run_id.0);
             out.put_u64(*seq);
         }
+        Frame::Hello(h) => {
+            out.put_u8(HELLO);
+            put_str8(out, &h.name);
+            out.put_u16(h.node_id);
+            out.put_u64(h.run_id.0);
+            out.put_u64(h.have_run.0);
+            out.put_u64(h.have_seq);
+        }
+        Frame::Members(members) => {
+            out.put_u8(MEMBERS);
+            let members = &members[..members.len().min(usize::from(u16::MAX))];
+            out.put_u16(members.len() as u16);
+            for m in members {
+                put_str8(out, &m.name);
+                out.put_u16(m.node_id);
+                put_str8(out, &m.addr);
+            }
+        }
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Encodes a batch as a list of chunks to write in order: headers and small values are
+/// copied into `scratch` and split off it, values of [`ZERO_COPY_MIN`] bytes or more are
+/// pushed as the `Bytes` the log holds, without copying. The concatenation is exactly what
+/// [`encode`] writes.
+pub fn encode_batch_chunks(
+    run_id: RunId,
+    entries: &[Entry],
+    scratch: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+) {
+    let len: usize = 1
+        + 8
+        + 4
+        + entries
+            .iter()
+            .map(|e| {
+                let m = &e.mutation;
+                19 + m.key.len()
+                    + match &m.op {
+                        Op::Put { value, .. } => 12 + value.len(),
+                        Op::Delete => 0,
+                        Op::Flush { .. } => 4,
+                    }
+            })
+            .sum::<usize>();
+    scratch.put_u32(len as u32);
+    batch_into(run_id, entries, scratch, &mut |scratch, value| {
+        if value.len() >= ZERO_COPY_MIN {
+            chunks.push(scratch.split().freeze());
+            chunks.push(value.clone());
+        } else {
+            scratch.put_slice(value);
+        }
+    });
+    if !scratch.is_empty() {
+        chunks.push(scratch.split().freeze());
+    }
+}
+
+/// A batch's body; `value` writes each Put's value (copied, or as a chunk of its own).
+fn batch_into(
+    run_id: RunId,
+    entries: &[Entry],
+    out: &mut BytesMut,
+    value: &mut dyn FnMut(&mut BytesMut, &Bytes),
+) {
+    out.put_u8(BATCH);
+    out.put_u64(run_id.0);
+    out.put_u32(entries.len() as u32);
+    for e in entries {
+        let m = &e.mutation;
+        out.put_u64(e.seq);
+        out.put_u64(m.version.0);
+        out.put_u8(match m.op {
+            Op::Put { .. } => PUT,
+            Op::Delete => DELETE,
+            Op::Flush { .. } => FLUSH,
+        });
+        // Keys come from the store, so they are within MAX_KEY_LEN.
+        out.put_u16(m.key.len() as u16);
+        out.put_slice(&m.key);
+        match &m.op {
+            Op::Put {
+                value: v,
+                flags,
+                exptime,
+            } => {
+                out.put_u32(*flags);
+                out.put_u32(*exptime);
+                out.put_u32(v.len() as u32);
+                value(out, v);
+            }
+            Op::Delete => {}
+            Op::Flush { at } => out.put_u32(*at),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +417,25 @@ mod tests {
                 run_id: RunId(r),
                 seq
             }),
+            ("[a-z0-9-]{0,20}", any::<u16>(), any::<[u64; 3]>()).prop_map(|(name, id, n)| {
+                Frame::Hello(Hello {
+                    name,
+                    node_id: id,
+                    run_id: RunId(n[0]),
+                    have_run: RunId(n[1]),
+                    have_seq: n[2],
+                })
+            }),
+            proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u16>(), "[0-9.:]{0,21}"), 0..4)
+                .prop_map(|ms| Frame::Members(
+                    ms.into_iter()
+                        .map(|(name, node_id, addr)| Member {
+                            name,
+                            node_id,
+                            addr
+                        })
+                        .collect()
+                )),
         ]
     }
 
@@ -301,6 +464,28 @@ mod tests {
             }
             prop_assert!(buf.is_empty());
             prop_assert_eq!(got, frames);
+        }
+
+        /// The chunked encoding of a batch is byte for byte the plain one, and large values
+        /// are not copied.
+        #[test]
+        fn chunks_concatenate_to_the_encoding(run in any::<u64>(), entries in proptest::collection::vec(entry(), 0..5), big in 0usize..2000) {
+            let mut entries = entries;
+            if let Some(e) = entries.first_mut() {
+                e.mutation.op = Op::Put { value: Bytes::from(vec![7u8; big]), flags: 1, exptime: 2 };
+            }
+            let frame = Frame::Batch { run_id: RunId(run), entries: entries.clone() };
+            let mut plain = BytesMut::new();
+            encode(&frame, &mut plain);
+            let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
+            encode_batch_chunks(RunId(run), &entries, &mut scratch, &mut chunks);
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            prop_assert_eq!(&joined[..], &plain[..]);
+            if let Some(Op::Put { value, .. }) = entries.first().map(|e| &e.mutation.op) {
+                if value.len() >= ZERO_COPY_MIN {
+                    prop_assert!(chunks.iter().any(|c| c.as_ptr() == value.as_ptr()));
+                }
+            }
         }
 
         /// Garbage from a peer is an error or a need for more bytes, never a panic.

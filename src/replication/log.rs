@@ -19,7 +19,7 @@ pub const LOG_ENTRY_OVERHEAD: usize = 64;
 
 /// Identifies one process lifetime of a node: sequence numbers restart with it, so a peer's
 /// position is only meaningful together with the run id it was taken from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RunId(pub u64);
 
 /// What a replicated mutation does: the resulting state, never the command (DESIGN 2).
