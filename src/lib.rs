@@ -24,7 +24,9 @@
 
 pub mod certs;
 pub mod clock;
+pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod key;
 pub mod protocol;
 pub mod replication;

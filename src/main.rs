@@ -13,6 +13,10 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "certs") {
         return meshcached::certs::main(std::env::args_os().skip(1));
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "demo") {
+        init_logging(0);
+        return meshcached::demo::main(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     let config = match Config::from_args(&args) {
         Ok(c) => c,
@@ -28,7 +32,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(config, Arc::new(SystemClock)) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("meshcached: cannot listen: {e}");
+            eprintln!("meshcached: {e}");
             return ExitCode::from(1);
         }
     };

@@ -210,6 +210,31 @@ pub fn load_node_identity_at(
     )
 }
 
+/// Writes a node's certificate directory in one go: `DIR/ca.crt`, `DIR/node.crt` and
+/// `DIR/node.key` (0600), creating `DIR` (0700). Existing files are never overwritten. For
+/// `meshcached demo` and test harnesses, which make a whole cluster's certificates at once.
+pub fn write_node_dir(dir: &Path, ca: &Ca, node: &NodeCert) -> Result<(), CertsError> {
+    create::ensure_dir(dir, 0o700)?;
+    create::write_file(
+        &dir.join(CA_CERT_FILE),
+        ca.cert_pem().as_bytes(),
+        0o644,
+        false,
+    )?;
+    create::write_file(
+        &dir.join(NODE_CERT_FILE),
+        node.cert_pem.as_bytes(),
+        0o644,
+        false,
+    )?;
+    create::write_file(
+        &dir.join(NODE_KEY_FILE),
+        node.key_pem.as_bytes(),
+        0o600,
+        false,
+    )
+}
+
 /// The node name a peer's certificate was issued to (its CN, which must also be one of its DNS
 /// SANs). This does **not** verify the certificate: call it only on a certificate that rustls
 /// has already verified against the cluster CA, then compare the result with the name the peer

@@ -547,6 +547,9 @@ fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
         shared.hlc.tick()
     };
     shared.store.flush(version, at, ctx.now);
+    if let Some(cluster) = &shared.cluster {
+        cluster.outbox.record_flush(version, at);
+    }
     Outcome::Ok
 }
 

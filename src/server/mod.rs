@@ -20,8 +20,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 
+use crate::certs::{load_node_identity, CertsError};
 use crate::clock::{Clock, Hlc, NodeId};
-use crate::config::Config;
+use crate::cluster::Cluster;
+use crate::config::{ClusterConfig, Config};
+use crate::replication::transport::{PeerEndpoint, TransportError};
 use crate::store::{Store, StoreConfig};
 use connection::Stream;
 use stats::{ConnStats, Counters};
@@ -40,8 +43,10 @@ const SWEEP_BUDGET: usize = 256;
 
 /// State shared by every connection.
 pub struct Shared {
-    pub store: Store,
-    pub hlc: Hlc,
+    pub store: Arc<Store>,
+    pub hlc: Arc<Hlc>,
+    /// Set when the node replicates to peers.
+    pub cluster: Option<Arc<Cluster>>,
     pub config: Config,
     pub counters: Counters,
     pub conns: ConnStats,
@@ -54,10 +59,10 @@ impl Shared {
         self.hlc.clock()
     }
 
-    /// Whether writes replicate to peers. Always false until the cluster exists; it decides
-    /// the few places where replication needs other semantics than memcached's (touch).
+    /// Whether writes replicate to peers; it decides the few places where replication
+    /// needs other semantics than memcached's (touch changes the CAS, meta `E` is refused).
     pub fn replicated(&self) -> bool {
-        false
+        self.cluster.is_some()
     }
 
     /// Asks the whole server to stop (a signal, the `shutdown` command, a test).
@@ -76,16 +81,35 @@ impl ShutdownHandle {
     }
 }
 
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen: {0}")]
+    Listen(#[from] io::Error),
+    #[error("cluster certificates: {0}")]
+    Certs(#[from] CertsError),
+    #[error("--node-name is {flag:?} but the node certificate in {dir} is for {cert:?}; make a certificate for this node (`meshcached certs create-node`) or fix --node-name")]
+    NameMismatch {
+        flag: String,
+        cert: String,
+        dir: String,
+    },
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
     tcp: Vec<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
+    /// The runtime of the cluster tasks (a thread of its own), when clustered.
+    cluster_rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Server {
     /// Binds the listeners now (so that a port-0 caller learns its port before `run`).
-    pub fn bind(config: Config, clock: Arc<dyn Clock>) -> io::Result<Server> {
+    pub fn bind(config: Config, clock: Arc<dyn Clock>) -> Result<Server, ServerError> {
         let mut tcp = Vec::new();
         let mut unix = None;
         if let Some(path) = &config.unix_socket {
@@ -102,27 +126,50 @@ impl Server {
                 tcp.push(l);
             }
         }
-        let store = Store::new(StoreConfig {
+        let store = Arc::new(Store::new(StoreConfig {
             mem_limit: config.mem_limit,
             max_item_size: config.max_item_size,
             evict: config.evict,
             cas_enabled: config.cas_enabled,
             shards: 64,
-            tombstone_ttl: 0,
-        });
-        // Node id 0: a standalone node (DESIGN.md section 1).
-        let hlc = Hlc::new(NodeId::default(), clock.clone());
+            // Standalone, a delete need not be remembered: no older write can arrive.
+            tombstone_ttl: config.cluster.as_ref().map_or(0, |c| c.tombstone_ttl),
+        }));
+        // Node id 0 for a standalone node (DESIGN.md section 1).
+        let node_id = config
+            .cluster
+            .as_ref()
+            .map_or(NodeId::default(), |c| c.node_id);
+        let hlc = Arc::new(Hlc::new(node_id, clock.clone()));
+        let (cluster, cluster_rt) = match &config.cluster {
+            Some(cc) => {
+                let (cluster, rt) = start_cluster(cc, &store, &hlc)?;
+                (Some(cluster), Some(rt))
+            }
+            None => (None, None),
+        };
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             store,
             hlc,
+            cluster,
             counters: Counters::default(),
             conns: ConnStats::default(),
             started_ms: clock.now_ms(),
             config,
             shutdown,
         });
-        Ok(Server { shared, tcp, unix })
+        Ok(Server {
+            shared,
+            tcp,
+            unix,
+            cluster_rt,
+        })
+    }
+
+    /// The cluster endpoint's address, when clustered.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.shared.cluster.as_ref().and_then(|c| c.local_addr())
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -166,6 +213,9 @@ impl Server {
             senders,
             handle_signals,
         ));
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.close("node shutting down");
+        }
         // Connections finish what they have read, bounded in time: a client that never
         // reads its answers must not hold the process up.
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
@@ -183,8 +233,56 @@ impl Server {
                 tracing::error!("a worker thread panicked");
             }
         }
+        if let Some(rt) = self.cluster_rt {
+            // Lets the close frames go out, then stops the cluster tasks.
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
         result
     }
+}
+
+/// Loads and checks the node's certificates, binds the cluster endpoint on a runtime thread
+/// of its own, hooks the store's journal to the replication log and starts the peer tasks.
+fn start_cluster(
+    cc: &ClusterConfig,
+    store: &Arc<Store>,
+    hlc: &Arc<Hlc>,
+) -> Result<(Arc<Cluster>, tokio::runtime::Runtime), ServerError> {
+    let identity = load_node_identity(&cc.certs_dir)?;
+    if identity.name != cc.node_name {
+        return Err(ServerError::NameMismatch {
+            flag: cc.node_name.clone(),
+            cert: identity.name.clone(),
+            dir: cc.certs_dir.display().to_string(),
+        });
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("meshcached-cluster")
+        .enable_all()
+        .build()?;
+    let cluster = Cluster::new(cc, store.clone(), hlc.clone());
+    let outbox = cluster.outbox.clone();
+    if store
+        .set_journal(Box::new(move |key, change| {
+            outbox.record_change(key, change)
+        }))
+        .is_err()
+    {
+        tracing::error!("the store already had a journal");
+    }
+    {
+        let _guard = rt.enter();
+        let endpoint = PeerEndpoint::bind(cc.listen, identity)?;
+        tracing::info!(
+            node = %cc.node_name,
+            node_id = cc.node_id.get(),
+            addr = %endpoint.local_addr()?,
+            "cluster endpoint listening (QUIC, mutual TLS)"
+        );
+        cluster.start(endpoint);
+    }
+    Ok((cluster, rt))
 }
 
 async fn accept_loop(

@@ -28,6 +28,7 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
         Some(b"slabs") => Outcome::Stats(slabs(ctx)),
         Some(b"sizes") => Outcome::Stats(Vec::new()),
         Some(b"conns") => Outcome::Stats(Vec::new()),
+        Some(b"replication") => Outcome::Stats(replication(ctx)),
         Some(b"reset") => {
             ctx.shared.counters.reset();
             Outcome::Invalid(Invalid::Raw("RESET"))
@@ -165,6 +166,66 @@ fn general(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "moves_within_lru", 0);
     push(&mut s, "direct_reclaims", 0);
     push(&mut s, "lru_bumps_dropped", 0);
+    // Replication (DESIGN.md section 1's counters); zero on a standalone node.
+    let cluster = shared.cluster.as_deref();
+    let n = |f: fn(&crate::cluster::ClusterCounters) -> &std::sync::atomic::AtomicU64| {
+        cluster.map_or(0, |c| f(&c.counters).load(Ordering::Relaxed))
+    };
+    push(&mut s, "repl_conflicts_accepted", n(|c| &c.accepted));
+    push(
+        &mut s,
+        "repl_conflicts_rejected_behind",
+        n(|c| &c.rejected_behind),
+    );
+    push(
+        &mut s,
+        "repl_conflicts_rejected_identical",
+        n(|c| &c.rejected_identical),
+    );
+    push(&mut s, "repl_not_stored", n(|c| &c.not_stored));
+    push(&mut s, "clock_skew_rejects", n(|c| &c.clock_skew_rejects));
+    push(&mut s, "repl_resyncs_needed", n(|c| &c.resyncs_needed));
+    push(&mut s, "peers_refused", n(|c| &c.peers_refused));
+    push(&mut s, "tombstones", store.tombstones);
+    push(
+        &mut s,
+        "peers_connected",
+        cluster.map_or(0, |c| c.peers_connected()),
+    );
+    s
+}
+
+/// `stats replication`: this node's log, then one group of lines per peer.
+fn replication(ctx: &Ctx<'_>) -> Stats {
+    let mut s = Vec::new();
+    let Some(cluster) = ctx.shared.cluster.as_deref() else {
+        push(&mut s, "mode", "standalone");
+        return s;
+    };
+    let r = cluster.report();
+    push(&mut s, "mode", "cluster");
+    push(&mut s, "node_name", &r.name);
+    push(&mut s, "node_id", r.node_id);
+    push(&mut s, "run_id", r.run_id);
+    push(&mut s, "log_last_seq", r.last_seq);
+    push(&mut s, "log_oldest_seq", r.oldest_seq);
+    push(&mut s, "log_bytes", r.backlog_bytes);
+    push(&mut s, "peers", r.peers.len());
+    for p in &r.peers {
+        let f = |field: &str| format!("peer:{}:{field}", p.name);
+        let addr = p.addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        push(&mut s, &f("node_id"), p.node_id);
+        push(&mut s, &f("address"), addr);
+        push(&mut s, &f("state"), p.state);
+        push(&mut s, &f("connected_since"), p.connected_since);
+        push(&mut s, &f("last_sent_seq"), p.sent_seq);
+        push(&mut s, &f("last_acked_seq"), p.acked_seq);
+        push(&mut s, &f("lag_mutations"), p.lag_mutations);
+        push(&mut s, &f("lag_ms"), p.lag_ms);
+        push(&mut s, &f("bytes_sent"), p.bytes_sent);
+        push(&mut s, &f("bytes_received"), p.bytes_received);
+        push(&mut s, &f("reconnects"), p.reconnects);
+    }
     s
 }
 

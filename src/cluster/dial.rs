@@ -1,0 +1,100 @@
+//! Accepting peers and dialing them: the accept loop takes every authenticated incoming
+//! connection to [`link::run`]; the dial loop asks the peer table what is due (members
+//! without a connection, seed addresses not yet identified) and dials it, forever, with the
+//! table's jittered exponential backoff between attempts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::link;
+use super::peers::Dial;
+use super::Cluster;
+use crate::replication::transport::{PeerEndpoint, TransportError};
+
+/// The dial loop's longest sleep when nothing wakes it (backoff deadlines are checked then).
+const DIAL_TICK: Duration = Duration::from_millis(50);
+
+pub async fn accept_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
+    loop {
+        match endpoint.accept().await {
+            Ok(pc) => {
+                tokio::spawn(link::run(cl.clone(), pc, false));
+            }
+            Err(TransportError::Closed) => return,
+            Err(e) => {
+                cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("refused a peer connection: {e}");
+            }
+        }
+    }
+}
+
+pub async fn dial_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
+    loop {
+        let now = cl.hlc.clock().now_ms();
+        let due = cl.table().due(now);
+        for dial in due {
+            tokio::spawn(dial_one(cl.clone(), endpoint.clone(), dial));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DIAL_TICK) => {}
+            _ = cl.dial_wake.notified() => {}
+        }
+    }
+}
+
+async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
+    let connected = match &dial {
+        Dial::Member { name, addr } => match endpoint.connect(*addr, name).await {
+            Ok(pc) => link::run(cl.clone(), pc, true).await,
+            Err(e) => {
+                tracing::debug!(peer = %name, %addr, "dial failed: {e}");
+                false
+            }
+        },
+        Dial::Seed { index, addr } => match dial_seed(&endpoint, addr).await {
+            Ok(pc) => {
+                if pc.name == cl.name {
+                    tracing::debug!(%addr, "seed address is this node itself");
+                    pc.conn
+                        .close(link::CLOSE_REFUSED.into(), b"connected to itself");
+                    cl.table().seed_is_self(*index);
+                    false
+                } else {
+                    link::run(cl.clone(), pc, true).await
+                }
+            }
+            Err(e) => {
+                if cl.table().seed_failed(*index, e.clone()) {
+                    tracing::warn!(peer = %addr, "cannot reach peer (retrying): {e}");
+                }
+                false
+            }
+        },
+    };
+    let now = cl.hlc.clock().now_ms();
+    cl.table().dial_ended(&dial, connected, now);
+    cl.dial_wake.notify_one();
+}
+
+/// Resolves a seed address (a host name is looked up on every attempt, so that a peer that
+/// moved is found again) and dials it without knowing its node name yet.
+async fn dial_seed(
+    endpoint: &PeerEndpoint,
+    addr: &str,
+) -> Result<crate::replication::transport::PeerConn, String> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .collect();
+    let mut last = format!("{addr} resolves to no address");
+    for a in resolved {
+        match endpoint.connect_any(a).await {
+            Ok(pc) => return Ok(pc),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,158 @@
+//! The outbox: the replication log behind a lock, fed by the store's journal and the
+//! dispatcher's flushes, read by one sender task per peer.
+//!
+//! A client's write pays for one short critical section (append an entry) and, only when
+//! some sender is asleep, one wake-up; it never waits for the network (DESIGN.md section 5).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::clock::{Version, HLC_EPOCH_MS};
+use crate::replication::log::{Entry, Lagged, Mutation, Op, ReplLog, RunId};
+use crate::store::Change;
+
+pub struct Outbox {
+    log: Mutex<ReplLog>,
+    run_id: RunId,
+    /// The newest sequence appended, readable without the lock.
+    last_seq: AtomicU64,
+    /// Set by a sender about to sleep; a writer that sees it wakes the senders.
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl Outbox {
+    pub fn new(run_id: RunId, limit_bytes: usize) -> Self {
+        Outbox {
+            log: Mutex::new(ReplLog::new(run_id, limit_bytes)),
+            run_id,
+            last_seq: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// A local change reported by the store's journal (under the key's lock). The key and
+    /// value are copied once here: the store's copy may be overwritten or evicted before the
+    /// senders get to it.
+    pub fn record_change(&self, key: &[u8], change: Change<'_>) {
+        let (version, op) = match change {
+            Change::Put {
+                value,
+                flags,
+                exptime,
+                version,
+            } => (
+                version,
+                Op::Put {
+                    value: Bytes::copy_from_slice(value),
+                    flags,
+                    exptime,
+                },
+            ),
+            Change::Delete { version } => (version, Op::Delete),
+        };
+        self.append(Mutation {
+            key: Bytes::copy_from_slice(key),
+            version,
+            op,
+        });
+    }
+
+    /// A local `flush_all` with its barrier version and the unix second it takes effect.
+    pub fn record_flush(&self, version: Version, at: u32) {
+        self.append(Mutation {
+            key: Bytes::new(),
+            version,
+            op: Op::Flush { at },
+        });
+    }
+
+    fn append(&self, m: Mutation) {
+        {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = log.append(m);
+            self.last_seq.store(seq, Ordering::SeqCst);
+        }
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Entries after `cursor`, about `max_bytes` of them.
+    pub fn read(&self, cursor: u64, max_bytes: usize) -> Result<Vec<Entry>, Lagged> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.read(cursor, max_bytes)
+    }
+
+    /// The oldest sequence still held.
+    pub fn oldest_seq(&self) -> u64 {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.oldest_seq()
+    }
+
+    pub fn bytes(&self) -> usize {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.bytes()
+    }
+
+    /// The physical time (ms since the unix epoch) of entry `seq`, if still held; for lag.
+    pub fn entry_ms(&self, seq: u64) -> Option<u64> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = log.read(seq.checked_sub(1)?, 0).ok()?.into_iter().next()?;
+        (entry.seq == seq).then(|| entry.mutation.version.physical_ms() + HLC_EPOCH_MS)
+    }
+
+    /// Returns once an entry after `cursor` exists.
+    pub async fn wait_beyond(&self, cursor: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.last_seq() > cursor {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sleeping_sender_is_woken_by_a_write() {
+        let outbox = Arc::new(Outbox::new(RunId(1), 1 << 20));
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.wait_beyond(0).await })
+        };
+        tokio::task::yield_now().await;
+        outbox.record_flush(Version(5), 0);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        // Already beyond: returns at once.
+        outbox.wait_beyond(0).await;
+        let e = outbox.read(0, usize::MAX).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].mutation.op, Op::Flush { at: 0 });
+    }
+}

@@ -1,0 +1,507 @@
+//! The peer table: who the members are, which connection is *the* connection to each of
+//! them, and when to dial whom. Sans-IO: plain data and decisions, with time passed in; the
+//! async shell (`cluster::link`, `cluster::dial`) acts on what it says.
+//!
+//! **One connection per pair.** Both nodes of a pair may dial each other at the same moment.
+//! Each side registers a connection once the peer's hello has arrived, and when a second one
+//! shows up, both sides keep the same one without talking about it:
+//! - a connection from a newer run of the peer (it restarted) replaces the old one, whose
+//!   other end is gone;
+//! - otherwise the connection dialed by the node with the smaller name wins.
+//!
+//! `L` is the shell's handle on a connection (a `quinn::Connection`; an integer in tests).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::replication::frame::{Hello, Member};
+use crate::replication::log::RunId;
+
+/// First retry delay after a failed dial or a lost connection; doubled per failure.
+pub const BACKOFF_MIN_MS: u64 = 100;
+/// The longest delay between two dials of the same peer.
+pub const BACKOFF_MAX_MS: u64 = 5_000;
+
+/// How a connection came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkMeta {
+    pub dialed_by_me: bool,
+    pub addr: SocketAddr,
+    pub run_id: RunId,
+    /// Distinguishes connections (the shell's counter).
+    pub token: u64,
+}
+
+/// The answer to [`PeerTable::offer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer<L> {
+    /// This is the connection to the peer now; `replaced` is the previous one, to close.
+    Keep { replaced: Option<L> },
+    /// Another connection to the same peer wins the tie-break: close this one.
+    Duplicate,
+    /// The connection leads to this node itself (a `--join` address of our own).
+    ToSelf,
+    /// The peer uses a node id that is already this node's or another member's.
+    IdClash { id: u16, holder: String },
+}
+
+/// Everything known about one member.
+#[derive(Debug, Clone)]
+pub struct Peer<L> {
+    pub node_id: u16,
+    /// Its cluster address, once known (from a connection or from gossip).
+    pub addr: Option<SocketAddr>,
+    pub link: Option<(LinkMeta, L)>,
+    /// When the current connection was registered (ms since the epoch).
+    pub since_ms: u64,
+    /// Connections registered after the first one.
+    pub reconnects: u64,
+    connected_before: bool,
+    /// What this node has applied of the peer's log: its run id and last sequence.
+    pub have: (RunId, u64),
+    /// The peer fell off our replication log and needs a resync.
+    pub needs_resync: bool,
+    next_dial_ms: u64,
+    backoff_ms: u64,
+    dialing: bool,
+}
+
+impl<L> Peer<L> {
+    fn new(node_id: u16, addr: Option<SocketAddr>) -> Self {
+        Peer {
+            node_id,
+            addr,
+            link: None,
+            since_ms: 0,
+            reconnects: 0,
+            connected_before: false,
+            have: (RunId(0), 0),
+            needs_resync: false,
+            next_dial_ms: 0,
+            backoff_ms: BACKOFF_MIN_MS,
+            dialing: false,
+        }
+    }
+}
+
+/// A seed address from `--join`/`-x`: dialed until we learn which member it is.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub addr: String,
+    /// The member it turned out to be (or this node's own name).
+    pub name: Option<String>,
+    next_dial_ms: u64,
+    backoff_ms: u64,
+    dialing: bool,
+    /// The last failure, so that a repeated one is logged once.
+    pub last_error: Option<String>,
+}
+
+/// Something to dial now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dial {
+    Member { name: String, addr: SocketAddr },
+    Seed { index: usize, addr: String },
+}
+
+pub struct PeerTable<L> {
+    name: String,
+    node_id: u16,
+    peers: BTreeMap<String, Peer<L>>,
+    seeds: Vec<Seed>,
+    /// Jitter source (xorshift), seeded by the caller.
+    rng: u64,
+}
+
+impl<L: Clone> PeerTable<L> {
+    pub fn new(name: &str, node_id: u16, seeds: Vec<String>, seed_rng: u64) -> Self {
+        PeerTable {
+            name: name.to_string(),
+            node_id,
+            peers: BTreeMap::new(),
+            seeds: seeds
+                .into_iter()
+                .map(|addr| Seed {
+                    addr,
+                    name: None,
+                    next_dial_ms: 0,
+                    backoff_ms: BACKOFF_MIN_MS,
+                    dialing: false,
+                    last_error: None,
+                })
+                .collect(),
+            rng: seed_rng | 1,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = (&String, &Peer<L>)> {
+        self.peers.iter()
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&Peer<L>> {
+        self.peers.get(name)
+    }
+
+    pub fn peer_mut(&mut self, name: &str) -> Option<&mut Peer<L>> {
+        self.peers.get_mut(name)
+    }
+
+    pub fn seeds(&self) -> &[Seed] {
+        &self.seeds
+    }
+
+    pub fn connected(&self) -> usize {
+        self.peers.values().filter(|p| p.link.is_some()).count()
+    }
+
+    /// What we have applied of `name`'s log (for our hello to it).
+    pub fn have(&self, name: &str) -> (RunId, u64) {
+        self.peers.get(name).map_or((RunId(0), 0), |p| p.have)
+    }
+
+    /// Registers a connection whose hello has arrived, deciding whether it is the one to use.
+    pub fn offer(&mut self, hello: &Hello, meta: LinkMeta, link: L, now_ms: u64) -> Offer<L> {
+        if hello.name == self.name {
+            return Offer::ToSelf;
+        }
+        if hello.node_id == self.node_id {
+            return Offer::IdClash {
+                id: hello.node_id,
+                holder: self.name.clone(),
+            };
+        }
+        if let Some((holder, _)) = self
+            .peers
+            .iter()
+            .find(|(n, p)| p.node_id == hello.node_id && **n != hello.name)
+        {
+            return Offer::IdClash {
+                id: hello.node_id,
+                holder: holder.clone(),
+            };
+        }
+        let me_smaller = self.name.as_str() < hello.name.as_str();
+        let peer = self
+            .peers
+            .entry(hello.name.clone())
+            .or_insert_with(|| Peer::new(hello.node_id, Some(meta.addr)));
+        peer.node_id = hello.node_id;
+        let replaced = match &peer.link {
+            None => None,
+            Some((old, old_link)) => {
+                let newer_run = old.run_id != meta.run_id;
+                // The tie-break: the connection dialed by the smaller name.
+                let preferred = |m: &LinkMeta| m.dialed_by_me == me_smaller;
+                if newer_run || (preferred(&meta) && !preferred(old)) {
+                    Some(old_link.clone())
+                } else {
+                    return Offer::Duplicate;
+                }
+            }
+        };
+        peer.addr = Some(meta.addr);
+        peer.link = Some((meta, link));
+        peer.since_ms = now_ms;
+        if peer.connected_before {
+            peer.reconnects += 1;
+        }
+        peer.connected_before = true;
+        peer.backoff_ms = BACKOFF_MIN_MS;
+        for seed in &mut self.seeds {
+            if seed.name.is_none() && seed_matches(&seed.addr, meta.addr) {
+                seed.name = Some(hello.name.clone());
+            }
+        }
+        Offer::Keep { replaced }
+    }
+
+    /// The connection with `token` to `name` ended. Returns whether it was the registered
+    /// one (then the peer is down; otherwise it was a duplicate and nothing changes).
+    pub fn down(&mut self, name: &str, token: u64, now_ms: u64) -> bool {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return false;
+        };
+        if peer.link.as_ref().map(|(m, _)| m.token) != Some(token) {
+            return false;
+        }
+        peer.link = None;
+        let delay = jitter(&mut self.rng, peer.backoff_ms);
+        peer.next_dial_ms = now_ms + delay;
+        true
+    }
+
+    /// Merges gossiped members; returns whether anything new was learned.
+    pub fn learn(&mut self, members: &[Member]) -> bool {
+        let mut changed = false;
+        for m in members {
+            if m.name == self.name {
+                continue;
+            }
+            let Ok(addr) = m.addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            match self.peers.get_mut(&m.name) {
+                Some(p) if p.addr.is_some() => {}
+                Some(p) => {
+                    p.addr = Some(addr);
+                    changed = true;
+                }
+                None => {
+                    self.peers
+                        .insert(m.name.clone(), Peer::new(m.node_id, Some(addr)));
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The members to gossip: every peer whose address is known.
+    pub fn members(&self) -> Vec<Member> {
+        self.peers
+            .iter()
+            .filter_map(|(name, p)| {
+                p.addr.map(|a| Member {
+                    name: name.clone(),
+                    node_id: p.node_id,
+                    addr: a.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Dials that are due at `now_ms`; each is marked as in progress until
+    /// [`PeerTable::dial_ended`].
+    pub fn due(&mut self, now_ms: u64) -> Vec<Dial> {
+        let mut out = Vec::new();
+        for (name, p) in self.peers.iter_mut() {
+            if p.link.is_none() && !p.dialing && now_ms >= p.next_dial_ms {
+                if let Some(addr) = p.addr {
+                    p.dialing = true;
+                    out.push(Dial::Member {
+                        name: name.clone(),
+                        addr,
+                    });
+                }
+            }
+        }
+        for (index, s) in self.seeds.iter_mut().enumerate() {
+            if s.name.is_none() && !s.dialing && now_ms >= s.next_dial_ms {
+                s.dialing = true;
+                out.push(Dial::Seed {
+                    index,
+                    addr: s.addr.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// A dial (and the connection it made, if any) is over. A dial that did not lead to a
+    /// registered connection backs off exponentially, with jitter.
+    pub fn dial_ended(&mut self, dial: &Dial, connected: bool, now_ms: u64) {
+        let (backoff, next, dialing) = match dial {
+            Dial::Member { name, .. } => match self.peers.get_mut(name) {
+                Some(p) => (&mut p.backoff_ms, &mut p.next_dial_ms, &mut p.dialing),
+                None => return,
+            },
+            Dial::Seed { index, .. } => match self.seeds.get_mut(*index) {
+                Some(s) => (&mut s.backoff_ms, &mut s.next_dial_ms, &mut s.dialing),
+                None => return,
+            },
+        };
+        *dialing = false;
+        if connected {
+            *backoff = BACKOFF_MIN_MS;
+        } else {
+            *next = now_ms + jitter(&mut self.rng, *backoff);
+            *backoff = (*backoff * 2).min(BACKOFF_MAX_MS);
+        }
+    }
+
+    /// Records that seed `index` is this node itself (it is not dialed again).
+    pub fn seed_is_self(&mut self, index: usize) {
+        if let Some(s) = self.seeds.get_mut(index) {
+            s.name = Some(self.name.clone());
+        }
+    }
+
+    /// Records a seed's dial error; returns true when it differs from the last one (log it).
+    pub fn seed_failed(&mut self, index: usize, error: String) -> bool {
+        match self.seeds.get_mut(index) {
+            Some(s) if s.last_error.as_ref() != Some(&error) => {
+                s.last_error = Some(error);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a seed address (as written by the operator) is the socket address a connection
+/// came from: only literal IP:port seeds can be matched; host names are left to the hello.
+fn seed_matches(seed: &str, addr: SocketAddr) -> bool {
+    seed.parse::<SocketAddr>().is_ok_and(|s| s == addr)
+}
+
+/// `base` scaled by a random factor in [0.5, 1.5), so that nodes restarted together do not
+/// dial in lockstep.
+fn jitter(rng: &mut u64, base: u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    base / 2 + *rng % base.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, id: u16, run: u64) -> Hello {
+        Hello {
+            name: name.into(),
+            node_id: id,
+            run_id: RunId(run),
+            have_run: RunId(0),
+            have_seq: 0,
+        }
+    }
+
+    fn meta(dialed_by_me: bool, run: u64, token: u64) -> LinkMeta {
+        LinkMeta {
+            dialed_by_me,
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            run_id: RunId(run),
+            token,
+        }
+    }
+
+    /// Both sides of a simultaneous dial keep the connection dialed by the smaller name,
+    /// whichever order they see the two in.
+    #[test]
+    fn simultaneous_dials_resolve_the_same_way_on_both_sides() {
+        for a_first in [true, false] {
+            for b_first in [true, false] {
+                // Connection 1 dialed by a, connection 2 dialed by b.
+                let mut a: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
+                let mut b: PeerTable<u64> = PeerTable::new("b", 2, vec![], 2);
+                let a_order: [(bool, u64); 2] = if a_first {
+                    [(true, 1), (false, 2)]
+                } else {
+                    [(false, 2), (true, 1)]
+                };
+                let b_order: [(bool, u64); 2] = if b_first {
+                    [(false, 1), (true, 2)]
+                } else {
+                    [(true, 2), (false, 1)]
+                };
+                for (mine, token) in a_order {
+                    a.offer(&hello("b", 2, 20), meta(mine, 20, token), token, 0);
+                }
+                for (mine, token) in b_order {
+                    b.offer(&hello("a", 1, 10), meta(mine, 10, token), token, 0);
+                }
+                let kept = |t: &PeerTable<u64>, n: &str| t.peer(n).unwrap().link.unwrap().1;
+                assert_eq!(kept(&a, "b"), 1);
+                assert_eq!(kept(&b, "a"), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_restarted_peer_replaces_its_old_connection() {
+        let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
+        assert_eq!(
+            t.offer(&hello("b", 2, 20), meta(true, 20, 1), 1, 0),
+            Offer::Keep { replaced: None }
+        );
+        // Same run, dialed by the larger name: a duplicate.
+        assert_eq!(
+            t.offer(&hello("b", 2, 20), meta(false, 20, 2), 2, 0),
+            Offer::Duplicate
+        );
+        // A new run of b: it restarted, the old connection is dead.
+        assert_eq!(
+            t.offer(&hello("b", 2, 21), meta(false, 21, 3), 3, 5),
+            Offer::Keep { replaced: Some(1) }
+        );
+        assert_eq!(t.peer("b").unwrap().reconnects, 1);
+        // Only the registered connection's end takes the peer down.
+        assert!(!t.down("b", 1, 6));
+        assert!(t.down("b", 3, 6));
+        assert_eq!(t.connected(), 0);
+    }
+
+    #[test]
+    fn self_and_id_clashes_are_refused() {
+        let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
+        assert_eq!(
+            t.offer(&hello("a", 1, 1), meta(true, 1, 1), 1, 0),
+            Offer::ToSelf
+        );
+        assert_eq!(
+            t.offer(&hello("b", 1, 2), meta(true, 2, 2), 2, 0),
+            Offer::IdClash {
+                id: 1,
+                holder: "a".into()
+            }
+        );
+        t.offer(&hello("b", 2, 2), meta(true, 2, 3), 3, 0);
+        assert_eq!(
+            t.offer(&hello("c", 2, 3), meta(true, 3, 4), 4, 0),
+            Offer::IdClash {
+                id: 2,
+                holder: "b".into()
+            }
+        );
+    }
+
+    #[test]
+    fn gossip_dials_and_backoff() {
+        let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec!["127.0.0.1:7000".into()], 7);
+        let due = t.due(0);
+        assert_eq!(
+            due,
+            vec![Dial::Seed {
+                index: 0,
+                addr: "127.0.0.1:7000".into()
+            }]
+        );
+        assert!(t.due(0).is_empty(), "in progress");
+        t.dial_ended(&due[0], false, 0);
+        assert!(t.due(0).is_empty(), "backing off");
+        assert_eq!(t.due(BACKOFF_MAX_MS * 2).len(), 1);
+        // The seed answers as b: it is known by name from then on.
+        t.offer(&hello("b", 2, 20), meta(true, 20, 1), 1, 0);
+        assert_eq!(t.seeds()[0].name.as_deref(), Some("b"));
+        assert!(t.learn(&[
+            Member {
+                name: "c".into(),
+                node_id: 3,
+                addr: "127.0.0.1:7001".into()
+            },
+            Member {
+                name: "a".into(),
+                node_id: 1,
+                addr: "127.0.0.1:7002".into()
+            },
+        ]));
+        assert!(!t.learn(&t.members()));
+        let due = t.due(BACKOFF_MAX_MS * 4);
+        assert_eq!(
+            due,
+            vec![Dial::Member {
+                name: "c".into(),
+                addr: "127.0.0.1:7001".parse().unwrap()
+            }]
+        );
+        for i in 0..1000 {
+            let d = jitter(&mut t.rng, 1000);
+            assert!((500..1500).contains(&d), "{i}: {d}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! A snapshot of the cluster's state for `stats replication` and `stats`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use super::Cluster;
+
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    pub name: String,
+    pub node_id: u16,
+    pub addr: Option<SocketAddr>,
+    /// `connected`, `connecting`, or `needs_resync` (connected, but it missed writes that
+    /// fell off the log).
+    pub state: &'static str,
+    /// Unix seconds of the current connection's start (0 when not connected).
+    pub connected_since: u64,
+    pub sent_seq: u64,
+    pub acked_seq: u64,
+    /// Our log entries the peer has not acknowledged, and how old the oldest is.
+    pub lag_mutations: u64,
+    pub lag_ms: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub name: String,
+    pub node_id: u16,
+    pub run_id: u64,
+    pub last_seq: u64,
+    pub oldest_seq: u64,
+    pub backlog_bytes: usize,
+    pub peers: Vec<PeerReport>,
+}
+
+impl Cluster {
+    pub fn report(&self) -> Report {
+        let now_ms = self.hlc.clock().now_ms();
+        let last_seq = self.outbox.last_seq();
+        let rows: Vec<_> = self
+            .table()
+            .peers()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    p.node_id,
+                    p.addr,
+                    p.link.is_some(),
+                    p.needs_resync,
+                    p.since_ms,
+                    p.reconnects,
+                )
+            })
+            .collect();
+        let peers = rows
+            .into_iter()
+            .map(
+                |(name, node_id, addr, connected, needs_resync, since_ms, reconnects)| {
+                    let c = self.peer_counters(&name);
+                    let acked_seq = c.acked_seq.load(Ordering::Relaxed);
+                    let lag_mutations = last_seq.saturating_sub(acked_seq);
+                    let lag_ms = if lag_mutations == 0 {
+                        0
+                    } else {
+                        self.outbox
+                            .entry_ms(acked_seq + 1)
+                            .map_or(0, |t| now_ms.saturating_sub(t))
+                    };
+                    PeerReport {
+                        name,
+                        node_id,
+                        addr,
+                        state: match (connected, needs_resync) {
+                            (false, _) => "connecting",
+                            (true, false) => "connected",
+                            (true, true) => "needs_resync",
+                        },
+                        connected_since: if connected { since_ms / 1000 } else { 0 },
+                        sent_seq: c.sent_seq.load(Ordering::Relaxed),
+                        acked_seq,
+                        lag_mutations,
+                        lag_ms,
+                        bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                        bytes_received: c.bytes_received.load(Ordering::Relaxed),
+                        reconnects,
+                    }
+                },
+            )
+            .collect();
+        Report {
+            name: self.name.clone(),
+            node_id: self.node_id.get(),
+            run_id: self.outbox.run_id().0,
+            last_seq,
+            oldest_seq: self.outbox.oldest_seq(),
+            backlog_bytes: self.outbox.bytes(),
+            peers,
+        }
+    }
+}
