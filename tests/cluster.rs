@@ -323,3 +323,101 @@ fn membership_spreads_from_one_seed_and_reconnects() {
     wait_value(&c, 1, "after", "x");
     wait_value(&c, 2, "after", "x");
 }
+
+/// A delete of a key this node does not hold (evicted here, or its write still on the way)
+/// answers NOT_FOUND, as memcached does, but still deletes it on the peers.
+#[test]
+fn a_delete_of_a_key_not_held_here_still_deletes_it_everywhere() {
+    let c = TestCluster::start(2);
+    let mut a = c.client(0);
+    let mut b = c.client(1);
+    let frozen = c.shared(1).cluster.as_ref().unwrap().freeze();
+    assert_eq!(a.line("set k 0 0 1\r\nv"), "STORED\r\n");
+    let (_, set_cas) = gets(&mut a, "k").unwrap();
+    eventually(DEADLINE, "a newer millisecond on b", || {
+        c.shared(1).hlc.tick().0 > set_cas
+    });
+    assert_eq!(b.line("delete k"), "NOT_FOUND\r\n");
+    drop(frozen);
+    let state = c.wait_converged();
+    let k = state.iter().find(|(k, _, _)| k == b"k").expect("tombstone");
+    assert!(k.1.is_none(), "{k:?}");
+    assert_eq!(get(&mut a, "k"), "END\r\n");
+}
+
+/// An authenticated peer (a certificate from the cluster's CA) that sends garbage is
+/// disconnected; the node keeps its data, its other peer and its clients.
+#[test]
+fn malformed_frames_from_a_peer_close_only_that_connection() {
+    use bytes::{BufMut, BytesMut};
+    use meshcached::replication::frame::{encode, Frame, Hello};
+    use meshcached::replication::log::RunId;
+    use meshcached::replication::transport::PeerEndpoint;
+
+    let c = TestCluster::start(2);
+    let mut a = c.client(0);
+    assert_eq!(a.line("set k 0 0 1\r\nv"), "STORED\r\n");
+    wait_value(&c, 1, "k", "v");
+    let before = c.state(0);
+    let target = c.nodes[0].cluster_addr.unwrap();
+    let cert = c.ca.issue_node("intruder", &["127.0.0.1"]).unwrap();
+    let identity = cert.identity(&c.ca).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hello = |run: u64| {
+        let mut b = BytesMut::new();
+        encode(
+            &Frame::Hello(Hello {
+                name: "intruder".into(),
+                node_id: 900,
+                run_id: RunId(run),
+                have_run: RunId(0),
+                have_seq: 0,
+            }),
+            &mut b,
+        );
+        b
+    };
+    let mut bad_batch = hello(5);
+    // A batch of run 5 with one entry whose op is 9.
+    let mut body = BytesMut::new();
+    body.put_u8(1);
+    body.put_u64(5);
+    body.put_u32(1);
+    body.put_u64(1);
+    body.put_u64(1);
+    body.put_u8(9);
+    body.put_u16(1);
+    body.put_slice(b"k");
+    bad_batch.put_u32(body.len() as u32);
+    bad_batch.put_slice(&body);
+    let mut other_run = hello(6);
+    let mut batch = BytesMut::new();
+    encode(
+        &Frame::Batch {
+            run_id: RunId(7),
+            entries: vec![],
+        },
+        &mut batch,
+    );
+    other_run.extend_from_slice(&batch);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\xff\xff\xff\xffnot a frame at all".to_vec()),
+        ("oversized length", vec![0x7f, 0xff, 0xff, 0xff, 1]),
+        ("unknown op after a hello", bad_batch.to_vec()),
+        ("batch of another run", other_run.to_vec()),
+    ];
+    rt.block_on(async {
+        let ep = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), identity).unwrap();
+        for (what, bytes) in cases {
+            let pc = ep.connect(target, "node-1").await.unwrap();
+            let mut send = pc.conn.open_uni().await.unwrap();
+            send.write_all(&bytes).await.unwrap();
+            let closed = tokio::time::timeout(DEADLINE, pc.conn.closed()).await;
+            assert!(closed.is_ok(), "{what}: the node closes the connection");
+        }
+    });
+    c.wait_mesh();
+    assert_eq!(c.state(0), before, "nothing changed");
+    assert_eq!(a.line("set k2 0 0 1\r\nw"), "STORED\r\n");
+    wait_value(&c, 1, "k2", "w");
+}

@@ -392,10 +392,12 @@ fn store(
 
 fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
     let shared = ctx.shared;
+    let miss = absent_delete(shared);
     let result = shared
         .store
         .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
             match cur.map(|c| ctx.visible(c)) {
+                None if cas == 0 => (miss, Outcome::NotFound),
                 None => (Mutation::Keep, Outcome::NotFound),
                 Some(cur) if cas != 0 && cur.version.0 != cas => (Mutation::Keep, Outcome::Exists),
                 Some(_) => (Mutation::Delete, Outcome::Deleted),
@@ -408,6 +410,18 @@ fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
         Counter::DeleteMisses
     });
     outcome
+}
+
+/// What a delete of a key this node does not hold does. Standalone: nothing. In a cluster
+/// it still writes (and replicates) a tombstone while answering `NOT_FOUND`: the key may be
+/// missing here only because this node evicted it, or because the write that created it is
+/// still on its way, and a client's delete must not leave the key alive on the peers.
+pub fn absent_delete(shared: &Shared) -> Mutation<'static> {
+    if shared.replicated() {
+        Mutation::Delete
+    } else {
+        Mutation::Keep
+    }
 }
 
 /// memcached's `safe_strtoull` applied to a stored value: optional leading whitespace,

@@ -395,12 +395,15 @@ fn delete(ctx: &mut Ctx<'_>, d: &MetaDelete, reply: &MetaReply, out: &mut BytesM
     let exptime = d.exptime.map(|t| ctx.expiry(t));
     let cas_in = d.cas_in.map(Version);
     let replicated = shared.replicated();
+    let miss = super::dispatch::absent_delete(shared);
     let c = &*ctx;
     let result = shared
         .store
         .mutate(d.key.as_bytes(), c.now, &shared.hlc, |cur| {
             let Some(raw) = cur else {
-                return (Mutation::Keep, DeleteResult::NotFound);
+                let plain = d.compare_cas.is_none() && !d.remove_value && !d.invalidate;
+                let m = if plain { miss } else { Mutation::Keep };
+                return (m, DeleteResult::NotFound);
             };
             if d.compare_cas
                 .is_some_and(|cas| cas != c.visible(raw).version.0)

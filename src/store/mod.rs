@@ -379,14 +379,14 @@ impl Store {
         let (mutation, r, access) = f(current.map(|i| ItemRef::of(at.shard.slot(i))));
         let version = match mutation {
             Mutation::Keep => current.map_or(Version::NONE, |i| Version(at.shard.slot(i).version)),
-            Mutation::Delete => match current {
-                Some(_) => {
-                    let v = self.delete_at(&mut at, hlc.tick())?;
-                    self.journal(&at);
-                    v
-                }
-                None => Version::NONE,
-            },
+            // With tombstones on, deleting a key not held still records (and journals) the
+            // delete: peers may hold the key (see `server::dispatch::absent_delete`).
+            Mutation::Delete if current.is_some() || self.cfg.tombstone_ttl > 0 => {
+                let v = self.delete_at(&mut at, hlc.tick())?;
+                self.journal(&at);
+                v
+            }
+            Mutation::Delete => Version::NONE,
             Mutation::Update {
                 exptime,
                 set_bits,
