@@ -7,6 +7,10 @@
 //!                              │                 server::dispatch ──► store (sharded,
 //!                              │                         │             versioned by clock::Hlc)
 //!                              ◄──── answers ◄── protocol::encode ◄──┘
+//!
+//!  replication:  store journal ─► cluster::outbox (replication::log ring) ─► one sender per
+//!                peer ─► QUIC uni stream (replication::transport, mutual TLS) ─► peer's
+//!                receiver ─► replication::apply (skew guard, HLC observe, LWW) ─► its store
 //! ```
 //!
 //! The client path: a connection reads bytes, a dialect decoder turns them into a
@@ -16,8 +20,12 @@
 //!
 //! Consistency, in plain words: each key is linearizable on one node (every command on a
 //! key runs under that key's shard lock). Every write is stamped with a hybrid-logical-clock
-//! [`clock::Version`], which is also the CAS value clients see; later issues replicate writes
-//! between nodes and resolve conflicts by last-writer-wins on that version.
+//! [`clock::Version`], which is also the CAS value clients see. In a cluster every write's
+//! resulting state is replicated asynchronously to every peer, which keeps it only if its
+//! version is newer than what it holds for the key (last-writer-wins, deletes kept as
+//! tombstones, `flush_all` as a versioned barrier): all nodes converge to the same items
+//! with the same CAS values, whatever order the writes arrive in. A client's write never
+//! waits for the network.
 //!
 //! Layering: `clock`, `key` and `protocol` know nothing of the network or the store; the
 //! `store` knows nothing of protocols; only `server::dispatch` joins protocol to store.

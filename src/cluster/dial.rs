@@ -25,7 +25,7 @@ pub async fn accept_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
             Err(TransportError::Closed) => return,
             Err(e) => {
                 cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("refused a peer connection: {e}");
+                tracing::warn!(node = %cl.name, "refused a peer connection: {e}");
             }
         }
     }
@@ -68,7 +68,7 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
             }
             Err(e) => {
                 if cl.table().seed_failed(*index, e.clone()) {
-                    tracing::warn!(peer = %addr, "cannot reach peer (retrying): {e}");
+                    tracing::warn!(node = %cl.name, peer = %addr, "cannot reach peer (retrying): {e}");
                 }
                 false
             }

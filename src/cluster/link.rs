@@ -72,12 +72,14 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         token,
     };
     let offer = cl.table().offer(&hello, meta, conn.clone(), now_ms);
-    match offer {
-        Offer::Keep { replaced } => {
-            if let Some(old) = replaced {
+    let replacing = match offer {
+        Offer::Keep { replaced } => match replaced {
+            Some(old) => {
                 old.close(CLOSE_DUPLICATE.into(), b"replaced by a newer connection");
+                true
             }
-        }
+            None => false,
+        },
         Offer::Duplicate => {
             conn.close(CLOSE_DUPLICATE.into(), b"duplicate connection");
             return false;
@@ -88,15 +90,19 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         }
         Offer::IdClash { id, holder } => {
             cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(peer = %hello.name, %addr, "refusing peer: node id {id} is already taken by {holder:?}; give each node a distinct --node-id");
+            tracing::error!(node = %cl.name, peer = %hello.name, %addr, "refusing peer: node id {id} is already taken by {holder:?}; give each node a distinct --node-id");
             let reason = format!("node id {id} is already taken by {holder}");
             conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
             return false;
         }
-    }
+    };
     cl.members.send_modify(|v| *v += 1);
     let (cursor, lagged) = start_cursor(&cl, &hello);
-    tracing::info!(peer = %hello.name, %addr, node_id = hello.node_id, from_seq = cursor + 1, "peer up");
+    if replacing {
+        tracing::debug!(node = %cl.name, peer = %hello.name, %addr, "peer connection replaced (simultaneous dial or peer restart)");
+    } else {
+        tracing::info!(node = %cl.name, peer = %hello.name, %addr, node_id = hello.node_id, from_seq = cursor + 1, "peer up");
+    }
     if lagged {
         fell_behind(&cl, &hello.name, hello.have_seq);
     }
@@ -115,7 +121,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         Err(e) => describe(&e, &conn),
     };
     if cl.table().down(&hello.name, token, cl.hlc.clock().now_ms()) {
-        tracing::warn!(peer = %hello.name, %addr, "peer down: {reason}");
+        tracing::warn!(node = %cl.name, peer = %hello.name, %addr, "peer down: {reason}");
         cl.dial_wake.notify_one();
     }
     conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
@@ -210,6 +216,7 @@ fn fell_behind(cl: &Cluster, name: &str, cursor: u64) {
         p.needs_resync = true;
     }
     tracing::error!(
+        node = %cl.name,
         peer = %name,
         cursor,
         oldest = cl.outbox.oldest_seq(),

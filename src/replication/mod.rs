@@ -2,10 +2,8 @@
 //! mutations and the peer wire format are plain types; the QUIC transport that moves their
 //! bytes is the thin layer on top.
 //!
-//! Status: the log, the frame codec, the apply side (skew guard, HLC observation, LWW
-//! merge, conflict counters) and the mutual-TLS QUIC transport exist and are tested; the
-//! per-peer
-//! senders and the hookup to the dispatcher come with the cluster issue.
+//! The tasks that use them (per-peer senders and receivers, dialing, membership) are in
+//! `crate::cluster`.
 
 pub mod apply;
 pub mod frame;
