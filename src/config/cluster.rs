@@ -1,0 +1,301 @@
+//! The cluster flags: who this node is, where its peers are, and the replication settings
+//! (DESIGN.md sections 4, 5 and 7), validated into a [`ClusterConfig`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{parse_size, Args, ConfigError};
+use crate::clock::{NodeId, MAX_NODE_ID};
+
+/// The repcached replication port, which the cluster port defaults to.
+pub const DEFAULT_CLUSTER_PORT: u16 = 11212;
+
+/// Where a peer is reached: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A validated cluster configuration.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_name: String,
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    pub certs_dir: PathBuf,
+    pub join: Vec<PeerAddr>,
+    pub repl_backlog: usize,
+    pub max_clock_skew: Duration,
+    /// Seconds.
+    pub tombstone_ttl: u32,
+}
+
+/// Parses `500ms`, `5s`, `10m`, `2h`, `30d`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let err = || ConfigError::Duration(s.to_string());
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let n: u64 = lower[..split].parse().map_err(|_| err())?;
+    let ms = match &lower[split..] {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(err()),
+    };
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(err)
+}
+
+/// The default node id for a name: a hash of it (FNV-1a) folded to 10 bits, so that nodes
+/// named differently usually differ; a clash is detected when the nodes meet.
+pub fn node_id_for(name: &str) -> NodeId {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let folded = (h ^ (h >> 10) ^ (h >> 20)) & u32::from(MAX_NODE_ID);
+    NodeId::new(folded as u16).expect("masked to 10 bits")
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end])
+        .ok()?
+        .trim()
+        .to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Parses `HOST:PORT`, `[V6]:PORT`, or (when `default_port` is given) a bare `HOST`.
+fn parse_peer(s: &str, default_port: Option<u16>) -> Result<PeerAddr, ConfigError> {
+    let err = || ConfigError::Peer(s.to_string());
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(PeerAddr {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        let port = default_port.ok_or_else(err)?;
+        return Ok(PeerAddr {
+            host: ip.to_string(),
+            port,
+        });
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| err())?),
+        None => (s, default_port.ok_or_else(err)?),
+    };
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(err());
+    }
+    Ok(PeerAddr {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+pub(super) fn cluster_config(
+    args: &Args,
+    listen: &[SocketAddr],
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let port = args.cluster_port.unwrap_or(DEFAULT_CLUSTER_PORT);
+    let mut join = Vec::new();
+    for j in &args.join {
+        join.push(parse_peer(j, None)?);
+    }
+    for x in &args.peer {
+        join.push(parse_peer(x, Some(port))?);
+    }
+    let Some(certs_dir) = args.certs_dir.clone() else {
+        if !join.is_empty() {
+            return Err(ConfigError::PeersWithoutCerts);
+        }
+        let stray = [
+            (args.cluster_listen.is_some(), "--cluster-listen"),
+            (args.cluster_port.is_some(), "-X"),
+            (args.node_name.is_some(), "--node-name"),
+            (args.node_id.is_some(), "--node-id"),
+        ];
+        if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
+            return Err(ConfigError::ClusterFlagWithoutCerts(flag));
+        }
+        return Ok(None);
+    };
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => host_name().ok_or(ConfigError::NoHostName)?,
+    };
+    let node_id = match args.node_id {
+        Some(id) => NodeId::new(id).ok_or(ConfigError::NodeId(id))?,
+        None => node_id_for(&node_name),
+    };
+    let cluster_listen = match &args.cluster_listen {
+        None => SocketAddr::new(listen[0].ip(), port),
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                let ip: IpAddr = s
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .map_err(|_| ConfigError::ClusterListen(s.clone()))?;
+                SocketAddr::new(ip, port)
+            }
+        },
+    };
+    let tombstone_ttl = parse_duration(&args.tombstone_ttl)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&tombstone_ttl) {
+        return Err(ConfigError::TombstoneTtl);
+    }
+    Ok(Some(ClusterConfig {
+        node_name,
+        node_id,
+        listen: cluster_listen,
+        certs_dir,
+        join,
+        repl_backlog: parse_size(&args.repl_backlog, 1)?,
+        max_clock_skew: parse_duration(&args.max_clock_skew)?,
+        tombstone_ttl: tombstone_ttl.as_secs() as u32,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use clap::Parser;
+
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        let args = Args::try_parse_from(std::iter::once("meshcached").chain(argv.iter().copied()))
+            .expect("clap accepts these");
+        Config::from_args(&args)
+    }
+
+    #[test]
+    fn cluster_flags() {
+        assert!(parse(&[]).unwrap().cluster.is_none());
+        assert_eq!(
+            parse(&["--join", "127.0.0.2:11212"]).unwrap_err(),
+            ConfigError::PeersWithoutCerts
+        );
+        assert_eq!(
+            parse(&["-x", "10.0.0.2"]).unwrap_err(),
+            ConfigError::PeersWithoutCerts
+        );
+        assert_eq!(
+            parse(&["-X", "7000"]).unwrap_err(),
+            ConfigError::ClusterFlagWithoutCerts("-X")
+        );
+        let c = parse(&[
+            "--certs-dir",
+            "/c",
+            "--node-name",
+            "a",
+            "-l",
+            "127.0.0.5",
+            "-X",
+            "7000",
+            "-x",
+            "127.0.0.6",
+            "-x",
+            "b.example:7001",
+            "--join",
+            "[::1]:7002",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.5:7000".parse().unwrap());
+        assert_eq!(c.node_id, node_id_for("a"));
+        let joins: Vec<String> = c.join.iter().map(|p| p.to_string()).collect();
+        assert_eq!(joins, ["[::1]:7002", "127.0.0.6:7000", "b.example:7001"]);
+        assert_eq!(c.repl_backlog, 64 << 20);
+        assert_eq!(c.max_clock_skew, Duration::from_secs(5));
+        assert_eq!(c.tombstone_ttl, 600);
+        let c = parse(&[
+            "--certs-dir",
+            "/c",
+            "--node-name",
+            "a",
+            "--node-id",
+            "1023",
+            "--cluster-listen",
+            "0.0.0.0:0",
+            "--tombstone-ttl",
+            "90s",
+            "--max-clock-skew",
+            "500ms",
+            "--repl-backlog",
+            "1m",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.node_id.get(), 1023);
+        assert_eq!(c.listen, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(c.tombstone_ttl, 90);
+        assert_eq!(c.max_clock_skew, Duration::from_millis(500));
+        assert_eq!(c.repl_backlog, 1 << 20);
+        let bad = |argv: &[&str]| parse(argv).unwrap_err();
+        assert_eq!(
+            bad(&["--certs-dir", "/c", "--node-id", "1024"]),
+            ConfigError::NodeId(1024)
+        );
+        assert!(matches!(
+            bad(&["--certs-dir", "/c", "--join", "nohost"]),
+            ConfigError::Peer(_)
+        ));
+        assert!(matches!(
+            bad(&["--certs-dir", "/c", "-x", "a b"]),
+            ConfigError::Peer(_)
+        ));
+        assert!(matches!(
+            bad(&["--certs-dir", "/c", "--tombstone-ttl", "10x"]),
+            ConfigError::Duration(_)
+        ));
+        assert_eq!(
+            bad(&["--certs-dir", "/c", "--tombstone-ttl", "0"]),
+            ConfigError::TombstoneTtl
+        );
+    }
+
+    #[test]
+    fn default_node_ids_spread() {
+        let ids: std::collections::HashSet<u16> = (0..100)
+            .map(|i| node_id_for(&format!("node-{i}")).get())
+            .collect();
+        assert!(ids.len() > 90, "{}", ids.len());
+    }
+}
