@@ -21,6 +21,10 @@ use quinn::ConnectionError;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
 /// Generous: only a broken implementation ever waits this long.
+/// Dialing a seed address without knowing the node's name.
+#[path = "transport/connect_any.rs"]
+mod connect_any;
+
 const WAIT: Duration = Duration::from_secs(10);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -354,153 +358,6 @@ async fn server_naming_another_node_is_refused() {
         other => panic!("expected NameMismatch, got {other:?}"),
     }
     assert!(within("accept", accepting).await.expect("task").is_err());
-}
-
-#[tokio::test]
-async fn connect_any_learns_the_name_of_the_node_it_reached() {
-    let ca = generate_ca().expect("CA");
-    let (a, _) = bind(identity(&ca, "node-a"));
-    let (b, b_addr) = bind(identity(&ca, "node-b"));
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let dialed = within("connect_any", a.connect_any(b_addr))
-        .await
-        .expect("connect_any");
-    let accepted = within("accept", accepting)
-        .await
-        .expect("accept task")
-        .expect("accept");
-    assert_eq!(dialed.name, "node-b", "the name comes from the certificate");
-    assert_eq!(accepted.name, "node-a");
-    exchange_frame(&dialed.conn, &accepted.conn).await;
-    exchange_frame(&accepted.conn, &dialed.conn).await;
-}
-
-#[tokio::test]
-async fn connect_any_refuses_a_server_from_another_ca() {
-    let ca = generate_ca().expect("CA");
-    let foreign = generate_ca().expect("foreign CA");
-    let (a, _) = bind(identity(&ca, "node-a"));
-    // Not knowing whom to expect is no reason to trust whoever answers.
-    let impostor = foreign
-        .issue_node("node-b", &["127.0.0.1"])
-        .expect("issue")
-        .identity_unverified(&ca);
-    let (b, b_addr) = bind(impostor);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let err = within("connect_any", a.connect_any(b_addr))
-        .await
-        .expect_err("a foreign server must be refused");
-    match &err {
-        TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        } => assert_foreign(reason),
-        other => panic!("expected HandshakeRefused by us, got {other:?}"),
-    }
-    let server_side = within("accept", accepting).await.expect("accept task");
-    assert!(server_side.is_err(), "{server_side:?}");
-}
-
-#[tokio::test]
-async fn connect_any_refuses_an_expired_server() {
-    let ca = generate_ca().expect("CA");
-    let now = SystemTime::now();
-    let (a, _) = bind(identity(&ca, "node-a"));
-    let expired = ca
-        .issue_node_with_validity("node-b", &["127.0.0.1"], now - 2 * DAY, now - DAY)
-        .expect("issue")
-        .identity_unverified(&ca);
-    let (b, b_addr) = bind(expired);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let err = within("connect_any", a.connect_any(b_addr))
-        .await
-        .expect_err("an expired server must be refused");
-    match &err {
-        TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        } => {
-            assert!(reason.to_lowercase().contains("expired"), "{err}")
-        }
-        other => panic!("expected HandshakeRefused by us, got {other:?}"),
-    }
-    assert!(within("accept", accepting).await.expect("task").is_err());
-}
-
-#[tokio::test]
-async fn connect_any_refuses_a_server_that_is_not_a_node() {
-    let ca = generate_ca().expect("CA");
-    let (a, _) = bind(identity(&ca, "node-a"));
-    // Signed by our CA, valid, but its CN is not among its DNS names: no node name to report.
-    let ca_key = rcgen::KeyPair::from_pem(ca.key_pem()).expect("CA key");
-    let issuer = rcgen::Issuer::from_ca_cert_der(ca.cert_der(), ca_key).expect("issuer");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["somewhere-else".to_string()]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "node-b");
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &issuer).expect("sign");
-    let not_a_node = NodeIdentity {
-        name: "node-b".into(),
-        cert_chain: vec![cert.der().clone()],
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        ca_certs: vec![ca.cert_der().clone()],
-        not_after: SystemTime::now() + DAY,
-    };
-    let (b, b_addr) = bind(not_a_node);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let err = within("connect_any", a.connect_any(b_addr))
-        .await
-        .expect_err("a certificate without a node name must be refused");
-    match &err {
-        TransportError::PeerCertificate {
-            source: CertsError::Foreign { reason, .. },
-            ..
-        } => assert!(reason.contains("not among its DNS names"), "{err}"),
-        other => panic!("expected PeerCertificate, got {other:?}"),
-    }
-    assert!(err.to_string().contains("not a node certificate"), "{err}");
-    assert!(within("accept", accepting).await.expect("task").is_err());
-}
-
-#[tokio::test]
-async fn client_from_another_ca_is_refused_when_dialing_any() {
-    let ca = generate_ca().expect("CA");
-    let foreign = generate_ca().expect("foreign CA");
-    let (b, b_addr) = bind(identity(&ca, "node-b"));
-    // Trusts our CA (so it accepts node-b) but holds a foreign certificate: dialing without
-    // a name relaxes nothing on the server's side.
-    let impostor = foreign
-        .issue_node("node-a", &["127.0.0.1"])
-        .expect("issue")
-        .identity_unverified(&ca);
-    let (a, _) = bind(impostor);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let dialed = within("connect_any", a.connect_any(b_addr)).await;
-    let refused = within("accept", accepting).await.expect("accept task");
-    match &refused {
-        Err(TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        }) => assert_foreign(reason),
-        other => panic!("expected HandshakeRefused by the server, got {other:?}"),
-    }
-    if let Ok(peer) = dialed {
-        assert_dies_without_data(&peer.conn).await;
-    }
 }
 
 #[tokio::test]
