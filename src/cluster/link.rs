@@ -21,7 +21,7 @@ use crate::replication::transport::PeerConn;
 /// How long a peer has to send its hello once connected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// About how many bytes of log entries go in one batch frame.
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 64 << 10;
 /// The most often an acknowledgement is sent (a busy stream is acknowledged at this pace;
 /// an idle one once, this long after its last batch at the latest).
 const ACK_INTERVAL: Duration = Duration::from_millis(10);

@@ -44,27 +44,27 @@ impl Outbox {
     }
 
     /// A local change reported by the store's journal (under the key's lock). The key and
-    /// value are copied once here: the store's copy may be overwritten or evicted before the
-    /// senders get to it.
+    /// value are copied here, once, into one allocation that both are sliced from: the
+    /// store's copy may be overwritten or evicted before the senders get to it.
     pub fn record_change(&self, key: &[u8], change: Change<'_>) {
-        let (version, op) = match change {
-            Change::Put {
-                value,
+        let (version, value) = match change {
+            Change::Put { value, version, .. } => (version, value),
+            Change::Delete { version } => (version, &[][..]),
+        };
+        let mut both = Vec::with_capacity(key.len() + value.len());
+        both.extend_from_slice(key);
+        both.extend_from_slice(value);
+        let both = Bytes::from(both);
+        let op = match change {
+            Change::Put { flags, exptime, .. } => Op::Put {
+                value: both.slice(key.len()..),
                 flags,
                 exptime,
-                version,
-            } => (
-                version,
-                Op::Put {
-                    value: Bytes::copy_from_slice(value),
-                    flags,
-                    exptime,
-                },
-            ),
-            Change::Delete { version } => (version, Op::Delete),
+            },
+            Change::Delete { .. } => Op::Delete,
         };
         self.append(Mutation {
-            key: Bytes::copy_from_slice(key),
+            key: both.slice(..key.len()),
             version,
             op,
         });
