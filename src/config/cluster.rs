@@ -194,14 +194,7 @@ pub(super) fn cluster_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use clap::Parser;
-
-    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
-        let args = Args::try_parse_from(std::iter::once("meshcached").chain(argv.iter().copied()))
-            .expect("clap accepts these");
-        Config::from_args(&args)
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn cluster_flags() {

@@ -284,10 +284,11 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+    /// `Config::from_args` over an argv without the program name.
+    pub(crate) fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
         let args = Args::try_parse_from(std::iter::once("meshcached").chain(argv.iter().copied()))
             .expect("clap accepts these");
         Config::from_args(&args)
