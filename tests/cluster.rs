@@ -421,3 +421,23 @@ fn malformed_frames_from_a_peer_close_only_that_connection() {
     assert_eq!(a.line("set k2 0 0 1\r\nw"), "STORED\r\n");
     wait_value(&c, 1, "k2", "w");
 }
+
+/// A node stopped right after its clients' writes hands them to its peers before it goes.
+#[test]
+fn a_stopping_node_hands_its_writes_to_its_peers_first() {
+    let mut c = TestCluster::start(2);
+    let mut a = c.client(0);
+    // Enough that replication is still under way when the last reply arrives.
+    let n = 5000;
+    let value = "x".repeat(4000);
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.extend_from_slice(format!("set k{i} 0 0 4000\r\n{value}\r\n").as_bytes());
+    }
+    let replies = a.call(&batch, b"STORED\r\n".repeat(n).as_slice());
+    assert_eq!(replies.matches("STORED\r\n").count(), n);
+    c.kill(0);
+    let state = c.state(1);
+    let live = state.iter().filter(|(_, v, _)| v.is_some()).count();
+    assert_eq!(live, n, "every acknowledged write is on the peer when the node is gone");
+}

@@ -16,7 +16,13 @@ use crate::replication::transport::{PeerEndpoint, TransportError};
 /// The dial loop's longest sleep when nothing wakes it (backoff deadlines are checked then).
 const DIAL_TICK: Duration = Duration::from_millis(50);
 
+/// Refused handshakes are logged at most this often (with a count of those not logged):
+/// anyone who can reach the UDP port can cause them.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 pub async fn accept_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
+    let mut last_log: Option<tokio::time::Instant> = None;
+    let mut unlogged = 0u64;
     loop {
         match endpoint.accept().await {
             Ok(pc) => {
@@ -25,7 +31,17 @@ pub async fn accept_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
             Err(TransportError::Closed) => return,
             Err(e) => {
                 cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %cl.name, "refused a peer connection: {e}");
+                if last_log.is_some_and(|t| t.elapsed() < REFUSAL_LOG_INTERVAL) {
+                    unlogged += 1;
+                    continue;
+                }
+                last_log = Some(tokio::time::Instant::now());
+                if unlogged > 0 {
+                    tracing::warn!(node = %cl.name, "refused a peer connection: {e} ({unlogged} more refused since the last report; see peers_refused in stats)");
+                } else {
+                    tracing::warn!(node = %cl.name, "refused a peer connection: {e}");
+                }
+                unlogged = 0;
             }
         }
     }
@@ -63,6 +79,7 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
                     cl.table().seed_is_self(*index);
                     false
                 } else {
+                    cl.table().seed_named(*index, &pc.name);
                     link::run(cl.clone(), pc, true).await
                 }
             }

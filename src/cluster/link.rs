@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::peers::{LinkMeta, Offer};
@@ -72,19 +73,25 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         token,
     };
     let offer = cl.table().offer(&hello, meta, conn.clone(), now_ms);
-    let replacing = match offer {
-        Offer::Keep { replaced } => match replaced {
+    let (replacing, restarted) = match offer {
+        Offer::Keep {
+            replaced,
+            restarted,
+        } => match replaced {
             Some(old) => {
                 old.close(CLOSE_DUPLICATE.into(), b"replaced by a newer connection");
-                true
+                (true, restarted)
             }
-            None => false,
+            None => (false, false),
         },
         Offer::Duplicate => {
             conn.close(CLOSE_DUPLICATE.into(), b"duplicate connection");
             return false;
         }
         Offer::ToSelf => {
+            if hello.run_id != cl.outbox.run_id() {
+                tracing::error!(node = %cl.name, %addr, "another running node uses this node's name; every node needs its own name and certificate");
+            }
             conn.close(CLOSE_REFUSED.into(), b"connected to itself");
             return false;
         }
@@ -98,8 +105,10 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     };
     cl.members.send_modify(|v| *v += 1);
     let (cursor, lagged) = start_cursor(&cl, &hello);
-    if replacing {
-        tracing::debug!(node = %cl.name, peer = %hello.name, %addr, "peer connection replaced (simultaneous dial or peer restart)");
+    if restarted {
+        tracing::info!(node = %cl.name, peer = %hello.name, %addr, from_seq = cursor + 1, "peer restarted; up again");
+    } else if replacing {
+        tracing::debug!(node = %cl.name, peer = %hello.name, %addr, "peer connection replaced (simultaneous dial)");
     } else {
         tracing::info!(node = %cl.name, peer = %hello.name, %addr, node_id = hello.node_id, from_seq = cursor + 1, "peer up");
     }
@@ -107,36 +116,49 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         fell_behind(&cl, &hello.name, hello.have_seq);
     }
     counters.sent_seq.store(cursor, Ordering::Relaxed);
-    if hello.have_run == cl.outbox.run_id() {
-        counters
-            .acked_seq
-            .fetch_max(hello.have_seq, Ordering::Relaxed);
-    }
-    let reason = tokio::select! {
-        r = send_loop(&cl, &hello.name, &counters, send, cursor) => r,
-        r = recv_loop(&cl, &counters, recv, buf, hello.run_id) => r,
+    // What the peer has of our log is what its hello says, nothing of an earlier run.
+    let acked = if hello.have_run == cl.outbox.run_id() {
+        hello.have_seq.min(cl.outbox.last_seq())
+    } else {
+        0
     };
-    let reason = match reason {
-        Ok(()) => "closed".to_string(),
+    counters.acked_seq.store(acked, Ordering::Relaxed);
+    // This link's own wake-up for acknowledgements: a replaced link's sender must not take
+    // the new one's.
+    let applied = Notify::new();
+    let reason = tokio::select! {
+        r = send_loop(&cl, &hello.name, &counters, &applied, send, cursor) => r,
+        r = recv_loop(&cl, &counters, &applied, recv, buf, hello.run_id) => r,
+    };
+    let (reason, quiet) = match reason {
+        Ok(()) => ("closed".to_string(), false),
         Err(e) => describe(&e, &conn),
     };
     if cl.table().down(&hello.name, token, cl.hlc.clock().now_ms()) {
-        tracing::warn!(node = %cl.name, peer = %hello.name, %addr, "peer down: {reason}");
+        if quiet {
+            tracing::debug!(node = %cl.name, peer = %hello.name, %addr, "peer connection closed: {reason}");
+        } else {
+            tracing::warn!(node = %cl.name, peer = %hello.name, %addr, "peer down: {reason}");
+        }
         cl.dial_wake.notify_one();
     }
     conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
     true
 }
 
-/// What the log line says about a link's end: the peer's own close reason when it gave one.
-fn describe(e: &LinkError, conn: &quinn::Connection) -> String {
+/// What the log line says about a link's end: the peer's own close reason when it gave one,
+/// and whether it is routine (the peer kept another connection to us instead).
+fn describe(e: &LinkError, conn: &quinn::Connection) -> (String, bool) {
     match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(c)) => format!(
-            "the peer closed the connection: {}",
-            String::from_utf8_lossy(&c.reason)
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => (
+            format!(
+                "the peer closed the connection: {}",
+                String::from_utf8_lossy(&c.reason)
+            ),
+            c.error_code == CLOSE_DUPLICATE.into(),
         ),
-        Some(other) => other.to_string(),
-        None => e.to_string(),
+        Some(other) => (other.to_string(), false),
+        None => (e.to_string(), false),
     }
 }
 
@@ -228,6 +250,7 @@ async fn send_loop(
     cl: &Cluster,
     name: &str,
     counters: &PeerCounters,
+    applied: &Notify,
     mut send: quinn::SendStream,
     mut cursor: u64,
 ) -> Result<(), LinkError> {
@@ -284,7 +307,7 @@ async fn send_loop(
         let ack_pending = counters.have().1 > acked;
         tokio::select! {
             _ = cl.outbox.wait_beyond(cursor) => {}
-            _ = counters.applied.notified(), if !ack_pending => {}
+            _ = applied.notified(), if !ack_pending => {}
             _ = tokio::time::sleep_until(last_ack + ACK_INTERVAL), if ack_pending => {}
             changed = members.changed() => {
                 if changed.is_err() {
@@ -299,6 +322,7 @@ async fn send_loop(
 async fn recv_loop(
     cl: &Cluster,
     counters: &PeerCounters,
+    applied: &Notify,
     mut recv: quinn::RecvStream,
     mut buf: BytesMut,
     their_run: RunId,
@@ -321,15 +345,20 @@ async fn recv_loop(
                     let stats = apply_entries(&cl.store, &cl.hlc, &entries, cl.max_skew, now);
                     cl.counters.add(&stats);
                     counters.set_have(their_run, last);
-                    counters.applied.notify_one();
+                    applied.notify_one();
                 }
                 Frame::Ack { run_id, seq } => {
                     if run_id == our_run {
+                        // A peer cannot have more than we sent.
+                        let seq = seq.min(counters.sent_seq.load(Ordering::Relaxed));
                         counters.acked_seq.fetch_max(seq, Ordering::Relaxed);
                     }
                 }
                 Frame::Members(list) => {
-                    let learned = cl.table().learn(&list);
+                    let (learned, clashes) = cl.table().learn(&list);
+                    for m in clashes {
+                        tracing::error!(node = %cl.name, member = %m.name, node_id = m.node_id, "a member uses a node id that is already taken; give each node a distinct --node-id");
+                    }
                     if learned {
                         cl.members.send_modify(|v| *v += 1);
                         cl.dial_wake.notify_one();

@@ -54,8 +54,6 @@ pub struct PeerCounters {
     pub bytes_received: AtomicU64,
     /// What we applied of the peer's log: its run id and last sequence.
     have: Mutex<(RunId, u64)>,
-    /// Wakes the sender when there is something to acknowledge.
-    applied: Notify,
 }
 
 impl PeerCounters {
@@ -182,6 +180,34 @@ impl Cluster {
         });
         let _ = stopped_rx.recv();
         Freeze(Some(resume_tx))
+    }
+
+    /// Waits, up to `timeout`, until every connected peer has acknowledged every write in
+    /// the log: a node shutting down hands what its clients wrote to the others first.
+    /// Returns whether everything was acknowledged.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = self.outbox.last_seq();
+            let connected: Vec<String> = self
+                .table()
+                .peers()
+                .filter(|(_, p)| p.link.is_some())
+                .map(|(n, _)| n.clone())
+                .collect();
+            let behind = connected
+                .iter()
+                .filter(|n| self.peer_counters(n).acked_seq.load(Ordering::Relaxed) < last)
+                .count();
+            if behind == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(node = %self.name, peers = behind, "shutting down before every peer acknowledged every write");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Closes every peer connection, telling the peers why.

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::certs::NodeName;
 use crate::replication::frame::{Hello, Member};
 use crate::replication::log::RunId;
 
@@ -21,6 +22,14 @@ use crate::replication::log::RunId;
 pub const BACKOFF_MIN_MS: u64 = 100;
 /// The longest delay between two dials of the same peer.
 pub const BACKOFF_MAX_MS: u64 = 5_000;
+/// A connection that lived this long was a success: the next dial after it ends starts
+/// from the shortest delay again. One that dies sooner (refused right after its hello, a
+/// protocol error) counts as a failure, so that a peer that keeps closing on us is not
+/// redialed ten times a second.
+pub const STABLE_MS: u64 = 10_000;
+/// The most members a node keeps (node ids have 10 bits): a broken or hostile peer cannot
+/// make it keep, and dial, an unbounded list.
+pub const MAX_MEMBERS: usize = 1024;
 
 /// How a connection came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +44,9 @@ pub struct LinkMeta {
 /// The answer to [`PeerTable::offer`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer<L> {
-    /// This is the connection to the peer now; `replaced` is the previous one, to close.
-    Keep { replaced: Option<L> },
+    /// This is the connection to the peer now; `replaced` is the previous one, to close;
+    /// `restarted` when that one was from an earlier run of the peer.
+    Keep { replaced: Option<L>, restarted: bool },
     /// Another connection to the same peer wins the tie-break: close this one.
     Duplicate,
     /// The connection leads to this node itself (a `--join` address of our own).
@@ -190,14 +200,14 @@ impl<L: Clone> PeerTable<L> {
             .entry(hello.name.clone())
             .or_insert_with(|| Peer::new(hello.node_id, Some(meta.addr)));
         peer.node_id = hello.node_id;
-        let replaced = match &peer.link {
-            None => None,
+        let (replaced, restarted) = match &peer.link {
+            None => (None, false),
             Some((old, old_link)) => {
                 let newer_run = old.run_id != meta.run_id;
                 // The tie-break: the connection dialed by the smaller name.
                 let preferred = |m: &LinkMeta| m.dialed_by_me == me_smaller;
                 if newer_run || (preferred(&meta) && !preferred(old)) {
-                    Some(old_link.clone())
+                    (Some(old_link.clone()), newer_run)
                 } else {
                     return Offer::Duplicate;
                 }
@@ -210,13 +220,15 @@ impl<L: Clone> PeerTable<L> {
             peer.reconnects += 1;
         }
         peer.connected_before = true;
-        peer.backoff_ms = BACKOFF_MIN_MS;
         for seed in &mut self.seeds {
             if seed.name.is_none() && seed_matches(&seed.addr, meta.addr) {
                 seed.name = Some(hello.name.clone());
             }
         }
-        Offer::Keep { replaced }
+        Offer::Keep {
+            replaced,
+            restarted,
+        }
     }
 
     /// The connection with `token` to `name` ended. Returns whether it was the registered
@@ -229,21 +241,42 @@ impl<L: Clone> PeerTable<L> {
             return false;
         }
         peer.link = None;
+        if now_ms.saturating_sub(peer.since_ms) >= STABLE_MS {
+            peer.backoff_ms = BACKOFF_MIN_MS;
+        }
         let delay = jitter(&mut self.rng, peer.backoff_ms);
         peer.next_dial_ms = now_ms + delay;
+        if now_ms.saturating_sub(peer.since_ms) < STABLE_MS {
+            peer.backoff_ms = (peer.backoff_ms * 2).min(BACKOFF_MAX_MS);
+        }
         true
     }
 
-    /// Merges gossiped members; returns whether anything new was learned.
-    pub fn learn(&mut self, members: &[Member]) -> bool {
+    /// Merges gossiped members. Returns whether anything new was learned, and the members
+    /// refused because their node id is this node's or another member's (to report). Names
+    /// that are not valid node names and members beyond [`MAX_MEMBERS`] are ignored.
+    pub fn learn(&mut self, members: &[Member]) -> (bool, Vec<Member>) {
         let mut changed = false;
+        let mut clashes = Vec::new();
         for m in members {
-            if m.name == self.name {
+            if m.name == self.name || NodeName::new(&m.name).is_err() {
                 continue;
             }
             let Ok(addr) = m.addr.parse::<SocketAddr>() else {
                 continue;
             };
+            let taken = m.node_id == self.node_id
+                || self
+                    .peers
+                    .iter()
+                    .any(|(n, p)| p.node_id == m.node_id && *n != m.name);
+            if taken {
+                clashes.push(m.clone());
+                continue;
+            }
+            if !self.peers.contains_key(&m.name) && self.peers.len() >= MAX_MEMBERS {
+                continue;
+            }
             match self.peers.get_mut(&m.name) {
                 Some(p) if p.addr.is_some() => {}
                 Some(p) => {
@@ -257,7 +290,7 @@ impl<L: Clone> PeerTable<L> {
                 }
             }
         }
-        changed
+        (changed, clashes)
     }
 
     /// The members to gossip: every peer whose address is known.
@@ -315,11 +348,18 @@ impl<L: Clone> PeerTable<L> {
             },
         };
         *dialing = false;
-        if connected {
-            *backoff = BACKOFF_MIN_MS;
-        } else {
+        // A connection's end already scheduled the next dial (see `down`).
+        if !connected {
             *next = now_ms + jitter(&mut self.rng, *backoff);
             *backoff = (*backoff * 2).min(BACKOFF_MAX_MS);
+        }
+    }
+
+    /// Records which member seed `index` turned out to be, so that it is dialed by name
+    /// from then on (a host-name seed cannot be matched by address).
+    pub fn seed_named(&mut self, index: usize, name: &str) {
+        if let Some(s) = self.seeds.get_mut(index) {
+            s.name = Some(name.to_string());
         }
     }
 
@@ -417,7 +457,10 @@ mod tests {
         let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
         assert_eq!(
             t.offer(&hello("b", 2, 20), meta(true, 20, 1), 1, 0),
-            Offer::Keep { replaced: None }
+            Offer::Keep {
+                replaced: None,
+                restarted: false
+            }
         );
         // Same run, dialed by the larger name: a duplicate.
         assert_eq!(
@@ -427,7 +470,10 @@ mod tests {
         // A new run of b: it restarted, the old connection is dead.
         assert_eq!(
             t.offer(&hello("b", 2, 21), meta(false, 21, 3), 3, 5),
-            Offer::Keep { replaced: Some(1) }
+            Offer::Keep {
+                replaced: Some(1),
+                restarted: true
+            }
         );
         assert_eq!(t.peer("b").unwrap().reconnects, 1);
         // Only the registered connection's end takes the peer down.
@@ -478,19 +524,23 @@ mod tests {
         // The seed answers as b: it is known by name from then on.
         t.offer(&hello("b", 2, 20), meta(true, 20, 1), 1, 0);
         assert_eq!(t.seeds()[0].name.as_deref(), Some("b"));
-        assert!(t.learn(&[
-            Member {
-                name: "c".into(),
-                node_id: 3,
-                addr: "127.0.0.1:7001".into()
-            },
-            Member {
-                name: "a".into(),
-                node_id: 1,
-                addr: "127.0.0.1:7002".into()
-            },
-        ]));
-        assert!(!t.learn(&t.members()));
+        let member = |name: &str, node_id: u16, addr: &str| Member {
+            name: name.into(),
+            node_id,
+            addr: addr.into(),
+        };
+        let (changed, clashes) = t.learn(&[
+            member("c", 3, "127.0.0.1:7001"),
+            member("a", 1, "127.0.0.1:7002"),
+            // Refused: another member's id, our id, not a node name.
+            member("d", 2, "127.0.0.1:7003"),
+            member("e", 1, "127.0.0.1:7004"),
+            member("bad\r\nname", 9, "127.0.0.1:7005"),
+        ]);
+        assert!(changed);
+        let refused: Vec<&str> = clashes.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(refused, ["d", "e"]);
+        assert_eq!(t.learn(&t.members()), (false, vec![]));
         let due = t.due(BACKOFF_MAX_MS * 4);
         assert_eq!(
             due,
@@ -503,5 +553,26 @@ mod tests {
             let d = jitter(&mut t.rng, 1000);
             assert!((500..1500).contains(&d), "{i}: {d}");
         }
+    }
+
+    /// A connection that dies young (refused after its hello) backs the next dial off; one
+    /// that lived long starts over from the shortest delay.
+    #[test]
+    fn short_lived_connections_back_off() {
+        let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 3);
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for token in 1..=8 {
+            t.offer(&hello("b", 2, 20), meta(true, 20, token), token, now);
+            assert!(t.down("b", token, now + 10));
+            let next = t.peer("b").unwrap().next_dial_ms;
+            delays.push(next - (now + 10));
+            now = next;
+        }
+        assert!(delays[7] >= BACKOFF_MAX_MS / 2, "{delays:?}");
+        t.offer(&hello("b", 2, 20), meta(true, 20, 9), 9, now);
+        assert!(t.down("b", 9, now + STABLE_MS));
+        let next = t.peer("b").unwrap().next_dial_ms;
+        assert!(next - (now + STABLE_MS) < BACKOFF_MIN_MS * 2);
     }
 }

@@ -62,11 +62,14 @@ impl Cluster {
                     let c = self.peer_counters(&name);
                     let acked_seq = c.acked_seq.load(Ordering::Relaxed);
                     let lag_mutations = last_seq.saturating_sub(acked_seq);
+                    // The age of the oldest write not acknowledged; when it has left the log,
+                    // the age of the oldest still held (a lower bound).
                     let lag_ms = if lag_mutations == 0 {
                         0
                     } else {
+                        let first = acked_seq.saturating_add(1).max(self.outbox.oldest_seq());
                         self.outbox
-                            .entry_ms(acked_seq + 1)
+                            .entry_ms(first)
                             .map_or(0, |t| now_ms.saturating_sub(t))
                     };
                     PeerReport {

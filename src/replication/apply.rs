@@ -44,7 +44,10 @@ pub fn apply_entries(
     for e in entries {
         let m = &e.mutation;
         if let Err(skew) = hlc.observe(m.version, max_skew) {
-            tracing::warn!(seq = e.seq, error = %skew, "refusing a replicated write from a peer whose clock is ahead");
+            // One line per batch, not per write: a peer with a broken clock sends many.
+            if stats.clock_skew_rejects == 0 {
+                tracing::warn!(seq = e.seq, error = %skew, "refusing replicated writes from a peer whose clock is ahead (counted in clock_skew_rejects)");
+            }
             stats.clock_skew_rejects += 1;
             continue;
         }

@@ -418,7 +418,7 @@ fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
 /// still on its way, and a client's delete must not leave the key alive on the peers.
 pub fn absent_delete(shared: &Shared) -> Mutation<'static> {
     if shared.replicated() {
-        Mutation::Delete
+        Mutation::DeleteMissing
     } else {
         Mutation::Keep
     }

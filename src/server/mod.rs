@@ -34,6 +34,8 @@ pub const VERSION: &str = concat!("1.6.45 meshcached-", env!("CARGO_PKG_VERSION"
 
 /// How long a shutdown waits for connections to finish their in-flight replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for peers to acknowledge the writes they have not yet.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the sweeper wakes, and how many slots per shard it looks at each time.
 /// The sweeper's pace adapts like memcached's LRU maintainer: every millisecond while
 /// clients are active, backing off to every 100 ms when they are not.
@@ -213,9 +215,6 @@ impl Server {
             senders,
             handle_signals,
         ));
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.close("node shutting down");
-        }
         // Connections finish what they have read, bounded in time: a client that never
         // reads its answers must not hold the process up.
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
@@ -233,7 +232,11 @@ impl Server {
                 tracing::error!("a worker thread panicked");
             }
         }
-        if let Some(rt) = self.cluster_rt {
+        if let (Some(cluster), Some(rt)) = (&self.shared.cluster, self.cluster_rt) {
+            // Every write clients were answered for is in the log by now (the workers are
+            // done): hand it to the peers before leaving.
+            rt.block_on(cluster.drain(DRAIN_TIMEOUT));
+            cluster.close("node shutting down");
             // Lets the close frames go out, then stops the cluster tasks.
             rt.shutdown_timeout(Duration::from_millis(200));
         }

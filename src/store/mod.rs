@@ -154,7 +154,12 @@ pub enum Mutation<'a> {
         bump: bool,
         version: Option<Version>,
     },
+    /// Remove the current item (a tombstone when tombstones are on); nothing when there is
+    /// none.
     Delete,
+    /// A client's delete: as `Delete`, and when the key is not held at all, still write a
+    /// tombstone if tombstones are on (a cluster: peers may hold the key).
+    DeleteMissing,
 }
 
 /// Counters kept per shard under its lock; summed by [`Store::stats`].
@@ -379,14 +384,23 @@ impl Store {
         let (mutation, r, access) = f(current.map(|i| ItemRef::of(at.shard.slot(i))));
         let version = match mutation {
             Mutation::Keep => current.map_or(Version::NONE, |i| Version(at.shard.slot(i).version)),
-            // With tombstones on, deleting a key not held still records (and journals) the
-            // delete: peers may hold the key (see `server::dispatch::absent_delete`).
-            Mutation::Delete if current.is_some() || self.cfg.tombstone_ttl > 0 => {
+            Mutation::Delete | Mutation::DeleteMissing if current.is_some() => {
                 let v = self.delete_at(&mut at, hlc.tick())?;
                 self.journal(&at);
                 v
             }
-            Mutation::Delete => Version::NONE,
+            // A key not held here, and no tombstone for it either: with tombstones on, record
+            // (and journal) the delete, best effort: a node short of memory answers the
+            // client as if there were nothing to delete.
+            Mutation::DeleteMissing
+                if self.cfg.tombstone_ttl > 0 && matches!(at.found, Found::Absent) =>
+            {
+                if self.delete_at(&mut at, hlc.tick()).is_ok() {
+                    self.journal(&at);
+                }
+                Version::NONE
+            }
+            Mutation::Delete | Mutation::DeleteMissing => Version::NONE,
             Mutation::Update {
                 exptime,
                 set_bits,
