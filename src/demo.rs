@@ -3,6 +3,7 @@
 //! from 11211, cluster ports from 12211), each joining the first, prints how to reach them,
 //! and serves until Ctrl-C.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -90,6 +91,9 @@ fn run(args: &DemoArgs, dir: &PathBuf) -> Result<(), String> {
     {
         return Err("ports out of range".into());
     }
+    // Ctrl-C is handled from before the first key is written: a signal at any point must
+    // not kill the process and leave the keys in the temporary directory.
+    let signals = Signals::install()?;
     let ca = generate_ca().map_err(|e| e.to_string())?;
     let mut servers = Vec::new();
     for i in 1..=args.nodes {
@@ -119,7 +123,7 @@ fn run(args: &DemoArgs, dir: &PathBuf) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    wait_for_signal()?;
+    signals.wait();
     eprintln!("stopping the demo cluster");
     for h in &handles {
         h.shutdown();
@@ -158,24 +162,39 @@ fn print_help(args: &DemoArgs, dir: &Path) {
          Ctrl-C stops the cluster.\n",
         args.base_port, last, args.base_port
     ));
-    println!("{out}");
+    // A closed stdout (piped into `head`) is no reason to stop the cluster.
+    let _ = writeln!(std::io::stdout(), "{out}");
 }
 
-fn wait_for_signal() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
+/// SIGINT and SIGTERM handlers, installed up front, and the runtime that waits on them.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok(())
-    })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let _guard = rt.enter();
+        let term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        drop(_guard);
+        Ok(Signals { rt, term, int })
+    }
+
+    fn wait(mut self) {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -439,5 +439,8 @@ fn a_stopping_node_hands_its_writes_to_its_peers_first() {
     c.kill(0);
     let state = c.state(1);
     let live = state.iter().filter(|(_, v, _)| v.is_some()).count();
-    assert_eq!(live, n, "every acknowledged write is on the peer when the node is gone");
+    assert_eq!(
+        live, n,
+        "every acknowledged write is on the peer when the node is gone"
+    );
 }

@@ -60,7 +60,17 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     let (hello, send, recv, buf) = match handshake(&cl, &pc, &counters).await {
         Ok(parts) => parts,
         Err(e) => {
-            tracing::debug!(peer = %pc.name, %addr, "peer connection ended before its hello: {e}");
+            match conn.close_reason() {
+                // The peer refused us (a node id clash, say) and said why: that must be seen.
+                Some(quinn::ConnectionError::ApplicationClosed(c))
+                    if c.error_code == CLOSE_REFUSED.into() =>
+                {
+                    tracing::error!(node = %cl.name, peer = %pc.name, %addr, "the peer refused this node: {}", String::from_utf8_lossy(&c.reason));
+                }
+                _ => {
+                    tracing::debug!(node = %cl.name, peer = %pc.name, %addr, "peer connection ended before its hello: {e}");
+                }
+            }
             conn.close(CLOSE_PROTOCOL.into(), b"no hello");
             return false;
         }
@@ -228,7 +238,8 @@ fn start_cursor(cl: &Cluster, hello: &Hello) -> (u64, bool) {
     if from + 1 >= oldest {
         (from, false)
     } else {
-        (last, true)
+        // What is still held is still worth sending; only the older part needs the resync.
+        (oldest - 1, true)
     }
 }
 
@@ -242,7 +253,7 @@ fn fell_behind(cl: &Cluster, name: &str, cursor: u64) {
         peer = %name,
         cursor,
         oldest = cl.outbox.oldest_seq(),
-        "peer needs a resync: it misses writes no longer in the replication log (raise --repl-backlog); it gets new writes from now on, the missed ones only by a resync"
+        "peer needs a resync: it misses writes no longer in the replication log (raise --repl-backlog); it gets every write still in the log and all new ones, the missed ones only by a resync"
     );
 }
 
@@ -284,9 +295,11 @@ async fn send_loop(
             last_ack = Instant::now();
         }
         match cl.outbox.read(cursor, BATCH_BYTES) {
-            Err(_) => {
+            Err(lagged) => {
                 fell_behind(cl, name, cursor);
-                cursor = cl.outbox.last_seq();
+                // Go on from the oldest entry still held: writes made while this sender
+                // was held up by flow control are in the log, and must not be skipped.
+                cursor = lagged.oldest - 1;
                 continue;
             }
             Ok(entries) if !entries.is_empty() => {

@@ -210,10 +210,12 @@ impl Cluster {
         }
     }
 
-    /// Closes every peer connection, telling the peers why.
-    pub fn close(&self, reason: &str) {
+    /// Closes every peer connection, telling the peers why, and waits (up to `timeout`) for
+    /// the close to go out: peers then notice at once instead of after their idle timeout.
+    pub async fn close(&self, reason: &str, timeout: Duration) {
         if let Some(e) = self.endpoint.get() {
             e.close(reason);
+            let _ = tokio::time::timeout(timeout, e.wait_idle()).await;
         }
     }
 

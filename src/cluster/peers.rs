@@ -46,7 +46,10 @@ pub struct LinkMeta {
 pub enum Offer<L> {
     /// This is the connection to the peer now; `replaced` is the previous one, to close;
     /// `restarted` when that one was from an earlier run of the peer.
-    Keep { replaced: Option<L>, restarted: bool },
+    Keep {
+        replaced: Option<L>,
+        restarted: bool,
+    },
     /// Another connection to the same peer wins the tie-break: close this one.
     Duplicate,
     /// The connection leads to this node itself (a `--join` address of our own).

@@ -235,10 +235,13 @@ impl Server {
         if let (Some(cluster), Some(rt)) = (&self.shared.cluster, self.cluster_rt) {
             // Every write clients were answered for is in the log by now (the workers are
             // done): hand it to the peers before leaving.
-            rt.block_on(cluster.drain(DRAIN_TIMEOUT));
-            cluster.close("node shutting down");
-            // Lets the close frames go out, then stops the cluster tasks.
-            rt.shutdown_timeout(Duration::from_millis(200));
+            rt.block_on(async {
+                cluster.drain(DRAIN_TIMEOUT).await;
+                cluster
+                    .close("node shutting down", Duration::from_millis(200))
+                    .await;
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
         }
         result
     }

@@ -187,3 +187,107 @@ impl Client {
         matches!(self.stream.read_to_end(&mut rest), Ok(_))
     }
 }
+
+/// A UDP port that was free a moment ago on 127.0.0.1 (for a `--cluster-listen` endpoint).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+    s.local_addr().expect("local addr").port()
+}
+
+impl Node {
+    /// Like [`Node::start`], but the node's stderr goes to the file `log` (truncated first),
+    /// so that a test can read the log while the node runs (see [`wait_log`]).
+    pub fn start_logged(extra: &[&str], log: &std::path::Path) -> Node {
+        for _ in 0..5 {
+            let port = free_port();
+            let file = std::fs::File::create(log).expect("create the log file");
+            let mut child = Command::new(binary())
+                .args(["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0"])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(file))
+                .spawn()
+                .expect("spawn meshcached");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let end = Instant::now() + DEADLINE;
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // lost the port race, or bad flags: try another port
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    return Node { child, addr };
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "meshcached did not start with {extra:?}; its log:\n{}",
+            read_log(log)
+        );
+    }
+
+    /// Whether the process has not exited (a stopped process is still running).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// What a log file holds so far (empty if it does not exist yet).
+pub fn read_log(log: &std::path::Path) -> String {
+    std::fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits until the log file contains `needle`; returns the whole log.
+pub fn wait_log(log: &std::path::Path, needle: &str) -> String {
+    let mut text = String::new();
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        text = read_log(log);
+        if text.contains(needle) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "timed out after {DEADLINE:?} waiting for {needle:?} in {}:\n{text}",
+        log.display()
+    );
+}
+
+/// Runs the binary with `args` until it exits, which must happen within the deadline (it is
+/// killed otherwise, and the test fails). Returns its exit code (None if killed by a signal)
+/// and what it wrote to stderr then stdout.
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshcached");
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("meshcached {args:?} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut text);
+    }
+    (status.code(), text)
+}
