@@ -23,6 +23,11 @@ pub struct PeerReport {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub reconnects: u64,
+    /// Of the current connection (QUIC's view): smoothed round-trip time, the UDP payload
+    /// size the path carries, and datagrams sent.
+    pub rtt_us: u64,
+    pub mtu: u16,
+    pub datagrams_sent: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +53,7 @@ impl Cluster {
                     name.clone(),
                     p.node_id,
                     p.addr,
-                    p.link.is_some(),
+                    p.link.as_ref().map(|(_, conn)| conn.stats()),
                     p.needs_resync,
                     p.since_ms,
                     p.reconnects,
@@ -58,7 +63,8 @@ impl Cluster {
         let peers = rows
             .into_iter()
             .map(
-                |(name, node_id, addr, connected, needs_resync, since_ms, reconnects)| {
+                |(name, node_id, addr, quic, needs_resync, since_ms, reconnects)| {
+                    let connected = quic.is_some();
                     let c = self.peer_counters(&name);
                     let acked_seq = c.acked_seq.load(Ordering::Relaxed);
                     let lag_mutations = last_seq.saturating_sub(acked_seq);
@@ -89,6 +95,9 @@ impl Cluster {
                         bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
                         bytes_received: c.bytes_received.load(Ordering::Relaxed),
                         reconnects,
+                        rtt_us: quic.map_or(0, |q| q.path.rtt.as_micros() as u64),
+                        mtu: quic.map_or(0, |q| q.path.current_mtu),
+                        datagrams_sent: quic.map_or(0, |q| q.udp_tx.datagrams),
                     }
                 },
             )

@@ -164,8 +164,21 @@ impl PeerEndpoint {
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
         server.transport_config(transport.clone());
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+        let bind = |source| TransportError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        let mut config = quinn::EndpointConfig::default();
+        // Without this, quinn never sends datagrams larger than Ethernet's, whatever MTU
+        // discovery finds (see transport_config).
+        config
+            .max_udp_payload_size(MTU_CEILING)
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let endpoint = quinn::Endpoint::new(
+            config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind)?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let acceptor = tokio::spawn(run_acceptor(endpoint.clone(), tx));
         Ok(PeerEndpoint {

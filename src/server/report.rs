@@ -225,6 +225,9 @@ fn replication(ctx: &Ctx<'_>) -> Stats {
         push(&mut s, &f("bytes_sent"), p.bytes_sent);
         push(&mut s, &f("bytes_received"), p.bytes_received);
         push(&mut s, &f("reconnects"), p.reconnects);
+        push(&mut s, &f("rtt_us"), p.rtt_us);
+        push(&mut s, &f("mtu"), p.mtu);
+        push(&mut s, &f("datagrams_sent"), p.datagrams_sent);
     }
     s
 }
