@@ -132,7 +132,10 @@ impl ReplLog {
             return Err(Lagged { cursor, oldest });
         }
         let skip = (cursor + 1 - oldest) as usize;
-        let mut out = Vec::new();
+        // Sized up front: this runs under the log's lock, which every client write takes,
+        // so no reallocation while copying out.
+        let fit = max_bytes / (LOG_ENTRY_OVERHEAD + 16) + 1;
+        let mut out = Vec::with_capacity(self.entries.len().saturating_sub(skip).min(fit));
         let mut bytes = 0;
         for e in self.entries.iter().skip(skip) {
             if !out.is_empty() && bytes + e.mutation.cost() > max_bytes {
