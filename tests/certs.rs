@@ -2,41 +2,12 @@
 //! files and modes it leaves, its output, and its refusals (exit status 1 with a message that
 //! names the file; 2 for a bad command line).
 
+mod common;
+
+use common::TempDir;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "meshcached-certs-it-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-
-    /// A path inside the directory, as a string for the command line.
-    fn at(&self, rel: &str) -> String {
-        self.0
-            .join(rel)
-            .to_str()
-            .expect("utf-8 temp path")
-            .to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `meshcached certs ARGS`; returns the exit status, stdout and stderr.
 fn certs(args: &[&str]) -> (i32, String, String) {

@@ -55,6 +55,9 @@ fn writes_of_every_protocol_on_any_node_reach_every_node() {
     assert_eq!(b.line("set n 0 0 2\r\n10"), "STORED\r\n");
     wait_value(&c, 2, "n", "10");
     assert_eq!(n3.line("incr n 5"), "15\r\n");
+    // The decrement below is made on node-1: it must see the increment first, or the two
+    // are concurrent writes and last-writer-wins keeps only one of them.
+    wait_value(&c, 0, "n", "15");
     assert_eq!(a.line("append t 0 0 1\r\ny"), "STORED\r\n");
     wait_value(&c, 1, "t", "xy");
     assert_eq!(b.line("prepend t 0 0 1\r\nw"), "STORED\r\n");

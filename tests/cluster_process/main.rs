@@ -15,41 +15,13 @@ use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
     binary, eventually, free_port, free_udp_port, read_log, run_to_exit, wait_log, Client, Node,
-    DEADLINE,
+    TempDir, DEADLINE,
 };
 use meshcached::certs::{generate_ca, write_node_dir, Ca};
-
-/// A directory for one test's certificates and logs, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "meshcached-cluster-process-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-
-    fn join(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes `name`'s certificate directory (signed by `ca`) under `dir`; returns its path.
 fn certify(ca: &Ca, dir: &TempDir, name: &str) -> String {

@@ -45,6 +45,13 @@ pub struct Node {
 impl Node {
     /// Starts the binary on a free port with extra flags and waits until it accepts.
     pub fn start(extra: &[&str]) -> Node {
+        Node::launch(extra, &|| Stdio::piped())
+            .unwrap_or_else(|| panic!("meshcached did not start with {extra:?}"))
+    }
+
+    /// Spawns the binary on a free port (five tries, in case another process takes the
+    /// port first) with `stderr` as its standard error; `None` if it never accepted.
+    fn launch(extra: &[&str], stderr: &dyn Fn() -> Stdio) -> Option<Node> {
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new(binary())
@@ -52,7 +59,7 @@ impl Node {
                 .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
+                .stderr(stderr())
                 .spawn()
                 .expect("spawn meshcached");
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -62,14 +69,14 @@ impl Node {
                     break; // lost the port race, or bad flags: try another port
                 }
                 if TcpStream::connect(addr).is_ok() {
-                    return Node { child, addr };
+                    return Some(Node { child, addr });
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("meshcached did not start with {extra:?}");
+        None
     }
 
     pub fn client(&self) -> Client {
@@ -198,35 +205,13 @@ impl Node {
     /// Like [`Node::start`], but the node's stderr goes to the file `log` (truncated first),
     /// so that a test can read the log while the node runs (see [`wait_log`]).
     pub fn start_logged(extra: &[&str], log: &std::path::Path) -> Node {
-        for _ in 0..5 {
-            let port = free_port();
-            let file = std::fs::File::create(log).expect("create the log file");
-            let mut child = Command::new(binary())
-                .args(["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0"])
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(file))
-                .spawn()
-                .expect("spawn meshcached");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let end = Instant::now() + DEADLINE;
-            while Instant::now() < end {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // lost the port race, or bad flags: try another port
-                }
-                if TcpStream::connect(addr).is_ok() {
-                    return Node { child, addr };
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!(
-            "meshcached did not start with {extra:?}; its log:\n{}",
-            read_log(log)
-        );
+        let stderr = || Stdio::from(std::fs::File::create(log).expect("create the log file"));
+        Node::launch(extra, &stderr).unwrap_or_else(|| {
+            panic!(
+                "meshcached did not start with {extra:?}; its log:\n{}",
+                read_log(log)
+            )
+        })
     }
 
     /// Whether the process has not exited (a stopped process is still running).
@@ -290,4 +275,37 @@ pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
         let _ = o.read_to_string(&mut text);
     }
     (status.code(), text)
+}
+
+/// A directory for one test's files, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("meshcached-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+
+    pub fn join(&self, rel: &str) -> std::path::PathBuf {
+        self.0.join(rel)
+    }
+
+    /// A path inside the directory, as a string for a command line.
+    pub fn at(&self, rel: &str) -> String {
+        self.join(rel)
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
