@@ -172,13 +172,9 @@ impl PeerEndpoint {
         config
             .max_udp_payload_size(MTU_CEILING)
             .map_err(|e| TransportError::Config(e.to_string()))?;
-        let endpoint = quinn::Endpoint::new(
-            config,
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(bind)?;
+        let endpoint =
+            quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+                .map_err(bind)?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let acceptor = tokio::spawn(run_acceptor(endpoint.clone(), tx));
         Ok(PeerEndpoint {
