@@ -56,6 +56,31 @@ fn accept_in_background(
     tokio::spawn(async move { server.accept().await })
 }
 
+/// How a test dials: naming the node it expects (`connect`) or taking whichever node of the
+/// cluster answers (`connect_any`). The refusals must hold either way.
+#[derive(Clone, Copy, Debug)]
+enum Dial {
+    Named,
+    Any,
+}
+
+impl Dial {
+    async fn to(
+        self,
+        from: &PeerEndpoint,
+        addr: SocketAddr,
+        name: &str,
+    ) -> Result<PeerConn, TransportError> {
+        let dialing = async {
+            match self {
+                Dial::Named => from.connect(addr, name).await,
+                Dial::Any => from.connect_any(addr).await,
+            }
+        };
+        within("dial", dialing).await
+    }
+}
+
 fn sample_frame() -> Frame {
     Frame::Batch {
         run_id: RunId(7),
@@ -201,6 +226,10 @@ async fn client_without_certificate_is_refused() {
 
 #[tokio::test]
 async fn server_from_another_ca_is_refused() {
+    foreign_server_is_refused(Dial::Named).await;
+}
+
+async fn foreign_server_is_refused(dial: Dial) {
     let ca = generate_ca().expect("CA");
     let foreign = generate_ca().expect("foreign CA");
     let (a, _) = bind(identity(&ca, "node-a"));
@@ -212,7 +241,8 @@ async fn server_from_another_ca_is_refused() {
     let (b, b_addr) = bind(impostor);
     let b = Arc::new(b);
     let accepting = accept_in_background(b.clone());
-    let err = within("connect", a.connect(b_addr, "node-b"))
+    let err = dial
+        .to(&a, b_addr, "node-b")
         .await
         .expect_err("a foreign server must be refused");
     match &err {
@@ -230,6 +260,10 @@ async fn server_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn client_from_another_ca_is_refused() {
+    foreign_client_is_refused(Dial::Named).await;
+}
+
+async fn foreign_client_is_refused(dial: Dial) {
     let ca = generate_ca().expect("CA");
     let foreign = generate_ca().expect("foreign CA");
     let (b, b_addr) = bind(identity(&ca, "node-b"));
@@ -241,7 +275,7 @@ async fn client_from_another_ca_is_refused() {
     let (a, _) = bind(impostor);
     let b = Arc::new(b);
     let accepting = accept_in_background(b.clone());
-    let dialed = within("connect", a.connect(b_addr, "node-b")).await;
+    let dialed = dial.to(&a, b_addr, "node-b").await;
     let refused = within("accept", accepting).await.expect("accept task");
     match &refused {
         Err(TransportError::HandshakeRefused {
@@ -258,36 +292,11 @@ async fn client_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn expired_certificates_are_refused_both_ways() {
-    let ca = generate_ca().expect("CA");
-    let now = SystemTime::now();
-    let expired = |name: &str| {
-        ca.issue_node_with_validity(name, &["127.0.0.1"], now - 2 * DAY, now - DAY)
-            .expect("issue")
-            .identity_unverified(&ca)
-    };
-
-    // An expired server: the dialer refuses it.
-    let (a, _) = bind(identity(&ca, "node-a"));
-    let (b, b_addr) = bind(expired("node-b"));
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let err = within("connect", a.connect(b_addr, "node-b"))
-        .await
-        .expect_err("an expired server must be refused");
-    match &err {
-        TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        } => {
-            assert!(reason.to_lowercase().contains("expired"), "{err}")
-        }
-        other => panic!("expected HandshakeRefused by us, got {other:?}"),
-    }
-    assert!(within("accept", accepting).await.expect("task").is_err());
+    expired_server_is_refused(Dial::Named).await;
 
     // An expired client: the server refuses it.
-    let (c, _) = bind(expired("node-c"));
+    let ca = generate_ca().expect("CA");
+    let (c, _) = bind(expired(&ca, "node-c"));
     let (d, d_addr) = bind(identity(&ca, "node-d"));
     let d = Arc::new(d);
     let accepting = accept_in_background(d.clone());
@@ -305,6 +314,37 @@ async fn expired_certificates_are_refused_both_ways() {
     if let Ok(peer) = dialed {
         assert_dies_without_data(&peer.conn).await;
     }
+}
+
+fn expired(ca: &Ca, name: &str) -> NodeIdentity {
+    let now = SystemTime::now();
+    ca.issue_node_with_validity(name, &["127.0.0.1"], now - 2 * DAY, now - DAY)
+        .expect("issue")
+        .identity_unverified(ca)
+}
+
+/// An expired server: the dialer refuses it.
+async fn expired_server_is_refused(dial: Dial) {
+    let ca = generate_ca().expect("CA");
+    let (a, _) = bind(identity(&ca, "node-a"));
+    let (b, b_addr) = bind(expired(&ca, "node-b"));
+    let b = Arc::new(b);
+    let accepting = accept_in_background(b.clone());
+    let err = dial
+        .to(&a, b_addr, "node-b")
+        .await
+        .expect_err("an expired server must be refused");
+    match &err {
+        TransportError::HandshakeRefused {
+            by_peer: false,
+            reason,
+            ..
+        } => {
+            assert!(reason.to_lowercase().contains("expired"), "{err}")
+        }
+        other => panic!("expected HandshakeRefused by us, got {other:?}"),
+    }
+    assert!(within("accept", accepting).await.expect("task").is_err());
 }
 
 #[tokio::test]

@@ -25,58 +25,13 @@ async fn connect_any_learns_the_name_of_the_node_it_reached() {
 
 #[tokio::test]
 async fn connect_any_refuses_a_server_from_another_ca() {
-    let ca = generate_ca().expect("CA");
-    let foreign = generate_ca().expect("foreign CA");
-    let (a, _) = bind(identity(&ca, "node-a"));
     // Not knowing whom to expect is no reason to trust whoever answers.
-    let impostor = foreign
-        .issue_node("node-b", &["127.0.0.1"])
-        .expect("issue")
-        .identity_unverified(&ca);
-    let (b, b_addr) = bind(impostor);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let err = within("connect_any", a.connect_any(b_addr))
-        .await
-        .expect_err("a foreign server must be refused");
-    match &err {
-        TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        } => assert_foreign(reason),
-        other => panic!("expected HandshakeRefused by us, got {other:?}"),
-    }
-    let server_side = within("accept", accepting).await.expect("accept task");
-    assert!(server_side.is_err(), "{server_side:?}");
+    foreign_server_is_refused(Dial::Any).await;
 }
 
 #[tokio::test]
 async fn connect_any_refuses_an_expired_server() {
-    let ca = generate_ca().expect("CA");
-    let now = SystemTime::now();
-    let (a, _) = bind(identity(&ca, "node-a"));
-    let expired = ca
-        .issue_node_with_validity("node-b", &["127.0.0.1"], now - 2 * DAY, now - DAY)
-        .expect("issue")
-        .identity_unverified(&ca);
-    let (b, b_addr) = bind(expired);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let err = within("connect_any", a.connect_any(b_addr))
-        .await
-        .expect_err("an expired server must be refused");
-    match &err {
-        TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        } => {
-            assert!(reason.to_lowercase().contains("expired"), "{err}")
-        }
-        other => panic!("expected HandshakeRefused by us, got {other:?}"),
-    }
-    assert!(within("accept", accepting).await.expect("task").is_err());
+    expired_server_is_refused(Dial::Any).await;
 }
 
 #[tokio::test]
@@ -123,29 +78,6 @@ async fn connect_any_refuses_a_server_that_is_not_a_node() {
 
 #[tokio::test]
 async fn client_from_another_ca_is_refused_when_dialing_any() {
-    let ca = generate_ca().expect("CA");
-    let foreign = generate_ca().expect("foreign CA");
-    let (b, b_addr) = bind(identity(&ca, "node-b"));
-    // Trusts our CA (so it accepts node-b) but holds a foreign certificate: dialing without
-    // a name relaxes nothing on the server's side.
-    let impostor = foreign
-        .issue_node("node-a", &["127.0.0.1"])
-        .expect("issue")
-        .identity_unverified(&ca);
-    let (a, _) = bind(impostor);
-    let b = Arc::new(b);
-    let accepting = accept_in_background(b.clone());
-    let dialed = within("connect_any", a.connect_any(b_addr)).await;
-    let refused = within("accept", accepting).await.expect("accept task");
-    match &refused {
-        Err(TransportError::HandshakeRefused {
-            by_peer: false,
-            reason,
-            ..
-        }) => assert_foreign(reason),
-        other => panic!("expected HandshakeRefused by the server, got {other:?}"),
-    }
-    if let Ok(peer) = dialed {
-        assert_dies_without_data(&peer.conn).await;
-    }
+    // Dialing without a name relaxes nothing on the server's side.
+    foreign_client_is_refused(Dial::Any).await;
 }
