@@ -16,6 +16,7 @@
 //! that is the one place where "compaction" happens, and it means a stored item never pins a
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
+mod export;
 mod journal;
 mod merge;
 mod shard;
@@ -28,6 +29,7 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::clock::{Hlc, Version};
+pub use export::{ExportCursor, Exported, FlushState};
 pub use journal::{Change, Journal};
 pub use merge::{Applied, Remote};
 use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};

@@ -270,4 +270,28 @@ impl Shard {
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
+
+    /// The slot at `idx`, free or not, for walks that resume by index.
+    pub fn slot_at(&self, idx: usize) -> Option<&Slot> {
+        self.slots.get(idx)
+    }
+
+    /// Empties the shard; returns the bytes its entries were charged.
+    pub fn clear(&mut self) -> usize {
+        let freed = self
+            .slots
+            .iter()
+            .filter(|s| !s.is_free())
+            .map(Slot::cost)
+            .sum();
+        self.table.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.hand = 0;
+        self.sweep_at = 0;
+        self.stats.curr_items = 0;
+        self.stats.tombstones = 0;
+        self.stats.bytes = 0;
+        freed
+    }
 }

@@ -1,0 +1,190 @@
+//! Walking the whole store in bounded pieces, for snapshots sent to peers and for the
+//! state file, and emptying it for a node that must resync from scratch.
+//!
+//! A walk holds one shard lock at a time, for a bounded number of bytes copied, so a
+//! snapshot of millions of items never stalls the clients of the node taking it. It is
+//! not a point-in-time image: writes made during the walk may or may not be in it. The
+//! callers make up for that (the replication log carries every write made after the walk
+//! started, and last-writer-wins makes the overlap harmless).
+
+use std::sync::atomic::Ordering;
+
+use super::{lock, Store};
+use crate::clock::Version;
+
+/// One entry held by the store, as exported: an item, or a tombstone (`value: None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exported<'a> {
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+    pub flags: u32,
+    /// Absolute unix seconds (0 = never); for a tombstone, 0.
+    pub exptime: u32,
+    pub version: Version,
+}
+
+/// Where a walk stands: the shard, and the slot within it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportCursor {
+    shard: usize,
+    slot: usize,
+}
+
+/// The store's flush barrier: items older than `floor` are gone; a delayed flush may be
+/// pending (its version and the unix second it takes effect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushState {
+    pub floor: Version,
+    pub pending: Option<(Version, u32)>,
+}
+
+impl Store {
+    /// Hands `f` the entries held (items and tombstones not yet dead) from `cursor` on,
+    /// within one shard and up to about `max_bytes` of keys and values, under that shard's
+    /// lock. Returns where to go on from, or `None` once every shard has been walked.
+    pub fn export(
+        &self,
+        cursor: ExportCursor,
+        now: u32,
+        max_bytes: usize,
+        mut f: impl FnMut(Exported<'_>),
+    ) -> Option<ExportCursor> {
+        let floor = self.flush_floor(now);
+        let shard = lock(self.shards.get(cursor.shard)?);
+        let mut bytes = 0;
+        let mut slot = cursor.slot;
+        while let Some(s) = shard.slot_at(slot) {
+            slot += 1;
+            if s.is_free() || s.is_dead(now, floor) {
+                continue;
+            }
+            let tombstone = s.is_tombstone();
+            f(Exported {
+                key: s.key(),
+                value: (!tombstone).then(|| s.value()),
+                flags: s.flags,
+                exptime: if tombstone { 0 } else { s.exptime },
+                version: Version(s.version),
+            });
+            bytes += s.data.len();
+            if bytes >= max_bytes {
+                return Some(ExportCursor {
+                    shard: cursor.shard,
+                    slot,
+                });
+            }
+        }
+        (cursor.shard + 1 < self.shards.len()).then_some(ExportCursor {
+            shard: cursor.shard + 1,
+            slot: 0,
+        })
+    }
+
+    /// The flush barrier, to send along with a snapshot: a peer that takes the snapshot
+    /// must also refuse the older writes this node's flushes refuse.
+    pub fn flush_state(&self, now: u32) -> FlushState {
+        let floor = Version(self.flush_floor(now));
+        let pending = lock(&self.pending).map(|p| (p.version, p.at));
+        FlushState { floor, pending }
+    }
+
+    /// Takes on a peer's flush barrier (the newer of the two wins).
+    pub fn merge_flush_state(&self, state: FlushState, now: u32) {
+        if state.floor != Version::NONE {
+            self.flush(state.floor, 0, now);
+        }
+        if let Some((version, at)) = state.pending {
+            let ours = lock(&self.pending).map(|p| p.version);
+            if ours.is_none_or(|v| v < version) {
+                self.flush(version, at, now);
+            }
+        }
+    }
+
+    /// Drops every item and tombstone, one shard at a time; returns how many there were.
+    /// For a node whose contents are too stale to keep (DESIGN.md section 2, tombstones).
+    pub fn clear(&self) -> u64 {
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            dropped += shard.stats.curr_items + shard.stats.tombstones;
+            let freed = shard.clear();
+            self.used.fetch_sub(freed, Ordering::AcqRel);
+        }
+        dropped
+    }
+
+    /// How many items and tombstones are held (dead ones not yet reclaimed included).
+    pub fn len(&self) -> u64 {
+        let s = self.stats();
+        s.curr_items + s.tombstones
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, Hlc, ManualClock, NodeId, HLC_EPOCH_MS};
+    use crate::store::{Mutation, NewValue, Put, StoreConfig};
+
+    #[test]
+    fn export_walks_every_held_entry_in_bounded_pieces_and_clear_empties() {
+        let clock = Arc::new(ManualClock::new(HLC_EPOCH_MS + 1_000_000_000));
+        let hlc = Hlc::new(NodeId::new(3).unwrap(), clock.clone());
+        let store = Store::new(StoreConfig {
+            shards: 8,
+            tombstone_ttl: 600,
+            ..StoreConfig::default()
+        });
+        let now = clock.now_secs();
+        for i in 0..500u32 {
+            let key = format!("key{i}");
+            let exptime = if i % 50 == 0 { now - 1 } else { 0 };
+            store
+                .mutate(key.as_bytes(), now, &hlc, |_| {
+                    let put = Put {
+                        value: NewValue::Owned(vec![b'v'; i as usize % 40]),
+                        flags: i,
+                        exptime,
+                        bits: 0,
+                        version: None,
+                    };
+                    (Mutation::Put(put), ())
+                })
+                .unwrap();
+        }
+        for i in (1..500u32).step_by(7) {
+            let key = format!("key{i}");
+            store
+                .mutate(key.as_bytes(), now, &hlc, |_| (Mutation::DeleteMissing, ()))
+                .unwrap();
+        }
+        let mut walked = Vec::new();
+        let mut cursor = Some(ExportCursor::default());
+        let mut pieces = 0;
+        while let Some(c) = cursor {
+            let before = walked.len();
+            cursor = store.export(c, now, 100, |e| {
+                walked.push((e.key.to_vec(), e.value.map(<[u8]>::to_vec), e.version));
+            });
+            assert!(walked.len() - before <= 100 / 3 + 1, "bounded pieces");
+            pieces += 1;
+        }
+        assert!(pieces > 8, "more pieces than shards: {pieces}");
+        walked.sort();
+        assert_eq!(walked, store.state(now), "every item and tombstone, once");
+        assert!(walked.iter().any(|(_, v, _)| v.is_none()));
+
+        // The expired writes stored nothing, so the walk saw everything held.
+        assert_eq!(store.clear(), walked.len() as u64);
+        assert!(store.is_empty());
+        assert_eq!(store.used_bytes(), 0);
+        assert!(store.state(now).is_empty());
+    }
+}
