@@ -375,6 +375,8 @@ fn malformed_frames_from_a_peer_close_only_that_connection() {
                 run_id: RunId(run),
                 have_run: RunId(0),
                 have_seq: 0,
+                flags: 0,
+                load: 0,
             }),
             &mut b,
         );

@@ -450,7 +450,7 @@ async fn peer_with_another_alpn_is_refused() {
         matches!(err, TransportError::AlpnMismatch { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("meshcached/1"), "{err}");
+    assert!(err.to_string().contains("meshcached/2"), "{err}");
     let server_side = within("raw accept", serving)
         .await
         .expect("raw server task");

@@ -23,25 +23,31 @@ mod dial;
 mod link;
 pub mod outbox;
 pub mod peers;
+mod recv;
 mod report;
+mod send;
+mod snapshot;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::{Hlc, NodeId};
 use crate::config::ClusterConfig;
 use crate::replication::apply::ApplyStats;
+use crate::replication::frame::{Frame, Position, SnapBegin};
 use crate::replication::log::RunId;
 use crate::replication::transport::PeerEndpoint;
 use crate::store::Store;
 use outbox::Outbox;
 use peers::PeerTable;
 pub use report::{PeerReport, Report};
+use sync::{Action, Phase, ReadyReason, SyncPlan};
 
 /// Per-peer figures that outlive any one connection, updated by its link's tasks without
 /// taking the table lock.
@@ -64,6 +70,37 @@ impl PeerCounters {
     fn set_have(&self, run: RunId, seq: u64) {
         *self.have.lock().unwrap_or_else(|e| e.into_inner()) = (run, seq);
     }
+
+    /// Takes a donor's position for this origin, unless we already have more of that run.
+    fn merge_have(&self, run: RunId, seq: u64) {
+        let mut have = self.have.lock().unwrap_or_else(|e| e.into_inner());
+        if have.0 != run || have.1 < seq {
+            *have = (run, seq);
+        }
+    }
+}
+
+/// What a link's sender is asked to do, by the peer (through the link's receiver) or by
+/// this node's sync plan.
+#[derive(Debug)]
+pub(crate) enum Ctl {
+    /// Write this frame to the peer.
+    Send(Frame),
+    /// The peer wants our log from this position.
+    From(RunId, u64),
+    /// The peer wants a snapshot of our store.
+    Snapshot,
+}
+
+/// Snapshot totals, for `stats`.
+#[derive(Default)]
+pub struct SyncCounters {
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_received: AtomicU64,
+    pub snapshot_items_received: AtomicU64,
+    pub snapshot_bytes_received: AtomicU64,
+    /// Times this node discarded its contents as too stale to keep.
+    pub discards: AtomicU64,
 }
 
 /// Totals over every peer, for `stats`.
@@ -100,6 +137,7 @@ pub struct Cluster {
     pub node_id: NodeId,
     pub outbox: Arc<Outbox>,
     pub counters: ClusterCounters,
+    pub sync_counters: SyncCounters,
     store: Arc<Store>,
     hlc: Arc<Hlc>,
     max_skew: Duration,
@@ -112,6 +150,19 @@ pub struct Cluster {
     next_token: AtomicU64,
     endpoint: OnceLock<Arc<PeerEndpoint>>,
     runtime: OnceLock<tokio::runtime::Handle>,
+    plan: Mutex<SyncPlan>,
+    /// True once the client port may open.
+    ready: watch::Sender<bool>,
+    /// Bumped when this node's readiness or load changes, so that every link tells its peer.
+    status: watch::Sender<u64>,
+    /// Snapshots this node is serving (its load, as donors are chosen).
+    serving: AtomicU16,
+    /// Each connected peer's sender, by name, with the connection's token.
+    links: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Ctl>)>>,
+    /// When the last peer connection ended (ms since the epoch; 0 while connected or
+    /// before any connection).
+    alone_since_ms: AtomicU64,
+    tombstone_ttl_ms: u64,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -126,10 +177,26 @@ impl Drop for Freeze {
 }
 
 impl Cluster {
-    pub fn new(config: &ClusterConfig, store: Arc<Store>, hlc: Arc<Hlc>) -> Arc<Cluster> {
+    /// `positions`: what this node already has of each peer's log (from a state file),
+    /// `None` for a node without data.
+    pub fn new(
+        config: &ClusterConfig,
+        store: Arc<Store>,
+        hlc: Arc<Hlc>,
+        positions: Option<Vec<Position>>,
+    ) -> Arc<Cluster> {
         let run_id = RunId(random_u64());
-        let seeds = config.join.iter().map(|p| p.to_string()).collect();
-        Arc::new(Cluster {
+        let seeds: Vec<String> = config.join.iter().map(|p| p.to_string()).collect();
+        let now_ms = hlc.clock().now_ms();
+        let join_timeout_ms = config.join_timeout.as_millis() as u64;
+        let plan = SyncPlan::new(
+            positions.is_some(),
+            !seeds.is_empty(),
+            now_ms,
+            join_timeout_ms,
+        );
+        let ready = plan.opened();
+        let cluster = Arc::new(Cluster {
             name: config.node_name.clone(),
             node_id: config.node_id,
             outbox: Arc::new(Outbox::new(run_id, config.repl_backlog)),
@@ -149,7 +216,47 @@ impl Cluster {
             next_token: AtomicU64::new(1),
             endpoint: OnceLock::new(),
             runtime: OnceLock::new(),
-        })
+            plan: Mutex::new(plan),
+            ready: watch::Sender::new(ready),
+            status: watch::Sender::new(0),
+            serving: AtomicU16::new(0),
+            links: Mutex::new(HashMap::new()),
+            alone_since_ms: AtomicU64::new(0),
+            tombstone_ttl_ms: u64::from(config.tombstone_ttl) * 1000,
+            sync_counters: SyncCounters::default(),
+        });
+        for p in positions.into_iter().flatten() {
+            if p.origin != cluster.name {
+                cluster.peer_counters(&p.origin).set_have(p.run_id, p.seq);
+            }
+        }
+        cluster
+    }
+
+    /// Whether the client port may open; changes once, to true.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// The sync phase, for `stats`.
+    pub fn phase(&self) -> Phase {
+        self.plan().phase()
+    }
+
+    /// What this node has applied of every peer's log: for a snapshot's first frame and
+    /// for the state file.
+    pub fn positions(&self) -> Vec<Position> {
+        let map = self.peer_counters.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter_map(|(name, c)| {
+                let (run_id, seq) = c.have();
+                (run_id != RunId(0)).then(|| Position {
+                    origin: name.clone(),
+                    run_id,
+                    seq,
+                })
+            })
+            .collect()
     }
 
     /// Starts accepting and dialing peers on `endpoint`; call inside the cluster runtime.
@@ -162,6 +269,117 @@ impl Cluster {
         }
         tokio::spawn(dial::accept_loop(self.clone(), endpoint.clone()));
         tokio::spawn(dial::dial_loop(self.clone(), endpoint));
+        tokio::spawn(sync_loop(self.clone()));
+    }
+
+    fn plan(&self) -> MutexGuard<'_, SyncPlan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets the sync plan decide what to do now, and does it.
+    fn sync_step(&self) {
+        let all_connected = self.table().all_connected();
+        let now = self.hlc.clock().now_ms();
+        let actions = self.plan().step(now, all_connected);
+        self.act(actions);
+    }
+
+    fn act(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::RequestSnapshot(peer) => {
+                    tracing::info!(node = %self.name, donor = %peer, "asking for a snapshot (initial sync)");
+                    self.send_ctl(&peer, Ctl::Send(Frame::SnapshotRequest));
+                }
+                Action::Start(peer) => {
+                    let (run_id, seq) = self.peer_counters(&peer).have();
+                    self.send_ctl(&peer, Ctl::Send(Frame::Start { run_id, seq }));
+                }
+                Action::Ready(reason) => {
+                    let items = self.store.stats().curr_items;
+                    match reason {
+                        ReadyReason::Synced { peers } => {
+                            tracing::info!(node = %self.name, peers, items, "initial sync complete; ready")
+                        }
+                        ReadyReason::NewCluster => {
+                            tracing::info!(node = %self.name, "every member is new: nothing to sync; ready")
+                        }
+                        ReadyReason::NoPeer => {
+                            tracing::warn!(node = %self.name, items, "no peer answered within --join-timeout; serving what this node has")
+                        }
+                        ReadyReason::NoDonor => {
+                            tracing::warn!(node = %self.name, items, "no peer could give a snapshot within --join-timeout; serving what this node has")
+                        }
+                    }
+                    self.ready.send_replace(true);
+                    self.status.send_modify(|v| *v += 1);
+                }
+            }
+        }
+    }
+
+    fn send_ctl(&self, peer: &str, ctl: Ctl) {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, tx)) = links.get(peer) {
+            let _ = tx.send(ctl);
+        }
+    }
+
+    /// Whether this node serves and can give snapshots, and how many it is giving.
+    fn status_now(&self) -> (bool, u16) {
+        (
+            self.plan().phase() == Phase::Ready,
+            self.serving.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A snapshot's first frame arrived from `peer`: its flush barrier is taken on, and
+    /// when it is the initial sync's snapshot, its positions become ours.
+    fn snapshot_began(&self, peer: &str, begin: &SnapBegin) {
+        let now = self.hlc.clock().now_secs();
+        self.store.merge_flush_state(begin.flush, now);
+        let actions = {
+            let mut plan = self.plan();
+            if plan.is_donor_snapshot(peer) {
+                for p in &begin.positions {
+                    if p.origin != self.name && p.origin != peer {
+                        self.peer_counters(&p.origin).merge_have(p.run_id, p.seq);
+                    }
+                }
+            }
+            plan.snapshot_began(peer)
+        };
+        self.act(actions);
+    }
+
+    /// Before greeting a peer: a node that was cut off from every peer for longer than
+    /// the tombstone TTL may hold data that was deleted meanwhile and whose tombstones are
+    /// gone: it must not serve it back, so it drops everything and resyncs from a donor.
+    fn check_isolation(&self) {
+        let since = self.alone_since_ms.load(Ordering::Relaxed);
+        let now = self.hlc.clock().now_ms();
+        if since == 0 || now.saturating_sub(since) <= self.tombstone_ttl_ms {
+            return;
+        }
+        if self
+            .alone_since_ms
+            .compare_exchange(since, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let dropped = self.store.clear();
+        self.sync_counters.discards.fetch_add(1, Ordering::Relaxed);
+        for c in self
+            .peer_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            c.set_have(RunId(0), 0);
+        }
+        self.plan().restart();
+        tracing::warn!(node = %self.name, dropped, out_of_contact_s = (now - since) / 1000, "out of contact with every peer for longer than --tombstone-ttl: discarding this node's contents (deletes made meanwhile may be forgotten) and resyncing by snapshot");
     }
 
     /// Stops the cluster thread (sending, receiving, acknowledging, even QUIC keep-alives)
@@ -210,9 +428,15 @@ impl Cluster {
         }
     }
 
-    /// Closes every peer connection, telling the peers why, and waits (up to `timeout`) for
-    /// the close to go out: peers then notice at once instead of after their idle timeout.
+    /// Closes every peer connection, telling the peers this node is leaving (so they log
+    /// it as such, not as a failure), and waits (up to `timeout`) for the close to go out:
+    /// peers then notice at once instead of after their idle timeout.
     pub async fn close(&self, reason: &str, timeout: Duration) {
+        for (_, p) in self.table().peers() {
+            if let Some((_, conn)) = &p.link {
+                conn.close(link::CLOSE_LEAVING.into(), reason.as_bytes());
+            }
+        }
         if let Some(e) = self.endpoint.get() {
             e.close(reason);
             let _ = tokio::time::timeout(timeout, e.wait_idle()).await;
@@ -249,4 +473,18 @@ fn random_u64() -> u64 {
     // Each RandomState has fresh random keys, so hashing a constant is enough.
     h.write_u64(0x6d65_7368);
     h.finish()
+}
+
+/// Runs the sync plan's timers (the donor grace period, `--join-timeout`); events from
+/// the links step it too.
+async fn sync_loop(cl: Arc<Cluster>) {
+    loop {
+        cl.sync_step();
+        let pause = if cl.plan().phase() == Phase::Ready {
+            100
+        } else {
+            20
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
 }

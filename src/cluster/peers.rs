@@ -171,6 +171,12 @@ impl<L: Clone> PeerTable<L> {
         self.peers.values().filter(|p| p.link.is_some()).count()
     }
 
+    /// Whether every member known, and every seed, is connected: nobody else to hear
+    /// from before deciding how to sync.
+    pub fn all_connected(&self) -> bool {
+        self.seeds.iter().all(|s| s.name.is_some()) && self.peers.values().all(|p| p.link.is_some())
+    }
+
     /// What we have applied of `name`'s log (for our hello to it).
     pub fn have(&self, name: &str) -> (RunId, u64) {
         self.peers.get(name).map_or((RunId(0), 0), |p| p.have)
@@ -411,6 +417,8 @@ mod tests {
             run_id: RunId(run),
             have_run: RunId(0),
             have_seq: 0,
+            flags: 0,
+            load: 0,
         }
     }
 

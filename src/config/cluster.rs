@@ -40,6 +40,10 @@ pub struct ClusterConfig {
     pub max_clock_skew: Duration,
     /// Seconds.
     pub tombstone_ttl: u32,
+    pub join_timeout: Duration,
+    pub serve_while_syncing: bool,
+    pub drain_timeout: Duration,
+    pub state_file: Option<PathBuf>,
 }
 
 /// Parses `500ms`, `5s`, `10m`, `2h`, `30d`; a bare number is seconds.
@@ -147,6 +151,8 @@ pub(super) fn cluster_config(
             (args.cluster_port.is_some(), "-X"),
             (args.node_name.is_some(), "--node-name"),
             (args.node_id.is_some(), "--node-id"),
+            (args.state_file.is_some(), "--state-file"),
+            (args.serve_while_syncing, "--serve-while-syncing"),
         ];
         if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
             return Err(ConfigError::ClusterFlagWithoutCerts(flag));
@@ -188,6 +194,10 @@ pub(super) fn cluster_config(
         repl_backlog: parse_size(&args.repl_backlog, 1)?,
         max_clock_skew: parse_duration(&args.max_clock_skew)?,
         tombstone_ttl: tombstone_ttl.as_secs() as u32,
+        join_timeout: parse_duration(&args.join_timeout)?,
+        serve_while_syncing: args.serve_while_syncing,
+        drain_timeout: parse_duration(&args.drain_timeout)?,
+        state_file: args.state_file.clone(),
     }))
 }
 

@@ -120,6 +120,22 @@ pub struct Args {
     /// How long a delete's tombstone is kept, so that older writes arriving late lose.
     #[arg(long = "tombstone-ttl", default_value = "10m")]
     pub tombstone_ttl: String,
+
+    /// How long a starting node waits for a peer to answer before it serves anyway.
+    #[arg(long = "join-timeout", default_value = "10s")]
+    pub join_timeout: String,
+
+    /// Open the client port at once instead of after the initial sync.
+    #[arg(long = "serve-while-syncing")]
+    pub serve_while_syncing: bool,
+
+    /// On SIGTERM/SIGINT, how long to wait for peers to take the writes they lack.
+    #[arg(long = "drain-timeout", default_value = "10s")]
+    pub drain_timeout: String,
+
+    /// Save the store here on a graceful shutdown and load it at start (warm restart).
+    #[arg(long = "state-file")]
+    pub state_file: Option<PathBuf>,
 }
 
 /// A validated configuration.

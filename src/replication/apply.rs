@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::log::{Entry, Op};
+use super::log::{Entry, Mutation, Op};
 use crate::clock::Hlc;
 use crate::store::{Applied, Remote, Store, StoreError};
 
@@ -42,45 +42,71 @@ pub fn apply_entries(
 ) -> ApplyStats {
     let mut stats = ApplyStats::default();
     for e in entries {
-        let m = &e.mutation;
-        if let Err(skew) = hlc.observe(m.version, max_skew) {
-            // One line per batch, not per write: a peer with a broken clock sends many.
-            if stats.clock_skew_rejects == 0 {
-                tracing::warn!(seq = e.seq, error = %skew, "refusing replicated writes from a peer whose clock is ahead (counted in clock_skew_rejects)");
-            }
-            stats.clock_skew_rejects += 1;
-            continue;
-        }
-        let result = match &m.op {
-            Op::Put {
-                value,
-                flags,
-                exptime,
-            } => {
-                let remote = Remote::Put {
-                    value,
-                    flags: *flags,
-                    exptime: *exptime,
-                    version: m.version,
-                };
-                store.apply(&m.key, &remote, now)
-            }
-            Op::Delete => store.apply(&m.key, &Remote::Delete { version: m.version }, now),
-            Op::Flush { at } => {
-                store.flush(m.version, *at, now);
-                Ok(Applied::Accepted)
-            }
-        };
-        match result {
-            Ok(Applied::Accepted) => stats.accepted += 1,
-            Ok(Applied::Behind) => stats.rejected_behind += 1,
-            Ok(Applied::Identical) => stats.rejected_identical += 1,
-            Ok(Applied::BadKey) | Err(StoreError::TooLarge | StoreError::OutOfMemory) => {
-                stats.not_stored += 1
-            }
-        }
+        apply_one(store, hlc, &e.mutation, e.seq, max_skew, now, &mut stats);
     }
     stats
+}
+
+/// [`apply_entries`] for the items and tombstones of a snapshot (no log sequence).
+pub fn apply_mutations(
+    store: &Store,
+    hlc: &Hlc,
+    mutations: &[Mutation],
+    max_skew: Duration,
+    now: u32,
+) -> ApplyStats {
+    let mut stats = ApplyStats::default();
+    for m in mutations {
+        apply_one(store, hlc, m, 0, max_skew, now, &mut stats);
+    }
+    stats
+}
+
+fn apply_one(
+    store: &Store,
+    hlc: &Hlc,
+    m: &Mutation,
+    seq: u64,
+    max_skew: Duration,
+    now: u32,
+    stats: &mut ApplyStats,
+) {
+    if let Err(skew) = hlc.observe(m.version, max_skew) {
+        // One line per batch, not per write: a peer with a broken clock sends many.
+        if stats.clock_skew_rejects == 0 {
+            tracing::warn!(seq, error = %skew, "refusing replicated writes from a peer whose clock is ahead (counted in clock_skew_rejects)");
+        }
+        stats.clock_skew_rejects += 1;
+        return;
+    }
+    let result = match &m.op {
+        Op::Put {
+            value,
+            flags,
+            exptime,
+        } => {
+            let remote = Remote::Put {
+                value,
+                flags: *flags,
+                exptime: *exptime,
+                version: m.version,
+            };
+            store.apply(&m.key, &remote, now)
+        }
+        Op::Delete => store.apply(&m.key, &Remote::Delete { version: m.version }, now),
+        Op::Flush { at } => {
+            store.flush(m.version, *at, now);
+            Ok(Applied::Accepted)
+        }
+    };
+    match result {
+        Ok(Applied::Accepted) => stats.accepted += 1,
+        Ok(Applied::Behind) => stats.rejected_behind += 1,
+        Ok(Applied::Identical) => stats.rejected_identical += 1,
+        Ok(Applied::BadKey) | Err(StoreError::TooLarge | StoreError::OutOfMemory) => {
+            stats.not_stored += 1
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,7 +117,6 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock, NodeId, Version, HLC_EPOCH_MS};
-    use crate::replication::log::Mutation;
     use crate::store::StoreConfig;
 
     fn entry(seq: u64, key: &str, version: Version, op: Op) -> Entry {

@@ -10,12 +10,17 @@
 //!           op 3 (flush):  at:u32
 //! Ack    := kind 2, run_id:u64 seq:u64      (highest sequence applied)
 //! Hello  := kind 3, name:str8 node_id:u16 run_id:u64 have_run:u64 have_seq:u64
+//!           flags:u8 load:u16
 //!           (first frame on each live stream: who we are, and what we already applied
-//!           of the receiver's log: its run id and sequence, 0 and 0 for nothing)
+//!           of the receiver's log: its run id and sequence, 0 and 0 for nothing; flags:
+//!           1 = ready (serving, a possible donor), 2 = defer (hold your stream until my
+//!           Start or snapshot request: I am choosing a donor); load: snapshots serving)
 //! Members:= kind 4, count:u16 (name:str8 node_id:u16 addr:str8)*
 //!           (the members the sender knows, with their cluster addresses)
 //! str8   := len:u8 bytes (UTF-8)
 //! ```
+//!
+//! Kinds 5 to 11 are resync's, described in [`sync`].
 //!
 //! The protocol version travels in the QUIC ALPN, so frames carry none. [`decode`] is
 //! `Ok(None)` until a whole frame is buffered and consumes nothing until then; keys and
@@ -27,17 +32,20 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::log::{Entry, Mutation, Op, RunId};
 use crate::clock::Version;
 use crate::key::MAX_KEY_LEN;
+pub use sync::{Position, SnapBegin, SnapItemsWriter};
+
+mod sync;
 
 /// The largest frame accepted: a batch of values up to 1 GiB items would need more, so
 /// senders split batches; this bounds what a peer can make us buffer.
 pub const MAX_FRAME: usize = 64 << 20;
 
-const BATCH: u8 = 1;
+pub(crate) const BATCH: u8 = 1;
 const ACK: u8 = 2;
 const HELLO: u8 = 3;
 const MEMBERS: u8 = 4;
-const PUT: u8 = 1;
-const DELETE: u8 = 2;
+pub(crate) const PUT: u8 = 1;
+pub(crate) const DELETE: u8 = 2;
 const FLUSH: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +54,20 @@ pub enum Frame {
     Ack { run_id: RunId, seq: u64 },
     Hello(Hello),
     Members(Vec<Member>),
+    Status { ready: bool, load: u16 },
+    Start { run_id: RunId, seq: u64 },
+    SnapshotRequest,
+    Synced { snapshots: u32 },
+    SnapBegin(SnapBegin),
+    SnapItems(Vec<Mutation>),
+    SnapEnd { items: u64, bytes: u64 },
 }
+
+/// [`Hello::flags`]: the sender serves clients and can be a donor.
+pub const HELLO_READY: u8 = 1;
+/// [`Hello::flags`]: hold the live stream to the sender until its `Start` or snapshot
+/// request (it has no data and is choosing a donor).
+pub const HELLO_DEFER: u8 = 2;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +78,9 @@ pub struct Hello {
     /// The receiver's run id and the last sequence of it the sender applied (0, 0: none).
     pub have_run: RunId,
     pub have_seq: u64,
+    pub flags: u8,
+    /// How many snapshots the sender is serving.
+    pub load: u16,
 }
 
 /// A cluster member as gossiped: its name, node id and cluster address (`ip:port`).
@@ -192,6 +216,8 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             run_id: RunId(r.u64()?),
             have_run: RunId(r.u64()?),
             have_seq: r.u64()?,
+            flags: r.u8()?,
+            load: r.u16()?,
         }),
         MEMBERS => {
             let count = usize::from(r.u16()?);
@@ -209,6 +235,24 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             }
             Frame::Members(members)
         }
+        sync::STATUS => Frame::Status {
+            ready: r.u8()? != 0,
+            load: r.u16()?,
+        },
+        sync::START => Frame::Start {
+            run_id: RunId(r.u64()?),
+            seq: r.u64()?,
+        },
+        sync::SNAP_REQUEST => Frame::SnapshotRequest,
+        sync::SYNCED => Frame::Synced {
+            snapshots: r.u32()?,
+        },
+        sync::SNAP_BEGIN => Frame::SnapBegin(sync::parse_snap_begin(&mut r)?),
+        sync::SNAP_ITEMS => Frame::SnapItems(sync::parse_snap_items(&mut r)?),
+        sync::SNAP_END => Frame::SnapEnd {
+            items: r.u64()?,
+            bytes: r.u64()?,
+        },
         other => return Err(FrameError::UnknownKind(other)),
     };
     if !r.bytes.is_empty() {
@@ -273,6 +317,8 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u64(h.run_id.0);
             out.put_u64(h.have_run.0);
             out.put_u64(h.have_seq);
+            out.put_u8(h.flags);
+            out.put_u16(h.load);
         }
         Frame::Members(members) => {
             out.put_u8(MEMBERS);
@@ -283,6 +329,28 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 out.put_u16(m.node_id);
                 put_str8(out, &m.addr);
             }
+        }
+        Frame::Status { ready, load } => {
+            out.put_u8(sync::STATUS);
+            out.put_u8(u8::from(*ready));
+            out.put_u16(*load);
+        }
+        Frame::Start { run_id, seq } => {
+            out.put_u8(sync::START);
+            out.put_u64(run_id.0);
+            out.put_u64(*seq);
+        }
+        Frame::SnapshotRequest => out.put_u8(sync::SNAP_REQUEST),
+        Frame::Synced { snapshots } => {
+            out.put_u8(sync::SYNCED);
+            out.put_u32(*snapshots);
+        }
+        Frame::SnapBegin(b) => sync::encode_snap_begin(b, out),
+        Frame::SnapItems(items) => sync::encode_snap_items(items, out),
+        Frame::SnapEnd { items, bytes } => {
+            out.put_u8(sync::SNAP_END);
+            out.put_u64(*items);
+            out.put_u64(*bytes);
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -368,157 +436,4 @@ fn batch_into(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn entry() -> impl Strategy<Value = Entry> {
-        let key = proptest::collection::vec(any::<u8>(), 0..40);
-        let value = proptest::collection::vec(any::<u8>(), 0..100);
-        (
-            any::<u64>(),
-            any::<u64>(),
-            key,
-            0u8..3,
-            value,
-            any::<u32>(),
-            any::<u32>(),
-        )
-            .prop_map(|(seq, v, key, op, value, flags, exptime)| {
-                let op = match op {
-                    0 => Op::Put {
-                        value: Bytes::from(value),
-                        flags,
-                        exptime,
-                    },
-                    1 => Op::Delete,
-                    _ => Op::Flush { at: exptime },
-                };
-                Entry {
-                    seq,
-                    mutation: Mutation {
-                        key: Bytes::from(key),
-                        version: Version(v),
-                        op,
-                    },
-                }
-            })
-    }
-
-    fn frame() -> impl Strategy<Value = Frame> {
-        prop_oneof![
-            (any::<u64>(), proptest::collection::vec(entry(), 0..5)).prop_map(|(r, entries)| {
-                Frame::Batch {
-                    run_id: RunId(r),
-                    entries,
-                }
-            }),
-            (any::<u64>(), any::<u64>()).prop_map(|(r, seq)| Frame::Ack {
-                run_id: RunId(r),
-                seq
-            }),
-            ("[a-z0-9-]{0,20}", any::<u16>(), any::<[u64; 3]>()).prop_map(|(name, id, n)| {
-                Frame::Hello(Hello {
-                    name,
-                    node_id: id,
-                    run_id: RunId(n[0]),
-                    have_run: RunId(n[1]),
-                    have_seq: n[2],
-                })
-            }),
-            proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u16>(), "[0-9.:]{0,21}"), 0..4)
-                .prop_map(|ms| Frame::Members(
-                    ms.into_iter()
-                        .map(|(name, node_id, addr)| Member {
-                            name,
-                            node_id,
-                            addr
-                        })
-                        .collect()
-                )),
-        ]
-    }
-
-    proptest! {
-        /// Frames round-trip, and the same bytes split at any position decode the same
-        /// way, with `None` consuming nothing.
-        #[test]
-        fn round_trip_split_anywhere(frames in proptest::collection::vec(frame(), 1..4), cut in any::<proptest::sample::Index>()) {
-            let mut wire = BytesMut::new();
-            for f in &frames {
-                encode(f, &mut wire);
-            }
-            let cut = cut.index(wire.len() + 1);
-            let mut buf = BytesMut::from(&wire[..cut]);
-            let mut got = Vec::new();
-            loop {
-                let before = buf.len();
-                match decode(&mut buf).unwrap() {
-                    Some(f) => got.push(f),
-                    None => { prop_assert_eq!(buf.len(), before); break; }
-                }
-            }
-            buf.extend_from_slice(&wire[cut..]);
-            while let Some(f) = decode(&mut buf).unwrap() {
-                got.push(f);
-            }
-            prop_assert!(buf.is_empty());
-            prop_assert_eq!(got, frames);
-        }
-
-        /// The chunked encoding of a batch is byte for byte the plain one, and large values
-        /// are not copied.
-        #[test]
-        fn chunks_concatenate_to_the_encoding(run in any::<u64>(), entries in proptest::collection::vec(entry(), 0..5), big in 0usize..2000) {
-            let mut entries = entries;
-            if let Some(e) = entries.first_mut() {
-                e.mutation.op = Op::Put { value: Bytes::from(vec![7u8; big]), flags: 1, exptime: 2 };
-            }
-            let frame = Frame::Batch { run_id: RunId(run), entries: entries.clone() };
-            let mut plain = BytesMut::new();
-            encode(&frame, &mut plain);
-            let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
-            encode_batch_chunks(RunId(run), &entries, &mut scratch, &mut chunks);
-            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            prop_assert_eq!(&joined[..], &plain[..]);
-            if let Some(Op::Put { value, .. }) = entries.first().map(|e| &e.mutation.op) {
-                if value.len() >= ZERO_COPY_MIN {
-                    prop_assert!(chunks.iter().any(|c| c.as_ptr() == value.as_ptr()));
-                }
-            }
-        }
-
-        /// Garbage from a peer is an error or a need for more bytes, never a panic.
-        #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = decode(&mut buf) {}
-        }
-    }
-
-    #[test]
-    fn malformed_frames_are_errors() {
-        let mut huge = BytesMut::from(&(MAX_FRAME as u32 + 1).to_be_bytes()[..]);
-        assert_eq!(decode(&mut huge), Err(FrameError::TooLarge(MAX_FRAME + 1)));
-        let mut unknown = BytesMut::from(&[0, 0, 0, 1, 9][..]);
-        assert_eq!(decode(&mut unknown), Err(FrameError::UnknownKind(9)));
-        // A batch claiming a million entries in a few bytes.
-        let mut lying = BytesMut::new();
-        lying.put_u32(13);
-        lying.put_u8(BATCH);
-        lying.put_u64(1);
-        lying.put_u32(1_000_000);
-        assert_eq!(decode(&mut lying), Err(FrameError::Truncated));
-        let mut trailing = BytesMut::new();
-        encode(
-            &Frame::Ack {
-                run_id: RunId(1),
-                seq: 2,
-            },
-            &mut trailing,
-        );
-        trailing[3] += 1;
-        trailing.put_u8(0);
-        assert_eq!(decode(&mut trailing), Err(FrameError::Trailing(1)));
-    }
-}
+mod tests;

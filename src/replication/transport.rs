@@ -43,7 +43,7 @@ use crate::certs::{node_name_of, CertsError, NodeIdentity, NodeName};
 
 /// The ALPN protocol id: the peer protocol and its version. A new incompatible wire version
 /// gets a new id, so that mismatched nodes fail the handshake instead of misparsing frames.
-pub const ALPN: &[u8] = b"meshcached/1";
+pub const ALPN: &[u8] = b"meshcached/2";
 
 /// How often an otherwise idle connection sends a keep-alive (a PING).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
@@ -442,7 +442,7 @@ mod tests {
              invalid peer certificate: UnknownIssuer"
         );
         let e = TransportError::AlpnMismatch { addr };
-        assert!(e.to_string().contains("meshcached/1"), "{e}");
+        assert!(e.to_string().contains("meshcached/2"), "{e}");
         let e = TransportError::NameMismatch {
             expected: "node-b".into(),
             presented: "node-c".into(),

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpSocket, UnixSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::certs::{load_node_identity, CertsError};
@@ -34,8 +34,8 @@ pub const VERSION: &str = concat!("1.6.45 meshcached-", env!("CARGO_PKG_VERSION"
 
 /// How long a shutdown waits for connections to finish their in-flight replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a shutdown waits for peers to acknowledge the writes they have not yet.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The listen backlog of client sockets (memcached's default).
+const LISTEN_BACKLOG: u32 = 1024;
 /// How often the sweeper wakes, and how many slots per shard it looks at each time.
 /// The sweeper's pace adapts like memcached's LRU maintainer: every millisecond while
 /// clients are active, backing off to every 100 ms when they are not.
@@ -100,11 +100,13 @@ pub enum ServerError {
     Transport(#[from] TransportError),
 }
 
-/// A bound, not yet running server.
+/// A bound, not yet running server. Its client sockets are bound (so the ports are taken
+/// and known) but not listening: connections are refused until `run` opens them, which a
+/// node with peers does only once its initial sync is complete.
 pub struct Server {
     shared: Arc<Shared>,
-    tcp: Vec<std::net::TcpListener>,
-    unix: Option<std::os::unix::net::UnixListener>,
+    tcp: Vec<TcpSocket>,
+    unix: Option<UnixSocket>,
     /// The runtime of the cluster tasks (a thread of its own), when clustered.
     cluster_rt: Option<tokio::runtime::Runtime>,
 }
@@ -118,14 +120,19 @@ impl Server {
             // A stale socket file from a previous run would make bind fail; memcached
             // removes it too.
             let _ = std::fs::remove_file(path);
-            let l = std::os::unix::net::UnixListener::bind(path)?;
-            l.set_nonblocking(true)?;
-            unix = Some(l);
+            let socket = UnixSocket::new_stream()?;
+            socket.bind(path)?;
+            unix = Some(socket);
         } else {
             for addr in &config.listen {
-                let l = std::net::TcpListener::bind(addr)?;
-                l.set_nonblocking(true)?;
-                tcp.push(l);
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(*addr)?;
+                tcp.push(socket);
             }
         }
         let store = Arc::new(Store::new(StoreConfig {
@@ -235,8 +242,14 @@ impl Server {
         if let (Some(cluster), Some(rt)) = (&self.shared.cluster, self.cluster_rt) {
             // Every write clients were answered for is in the log by now (the workers are
             // done): hand it to the peers before leaving.
+            let drain_timeout = self
+                .shared
+                .config
+                .cluster
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.drain_timeout);
             rt.block_on(async {
-                cluster.drain(DRAIN_TIMEOUT).await;
+                cluster.drain(drain_timeout).await;
                 cluster
                     .close("node shutting down", Duration::from_millis(200))
                     .await;
@@ -267,7 +280,7 @@ fn start_cluster(
         .thread_name("meshcached-cluster")
         .enable_all()
         .build()?;
-    let cluster = Cluster::new(cc, store.clone(), hlc.clone());
+    let cluster = Cluster::new(cc, store.clone(), hlc.clone(), None);
     let outbox = cluster.outbox.clone();
     if store
         .set_journal(Box::new(move |key, change| {
@@ -291,17 +304,59 @@ fn start_cluster(
     Ok((cluster, rt))
 }
 
+/// Waits until the node may serve clients: at once standalone or with
+/// `--serve-while-syncing`, otherwise once the cluster's initial sync is complete.
+/// Returns false when a shutdown came first.
+async fn wait_until_ready(
+    shared: &Shared,
+    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    let gate = shared
+        .cluster
+        .as_ref()
+        .filter(|_| {
+            !shared
+                .config
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.serve_while_syncing)
+        })
+        .map(|c| c.ready());
+    let Some(mut ready) = gate else {
+        return true;
+    };
+    if *ready.borrow() {
+        return true;
+    }
+    tracing::info!("the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        r = ready.wait_for(|r| *r) => r.is_ok(),
+        _ = shutdown.wait_for(|s| *s) => false,
+        _ = signal.as_mut() => {
+            tracing::info!("signal received during the initial sync, shutting down");
+            shared.request_shutdown();
+            false
+        }
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
-    tcp: Vec<std::net::TcpListener>,
-    unix: Option<std::os::unix::net::UnixListener>,
+    tcp: Vec<TcpSocket>,
+    unix: Option<UnixSocket>,
     senders: Vec<mpsc::UnboundedSender<Stream>>,
     handle_signals: bool,
 ) -> io::Result<()> {
+    let signal = signal(handle_signals);
+    tokio::pin!(signal);
+    if !wait_until_ready(&shared, &mut signal).await {
+        return Ok(());
+    }
     let (accepted_tx, mut accepted) = mpsc::channel::<Stream>(64);
     let mut tasks = Vec::new();
-    for l in tcp {
-        let l = TcpListener::from_std(l)?;
+    for socket in tcp {
+        let l = socket.listen(LISTEN_BACKLOG)?;
         tracing::info!(addr = %l.local_addr()?, "listening");
         let tx = accepted_tx.clone();
         tasks.push(tokio::spawn(async move {
@@ -319,8 +374,8 @@ async fn accept_loop(
             }
         }));
     }
-    if let Some(l) = unix {
-        let l = UnixListener::from_std(l)?;
+    if let Some(socket) = unix {
+        let l = socket.listen(LISTEN_BACKLOG)?;
         tracing::info!(path = ?l.local_addr()?.as_pathname(), "listening on unix socket");
         let tx = accepted_tx.clone();
         tasks.push(tokio::spawn(async move {
@@ -340,8 +395,6 @@ async fn accept_loop(
     drop(accepted_tx);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
     let mut shutdown = shared.shutdown.subscribe();
-    let signal = signal(handle_signals);
-    tokio::pin!(signal);
     let mut next = 0usize;
     loop {
         tokio::select! {

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::cluster::sync::Phase;
+use crate::cluster::SyncCounters;
 use crate::protocol::{Invalid, Outcome};
 
 use super::dispatch::Ctx;
@@ -192,6 +194,29 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "peers_connected",
         cluster.map_or(0, |c| c.peers_connected()),
     );
+    let sync_state = cluster.map_or("standalone", |c| match c.phase() {
+        Phase::Choosing if c.peers_connected() == 0 => "waiting_for_peers",
+        Phase::Choosing => "choosing_donor",
+        Phase::Syncing => "syncing",
+        Phase::Ready => "ready",
+    });
+    push(&mut s, "sync_state", sync_state);
+    let k = |f: fn(&SyncCounters) -> &std::sync::atomic::AtomicU64| {
+        cluster.map_or(0, |c| f(&c.sync_counters).load(Ordering::Relaxed))
+    };
+    push(&mut s, "snapshots_sent", k(|c| &c.snapshots_sent));
+    push(&mut s, "snapshots_received", k(|c| &c.snapshots_received));
+    push(
+        &mut s,
+        "snapshot_items_received",
+        k(|c| &c.snapshot_items_received),
+    );
+    push(
+        &mut s,
+        "snapshot_bytes_received",
+        k(|c| &c.snapshot_bytes_received),
+    );
+    push(&mut s, "stale_discards", k(|c| &c.discards));
     s
 }
 

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use clap::Parser;
 use meshcached::certs::{generate_ca, write_node_dir, Ca};
 use meshcached::clock::{SystemClock, Version};
+use meshcached::cluster::sync::Phase;
 use meshcached::config::{Args, Config};
 use meshcached::server::{Server, Shared, ShutdownHandle};
 
@@ -72,6 +73,9 @@ impl TestCluster {
             c.add(&format!("node-{i}"), i as u16, join, flags);
         }
         c.wait_mesh();
+        for i in 0..n {
+            c.wait_ready(i);
+        }
         c
     }
 
@@ -173,10 +177,27 @@ impl TestCluster {
             .expect("node ran cleanly");
     }
 
-    /// Starts node `i` again on the same ports, with the same certificates (empty store).
+    /// Starts node `i` again on the same ports, with the same certificates (empty store),
+    /// joining the nodes that are running, and waits until its initial sync is done.
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].running.is_none(), "kill it first");
+        self.nodes[i].join = self
+            .running()
+            .iter()
+            .filter_map(|&j| self.nodes[j].cluster_addr.map(|a| a.to_string()))
+            .collect();
         self.boot(i);
+        self.wait_ready(i);
+    }
+
+    /// Waits until node `i` has finished its initial sync.
+    pub fn wait_ready(&self, i: usize) {
+        eventually(DEADLINE, "the node's initial sync", || {
+            self.shared(i)
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.phase() == Phase::Ready)
+        });
     }
 
     fn running(&self) -> Vec<usize> {

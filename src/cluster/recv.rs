@@ -1,0 +1,100 @@
+//! A link's receiver: applies the peer's batches, and passes on what the peer says about
+//! our stream (acknowledgements, where to start, a snapshot request) and about itself
+//! (members, status, that we are synced).
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, Notify};
+
+use super::link::LinkError;
+use super::{Cluster, Ctl, PeerCounters};
+use crate::replication::apply::apply_entries;
+use crate::replication::frame::{self, Frame};
+use crate::replication::log::RunId;
+
+#[allow(clippy::too_many_arguments)]
+pub async fn recv_loop(
+    cl: &Cluster,
+    peer: &str,
+    counters: &PeerCounters,
+    applied: &Notify,
+    ctl: &mpsc::UnboundedSender<Ctl>,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    their_run: RunId,
+) -> Result<(), LinkError> {
+    let our_run = cl.outbox.run_id();
+    loop {
+        while let Some(f) = frame::decode(&mut buf)? {
+            match f {
+                Frame::Batch { run_id, entries } => {
+                    if run_id != their_run {
+                        return Err(LinkError::Protocol(format!(
+                            "a batch of run {} on a stream of run {}",
+                            run_id.0, their_run.0
+                        )));
+                    }
+                    let Some(last) = entries.last().map(|e| e.seq) else {
+                        continue;
+                    };
+                    let now = cl.hlc.clock().now_secs();
+                    let stats = apply_entries(&cl.store, &cl.hlc, &entries, cl.max_skew, now);
+                    cl.counters.add(&stats);
+                    counters.set_have(their_run, last);
+                    applied.notify_one();
+                }
+                Frame::Ack { run_id, seq } => {
+                    if run_id == our_run {
+                        // A peer cannot have more than we sent.
+                        let seq = seq.min(counters.sent_seq.load(Ordering::Relaxed));
+                        counters.acked_seq.fetch_max(seq, Ordering::Relaxed);
+                    }
+                }
+                Frame::Members(list) => {
+                    let (learned, clashes) = cl.table().learn(&list);
+                    for m in clashes {
+                        tracing::error!(node = %cl.name, member = %m.name, node_id = m.node_id, "a member uses a node id that is already taken; give each node a distinct --node-id");
+                    }
+                    if learned {
+                        cl.members.send_modify(|v| *v += 1);
+                        cl.dial_wake.notify_one();
+                    }
+                }
+                Frame::Status { ready, load } => {
+                    cl.plan().status(peer, ready, load);
+                    cl.sync_step();
+                }
+                Frame::Start { run_id, seq } => {
+                    if run_id == our_run {
+                        counters.acked_seq.store(seq, Ordering::Relaxed);
+                    }
+                    let _ = ctl.send(Ctl::From(run_id, seq));
+                }
+                Frame::SnapshotRequest => {
+                    let _ = ctl.send(Ctl::Snapshot);
+                }
+                Frame::Synced { snapshots } => {
+                    tracing::debug!(node = %cl.name, %peer, snapshots, "peer says we are synced with it");
+                    cl.plan().synced(peer, snapshots);
+                    cl.sync_step();
+                }
+                Frame::Hello(_) => return Err(LinkError::Protocol("a second hello".into())),
+                Frame::SnapBegin(_) | Frame::SnapItems(_) | Frame::SnapEnd { .. } => {
+                    return Err(LinkError::Protocol(
+                        "a snapshot frame on the live stream".into(),
+                    ))
+                }
+            }
+        }
+        match recv.read_chunk(256 << 10, true).await? {
+            Some(chunk) => {
+                counters
+                    .bytes_received
+                    .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                buf.extend_from_slice(&chunk.bytes);
+            }
+            None => return Err(LinkError::StreamEnded),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Snapshots (DESIGN.md section 6): every live item and tombstone of the donor's store,
+//! with versions, streamed shard by shard on a unidirectional stream of its own while the
+//! live stream goes on.
+//!
+//! The donor walks its store in pieces of [`PIECE_BYTES`], one shard lock held per piece,
+//! so its clients never wait long; QUIC flow control paces the walk to what the receiver
+//! takes. The first frame carries the donor's flush barrier and what it had applied of
+//! every other origin's log before the walk began: a node taking its initial sync from this
+//! donor then asks those origins for the rest from there.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::link::LinkError;
+use super::Cluster;
+use crate::replication::apply::apply_mutations;
+use crate::replication::frame::{self, Frame, SnapBegin, SnapItemsWriter};
+use crate::store::ExportCursor;
+
+/// Bytes of keys and values copied per shard lock hold, and so per items frame.
+const PIECE_BYTES: usize = 64 << 10;
+/// How often a long snapshot logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts the snapshots being served (the donor's load) while alive.
+struct Serving<'a>(&'a Cluster);
+
+impl<'a> Serving<'a> {
+    fn new(cl: &'a Cluster) -> Self {
+        cl.serving.fetch_add(1, Ordering::Relaxed);
+        cl.status.send_modify(|v| *v += 1);
+        Serving(cl)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+        self.0.status.send_modify(|v| *v += 1);
+    }
+}
+
+/// Streams this node's whole store to `peer`.
+pub async fn send_snapshot(
+    cl: &Cluster,
+    peer: &str,
+    conn: &quinn::Connection,
+    why: &'static str,
+) -> Result<(), LinkError> {
+    let _serving = Serving::new(cl);
+    let started = Instant::now();
+    let now = cl.hlc.clock().now_secs();
+    tracing::info!(node = %cl.name, %peer, "sending a snapshot: {why}");
+    let mut send = conn.open_uni().await?;
+    // The positions first, then the walk: whatever the walk misses of those origins, the
+    // receiver asks them for.
+    let begin = SnapBegin {
+        flush: cl.store.flush_state(now),
+        positions: cl.positions(),
+    };
+    let mut out = BytesMut::with_capacity(PIECE_BYTES + (16 << 10));
+    frame::encode(&Frame::SnapBegin(begin), &mut out);
+    send.write_chunk(out.split().freeze()).await?;
+    let (mut items, mut bytes) = (0u64, 0u64);
+    let mut cursor = Some(ExportCursor::default());
+    let mut progress = Instant::now();
+    while let Some(at) = cursor {
+        let mut w = SnapItemsWriter::begin(&mut out);
+        cursor = cl
+            .store
+            .export(at, now, PIECE_BYTES, |e| w.push(&mut out, &e));
+        if w.count() == 0 {
+            out.clear();
+            continue;
+        }
+        items += u64::from(w.count());
+        w.finish(&mut out);
+        bytes += out.len() as u64;
+        send.write_chunk(out.split().freeze()).await?;
+        if progress.elapsed() >= PROGRESS_EVERY {
+            progress = Instant::now();
+            log_progress(cl, peer, "sending a snapshot", items, bytes, started);
+        }
+        // Let the live stream and the other links run between pieces.
+        tokio::task::yield_now().await;
+    }
+    frame::encode(&Frame::SnapEnd { items, bytes }, &mut out);
+    send.write_chunk(out.split().freeze()).await?;
+    send.finish().map_err(|_| LinkError::StreamEnded)?;
+    cl.sync_counters
+        .snapshots_sent
+        .fetch_add(1, Ordering::Relaxed);
+    log_progress(cl, peer, "snapshot sent", items, bytes, started);
+    Ok(())
+}
+
+/// Applies every snapshot `peer` streams to us, one at a time, for as long as the link
+/// lives.
+pub async fn receive_snapshots(
+    cl: &Cluster,
+    peer: &str,
+    conn: &quinn::Connection,
+) -> Result<(), LinkError> {
+    loop {
+        let recv = conn.accept_uni().await?;
+        receive_one(cl, peer, recv).await?;
+    }
+}
+
+async fn receive_one(
+    cl: &Cluster,
+    peer: &str,
+    mut recv: quinn::RecvStream,
+) -> Result<(), LinkError> {
+    let started = Instant::now();
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    let mut begun = false;
+    let (mut items, mut bytes) = (0u64, 0u64);
+    let mut progress = Instant::now();
+    loop {
+        while let Some(f) = frame::decode(&mut buf)? {
+            match f {
+                Frame::SnapBegin(b) if !begun => {
+                    begun = true;
+                    tracing::info!(node = %cl.name, %peer, "receiving a snapshot");
+                    cl.snapshot_began(peer, &b);
+                }
+                Frame::SnapItems(list) if begun => {
+                    let now = cl.hlc.clock().now_secs();
+                    let stats = apply_mutations(&cl.store, &cl.hlc, &list, cl.max_skew, now);
+                    cl.counters.add(&stats);
+                    items += list.len() as u64;
+                    if progress.elapsed() >= PROGRESS_EVERY {
+                        progress = Instant::now();
+                        log_progress(cl, peer, "receiving a snapshot", items, bytes, started);
+                    }
+                }
+                Frame::SnapEnd { items: sent, .. } if begun => {
+                    if sent != items {
+                        return Err(LinkError::Protocol(format!(
+                            "a snapshot of {sent} items brought {items}"
+                        )));
+                    }
+                    let c = &cl.sync_counters;
+                    c.snapshots_received.fetch_add(1, Ordering::Relaxed);
+                    c.snapshot_items_received
+                        .fetch_add(items, Ordering::Relaxed);
+                    c.snapshot_bytes_received
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    log_progress(cl, peer, "snapshot applied", items, bytes, started);
+                    cl.plan().snapshot_applied(peer);
+                    cl.sync_step();
+                    return Ok(());
+                }
+                other => {
+                    return Err(LinkError::Protocol(format!(
+                        "unexpected frame on a snapshot stream: {}",
+                        frame_name(&other)
+                    )))
+                }
+            }
+        }
+        match recv.read_chunk(1 << 20, true).await? {
+            Some(chunk) => {
+                bytes += chunk.bytes.len() as u64;
+                buf.extend_from_slice(&chunk.bytes);
+            }
+            None => return Err(LinkError::StreamEnded),
+        }
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::SnapBegin(_) => "a second snapshot start",
+        Frame::SnapItems(_) => "items before the snapshot start",
+        Frame::SnapEnd { .. } => "an end before the snapshot start",
+        _ => "a live-stream frame",
+    }
+}
+
+fn log_progress(cl: &Cluster, peer: &str, what: &str, items: u64, bytes: u64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 { items as f64 / secs } else { 0.0 };
+    tracing::info!(
+        node = %cl.name,
+        %peer,
+        items,
+        bytes,
+        elapsed_ms = (secs * 1000.0) as u64,
+        items_per_s = rate as u64,
+        "{what}"
+    );
+}

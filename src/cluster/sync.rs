@@ -1,0 +1,456 @@
+//! How a node gets its initial data (DESIGN.md section 6): the plan that decides, from
+//! what peers say, whom to ask for a snapshot, when to let the other peers start their
+//! streams, and when the node is ready to serve clients.
+//!
+//! Sans-IO: events in (a peer connected, said it is ready, began or ended a snapshot, said
+//! we are synced; time passed), actions out ([`Action`]); the link tasks carry them out.
+//!
+//! The phases:
+//! - **Choosing**: the node has no data (a fresh start, or stale contents discarded). Its
+//!   hellos ask peers to hold their streams (`defer`). It waits until every member it knows
+//!   has connected (or [`DONOR_GRACE_MS`] after the first ready peer answered), then asks
+//!   the least loaded ready peer for a snapshot: one copy, not one per peer. When every
+//!   peer is as new as itself (a cluster's first start), there is nothing to copy.
+//! - **Syncing**: a snapshot was asked for (the donor's first snapshot frame says what it
+//!   had of every other origin's log, so those peers are told to start from there), or the
+//!   node has data and positions (a state file) and every peer sends it a delta, or a
+//!   snapshot when its log no longer reaches back that far.
+//! - **Ready**: every connected peer has said the node is synced (and the snapshots it
+//!   announced have been applied), or no peer answered within `--join-timeout`.
+
+use std::collections::BTreeMap;
+
+/// After the first ready peer answers, how long to wait for the other members before
+/// choosing a donor among those that answered.
+pub const DONOR_GRACE_MS: u64 = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Choosing,
+    Syncing,
+    Ready,
+}
+
+/// Why the node became ready, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyReason {
+    /// Every connected peer says the node has its data.
+    Synced { peers: usize },
+    /// Every member is as new as this node: nothing to copy.
+    NewCluster,
+    /// `--join-timeout` passed with no peer answering.
+    NoPeer,
+    /// `--join-timeout` passed with peers connected but none able to give a snapshot.
+    NoDonor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask this peer for a snapshot of its whole store.
+    RequestSnapshot(String),
+    /// Tell this peer to start its stream from what we have of its log.
+    Start(String),
+    /// Open the client port.
+    Ready(ReadyReason),
+}
+
+#[derive(Debug, Clone, Default)]
+struct PeerSync {
+    connected: bool,
+    ready: bool,
+    load: u16,
+    /// Its hello said it has no data yet.
+    fresh: bool,
+    /// Its stream to us waits for our Start (we deferred it).
+    held: bool,
+    /// The snapshot count of its last Synced, if one came on this connection.
+    synced: Option<u32>,
+    /// Snapshots from it fully applied on this connection.
+    snapshots_applied: u32,
+}
+
+impl PeerSync {
+    fn done(&self) -> bool {
+        self.synced.is_some_and(|n| self.snapshots_applied >= n)
+    }
+}
+
+pub struct SyncPlan {
+    phase: Phase,
+    /// Whether the client port was opened: once ready, a node keeps serving even when it
+    /// has to resync later.
+    opened: bool,
+    donor: Option<String>,
+    /// Whether we know what we have of every origin's log (from our data, or from the
+    /// donor's first snapshot frame); until then peers hold their streams.
+    positions_known: bool,
+    peers: BTreeMap<String, PeerSync>,
+    deadline_ms: u64,
+    first_candidate_ms: Option<u64>,
+}
+
+impl SyncPlan {
+    /// `has_data`: the node starts with data and positions (a state file); otherwise it
+    /// must choose a donor. `peers_configured`: without any (the first node of a cluster,
+    /// as far as it knows), the client port opens at once, and the node still syncs from
+    /// the first peers that connect to it.
+    pub fn new(has_data: bool, peers_configured: bool, now_ms: u64, join_timeout_ms: u64) -> Self {
+        let phase = if has_data {
+            Phase::Syncing
+        } else {
+            Phase::Choosing
+        };
+        SyncPlan {
+            phase,
+            opened: !peers_configured,
+            donor: None,
+            positions_known: has_data,
+            peers: BTreeMap::new(),
+            deadline_ms: now_ms.saturating_add(join_timeout_ms),
+            first_candidate_ms: None,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the client port may be open.
+    pub fn opened(&self) -> bool {
+        self.opened
+    }
+
+    pub fn donor(&self) -> Option<&str> {
+        self.donor.as_deref()
+    }
+
+    /// Whether hellos should ask peers to hold their streams.
+    pub fn defer(&self) -> bool {
+        !self.positions_known
+    }
+
+    /// Whether a snapshot arriving from `peer` is the one asked for in the initial sync
+    /// (its positions are then ours).
+    pub fn is_donor_snapshot(&self, peer: &str) -> bool {
+        !self.positions_known && self.donor.as_deref() == Some(peer)
+    }
+
+    /// Stale contents were discarded: choose a donor again (the port stays open).
+    pub fn restart(&mut self) {
+        self.phase = Phase::Choosing;
+        self.donor = None;
+        self.positions_known = false;
+        self.first_candidate_ms = None;
+    }
+
+    /// A peer connected; `held`: our hello asked it to hold its stream.
+    pub fn up(&mut self, name: &str, ready: bool, load: u16, fresh: bool, held: bool) {
+        let p = self.peers.entry(name.to_string()).or_default();
+        *p = PeerSync {
+            connected: true,
+            ready,
+            load,
+            fresh,
+            held,
+            synced: None,
+            snapshots_applied: 0,
+        };
+    }
+
+    pub fn down(&mut self, name: &str) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.connected = false;
+            p.synced = None;
+        }
+        if self.donor.as_deref() == Some(name) && self.phase != Phase::Ready {
+            // Choose again; what the lost donor's snapshot brought stays (LWW), and the
+            // next donor's positions restart the other streams from where it stands.
+            self.donor = None;
+            self.positions_known = false;
+            self.phase = Phase::Choosing;
+            self.first_candidate_ms = None;
+        }
+    }
+
+    pub fn status(&mut self, name: &str, ready: bool, load: u16) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.ready = ready;
+            p.load = load;
+            if ready {
+                p.fresh = false;
+            }
+        }
+    }
+
+    /// The donor's snapshot began: its positions are now ours (the caller recorded them);
+    /// the held streams may start.
+    pub fn snapshot_began(&mut self, name: &str) -> Vec<Action> {
+        if !self.is_donor_snapshot(name) {
+            return Vec::new();
+        }
+        self.positions_known = true;
+        self.release_held()
+    }
+
+    pub fn snapshot_applied(&mut self, name: &str) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.snapshots_applied += 1;
+        }
+    }
+
+    pub fn synced(&mut self, name: &str, snapshots: u32) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.synced = Some(snapshots);
+        }
+    }
+
+    /// Decides what to do next; call after every event and periodically.
+    /// `all_connected`: every member and seed known is connected.
+    pub fn step(&mut self, now_ms: u64, all_connected: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.phase == Phase::Choosing && self.donor.is_none() {
+            self.choose(now_ms, all_connected, &mut actions);
+        }
+        if self.phase == Phase::Syncing {
+            let connected: Vec<&PeerSync> = self.peers.values().filter(|p| p.connected).collect();
+            let donor_done = self
+                .donor
+                .as_ref()
+                .is_none_or(|d| self.peers.get(d).is_some_and(PeerSync::done));
+            if donor_done && !connected.is_empty() && connected.iter().all(|p| p.held || p.done()) {
+                let peers = connected.len();
+                self.become_ready(ReadyReason::Synced { peers }, &mut actions);
+            }
+        }
+        if self.phase != Phase::Ready && now_ms >= self.deadline_ms && !self.opened {
+            let any = self.peers.values().any(|p| p.connected);
+            if !any {
+                self.become_ready(ReadyReason::NoPeer, &mut actions);
+            } else if self.donor.is_none() {
+                self.become_ready(ReadyReason::NoDonor, &mut actions);
+            }
+            // A snapshot under way: wait for it (its progress is logged).
+        }
+        actions
+    }
+
+    fn choose(&mut self, now_ms: u64, all_connected: bool, actions: &mut Vec<Action>) {
+        let connected = || self.peers.iter().filter(|(_, p)| p.connected);
+        let candidate = connected()
+            .filter(|(_, p)| p.ready)
+            .min_by_key(|(name, p)| (p.load, (*name).clone()))
+            .map(|(name, _)| name.clone());
+        if let Some(donor) = candidate {
+            let first = *self.first_candidate_ms.get_or_insert(now_ms);
+            if all_connected || now_ms >= first + DONOR_GRACE_MS {
+                self.donor = Some(donor.clone());
+                self.phase = Phase::Syncing;
+                actions.push(Action::RequestSnapshot(donor));
+            }
+            return;
+        }
+        let mut peers = connected().peekable();
+        if all_connected && peers.peek().is_some() && peers.all(|(_, p)| p.fresh) {
+            self.positions_known = true;
+            actions.extend(self.release_held());
+            self.become_ready(ReadyReason::NewCluster, actions);
+        }
+    }
+
+    fn release_held(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (name, p) in self.peers.iter_mut() {
+            if p.held && Some(name) != self.donor.as_ref() {
+                p.held = false;
+                if p.connected {
+                    actions.push(Action::Start(name.clone()));
+                }
+            }
+        }
+        if let Some(d) = self.donor.as_ref().and_then(|d| self.peers.get_mut(d)) {
+            // The snapshot request started the donor's stream.
+            d.held = false;
+        }
+        actions
+    }
+
+    fn become_ready(&mut self, reason: ReadyReason, actions: &mut Vec<Action>) {
+        if !self.positions_known {
+            // Serving without a donor: what we have of every log is nothing, say so.
+            self.positions_known = true;
+            actions.extend(self.release_held());
+        }
+        self.phase = Phase::Ready;
+        self.donor = None;
+        if !self.opened {
+            self.opened = true;
+        }
+        actions.push(Action::Ready(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(actions: &[Action]) -> Vec<String> {
+        actions.iter().map(|a| format!("{a:?}")).collect()
+    }
+
+    #[test]
+    fn a_fresh_node_takes_one_snapshot_from_the_least_loaded_ready_peer() {
+        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        assert!(plan.defer());
+        plan.up("b", true, 2, false, true);
+        // Not everyone connected yet, and the grace period not over: wait.
+        assert!(plan.step(10, false).is_empty());
+        plan.up("c", true, 0, false, true);
+        plan.up("d", false, 0, true, true);
+        assert_eq!(
+            plan.step(20, true),
+            vec![Action::RequestSnapshot("c".into())]
+        );
+        assert_eq!(plan.phase(), Phase::Syncing);
+        assert!(plan.defer(), "positions unknown until the snapshot begins");
+        // The donor's positions release the other held streams, not the donor's.
+        assert_eq!(
+            plan.snapshot_began("c"),
+            vec![Action::Start("b".into()), Action::Start("d".into())]
+        );
+        assert!(!plan.defer());
+        plan.synced("c", 1);
+        plan.synced("b", 0);
+        plan.synced("d", 0);
+        assert!(
+            plan.step(30, true).is_empty(),
+            "the snapshot is not applied yet"
+        );
+        plan.snapshot_applied("c");
+        assert_eq!(
+            plan.step(40, true),
+            vec![Action::Ready(ReadyReason::Synced { peers: 3 })]
+        );
+        assert!(plan.opened());
+    }
+
+    #[test]
+    fn the_grace_period_bounds_the_wait_for_other_members() {
+        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        plan.up("b", true, 0, false, true);
+        assert!(plan.step(100, false).is_empty());
+        assert_eq!(
+            plan.step(100 + DONOR_GRACE_MS, false),
+            vec![Action::RequestSnapshot("b".into())]
+        );
+    }
+
+    #[test]
+    fn a_new_cluster_has_nothing_to_copy() {
+        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        plan.up("b", false, 0, true, true);
+        assert!(plan.step(5, false).is_empty(), "b may not be all there is");
+        let actions = plan.step(6, true);
+        assert_eq!(
+            names(&actions),
+            vec!["Start(\"b\")", "Ready(NewCluster)"],
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn losing_the_donor_chooses_another() {
+        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        plan.up("b", true, 0, false, true);
+        plan.up("c", true, 1, false, true);
+        assert_eq!(
+            plan.step(1, true),
+            vec![Action::RequestSnapshot("b".into())]
+        );
+        plan.snapshot_began("b");
+        plan.down("b");
+        assert_eq!(plan.phase(), Phase::Choosing);
+        assert!(plan.defer());
+        assert!(
+            plan.step(2, false).is_empty(),
+            "b may come back: a grace period again"
+        );
+        assert_eq!(
+            plan.step(2 + DONOR_GRACE_MS, false),
+            vec![Action::RequestSnapshot("c".into())]
+        );
+        // c's positions restart the streams again (c's own stream started with the request).
+        plan.up("b", true, 0, false, true);
+        assert_eq!(plan.snapshot_began("c"), vec![Action::Start("b".into())]);
+    }
+
+    #[test]
+    fn with_data_every_peer_syncs_by_delta() {
+        let mut plan = SyncPlan::new(true, true, 0, 10_000);
+        assert!(!plan.defer());
+        plan.up("b", true, 0, false, false);
+        plan.up("c", true, 0, false, false);
+        plan.synced("b", 0);
+        assert!(plan.step(1, true).is_empty());
+        plan.synced("c", 1); // c's log did not reach back: it sent a snapshot
+        assert!(plan.step(2, true).is_empty());
+        plan.snapshot_applied("c");
+        assert_eq!(
+            plan.step(3, true),
+            vec![Action::Ready(ReadyReason::Synced { peers: 2 })]
+        );
+    }
+
+    #[test]
+    fn the_join_timeout_opens_the_port_when_no_one_can_help() {
+        let mut alone = SyncPlan::new(true, true, 0, 1_000);
+        assert!(alone.step(999, false).is_empty());
+        assert_eq!(
+            alone.step(1_000, false),
+            vec![Action::Ready(ReadyReason::NoPeer)]
+        );
+
+        // Peers that answer but cannot give a snapshot (all syncing themselves).
+        let mut stuck = SyncPlan::new(false, true, 0, 1_000);
+        stuck.up("b", false, 0, false, true);
+        assert!(stuck.step(10, true).is_empty());
+        let actions = stuck.step(1_000, true);
+        assert_eq!(
+            names(&actions),
+            vec!["Start(\"b\")", "Ready(NoDonor)"],
+            "{actions:?}"
+        );
+
+        // A snapshot under way is waited for.
+        let mut slow = SyncPlan::new(false, true, 0, 1_000);
+        slow.up("b", true, 0, false, true);
+        slow.step(1, true);
+        assert!(slow.step(5_000, true).is_empty());
+        assert!(!slow.opened());
+    }
+
+    #[test]
+    fn without_peers_configured_the_port_opens_at_once_and_the_node_still_syncs() {
+        let mut plan = SyncPlan::new(false, false, 0, 1_000);
+        assert!(plan.opened());
+        assert!(plan.defer());
+        assert!(
+            plan.step(5_000, true).is_empty(),
+            "no timeout: it already serves"
+        );
+        plan.up("b", true, 0, false, true);
+        assert_eq!(
+            plan.step(5_001, true),
+            vec![Action::RequestSnapshot("b".into())]
+        );
+        plan.snapshot_began("b");
+        plan.synced("b", 1);
+        plan.snapshot_applied("b");
+        assert_eq!(
+            plan.step(5_002, true),
+            vec![Action::Ready(ReadyReason::Synced { peers: 1 })]
+        );
+        plan.restart();
+        assert!(plan.defer());
+        assert!(plan.opened());
+    }
+}

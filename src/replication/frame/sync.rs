@@ -1,0 +1,195 @@
+//! The frames of resync (DESIGN.md section 6): readiness and load announcements, where a
+//! peer's live stream should start, and the snapshot stream.
+//!
+//! ```text
+//! Status  := kind 5, ready:u8 load:u16          (sent when either changes)
+//! Start   := kind 6, run_id:u64 seq:u64         (stream your log to me after this point)
+//! SnapReq := kind 7                              (send me your whole store: you are my donor)
+//! Synced  := kind 8, snapshots:u32              (you have my log up to where your sync
+//!                                                began, and this many snapshots of mine)
+//! SnapBegin := kind 9, floor:u64 pending_version:u64 pending_at:u32
+//!              count:u16 (origin:str8 run_id:u64 seq:u64)*
+//!              (first frame of a snapshot stream: the donor's flush barrier and what it had
+//!              applied of each origin's log when its walk began)
+//! SnapItems := kind 10, count:u32 item*
+//! item    := version:u64 op:u8 key_len:u16 key   op 1 (put): flags:u32 exptime:u32
+//!                                                value_len:u32 value; op 2 (tombstone)
+//! SnapEnd := kind 11, items:u64 bytes:u64        (last frame of a snapshot stream)
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{put_str8, FrameError, Reader, DELETE, PUT};
+use crate::clock::Version;
+use crate::key::MAX_KEY_LEN;
+use crate::replication::log::{Mutation, Op, RunId};
+use crate::store::{Exported, FlushState};
+
+pub(super) const STATUS: u8 = 5;
+pub(super) const START: u8 = 6;
+pub(super) const SNAP_REQUEST: u8 = 7;
+pub(super) const SYNCED: u8 = 8;
+pub(super) const SNAP_BEGIN: u8 = 9;
+pub(super) const SNAP_ITEMS: u8 = 10;
+pub(super) const SNAP_END: u8 = 11;
+
+/// What a donor had applied of one origin's log when its snapshot walk began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub origin: String,
+    pub run_id: RunId,
+    pub seq: u64,
+}
+
+/// The first frame of a snapshot stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapBegin {
+    pub flush: FlushState,
+    pub positions: Vec<Position>,
+}
+
+pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
+    out.put_u8(SNAP_BEGIN);
+    out.put_u64(b.flush.floor.0);
+    let (pv, pat) = b.flush.pending.map_or((0, 0), |(v, at)| (v.0, at));
+    out.put_u64(pv);
+    out.put_u32(pat);
+    let positions = &b.positions[..b.positions.len().min(usize::from(u16::MAX))];
+    out.put_u16(positions.len() as u16);
+    for p in positions {
+        put_str8(out, &p.origin);
+        out.put_u64(p.run_id.0);
+        out.put_u64(p.seq);
+    }
+}
+
+pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> {
+    let floor = Version(r.u64()?);
+    let pv = r.u64()?;
+    let pat = r.u32()?;
+    let count = usize::from(r.u16()?);
+    // Each position takes at least 17 bytes.
+    if count > r.bytes.len() / 17 {
+        return Err(FrameError::Truncated);
+    }
+    let mut positions = Vec::with_capacity(count);
+    for _ in 0..count {
+        positions.push(Position {
+            origin: r.str8()?,
+            run_id: RunId(r.u64()?),
+            seq: r.u64()?,
+        });
+    }
+    Ok(SnapBegin {
+        flush: FlushState {
+            floor,
+            pending: (pv != 0).then_some((Version(pv), pat)),
+        },
+        positions,
+    })
+}
+
+/// Builds one `SnapItems` frame in place, entry by entry, straight from the store's walk
+/// (the one copy a snapshot makes of each value).
+pub struct SnapItemsWriter {
+    start: usize,
+    count: u32,
+}
+
+impl SnapItemsWriter {
+    pub fn begin(out: &mut BytesMut) -> Self {
+        let start = out.len();
+        out.put_u32(0); // length, patched by finish
+        out.put_u8(SNAP_ITEMS);
+        out.put_u32(0); // count, patched by finish
+        SnapItemsWriter { start, count: 0 }
+    }
+
+    pub fn push(&mut self, out: &mut BytesMut, e: &Exported<'_>) {
+        self.count += 1;
+        out.put_u64(e.version.0);
+        out.put_u8(if e.value.is_some() { PUT } else { DELETE });
+        // Keys come from the store, so they are within MAX_KEY_LEN.
+        out.put_u16(e.key.len() as u16);
+        out.put_slice(e.key);
+        if let Some(v) = e.value {
+            out.put_u32(e.flags);
+            out.put_u32(e.exptime);
+            out.put_u32(v.len() as u32);
+            out.put_slice(v);
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn finish(self, out: &mut BytesMut) {
+        let len = (out.len() - self.start - 4) as u32;
+        out[self.start..self.start + 4].copy_from_slice(&len.to_be_bytes());
+        out[self.start + 5..self.start + 9].copy_from_slice(&self.count.to_be_bytes());
+    }
+}
+
+pub(super) fn encode_snap_items(items: &[Mutation], out: &mut BytesMut) {
+    out.put_u8(SNAP_ITEMS);
+    out.put_u32(items.len() as u32);
+    for m in items {
+        out.put_u64(m.version.0);
+        match &m.op {
+            Op::Put {
+                value,
+                flags,
+                exptime,
+            } => {
+                out.put_u8(PUT);
+                out.put_u16(m.key.len() as u16);
+                out.put_slice(&m.key);
+                out.put_u32(*flags);
+                out.put_u32(*exptime);
+                out.put_u32(value.len() as u32);
+                out.put_slice(value);
+            }
+            // A snapshot holds items and tombstones only.
+            Op::Delete | Op::Flush { .. } => {
+                out.put_u8(DELETE);
+                out.put_u16(m.key.len() as u16);
+                out.put_slice(&m.key);
+            }
+        }
+    }
+}
+
+pub(super) fn parse_snap_items(r: &mut Reader) -> Result<Vec<Mutation>, FrameError> {
+    let count = r.u32()? as usize;
+    // Each item takes at least 11 bytes.
+    if count > r.bytes.len() / 11 {
+        return Err(FrameError::Truncated);
+    }
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let version = Version(r.u64()?);
+        let op = r.u8()?;
+        let key_len = usize::from(r.u16()?);
+        if key_len > MAX_KEY_LEN {
+            return Err(FrameError::KeyTooLong(key_len));
+        }
+        let key: Bytes = r.slice(key_len)?;
+        let op = match op {
+            PUT => {
+                let flags = r.u32()?;
+                let exptime = r.u32()?;
+                let len = r.u32()? as usize;
+                Op::Put {
+                    value: r.slice(len)?,
+                    flags,
+                    exptime,
+                }
+            }
+            DELETE => Op::Delete,
+            other => return Err(FrameError::UnknownOp(other)),
+        };
+        items.push(Mutation { key, version, op });
+    }
+    Ok(items)
+}

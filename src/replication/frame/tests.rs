@@ -1,0 +1,251 @@
+//! Frame codec tests: round trips split anywhere, chunked batches, garbage.
+
+use super::*;
+use proptest::prelude::*;
+
+fn entry() -> impl Strategy<Value = Entry> {
+    let key = proptest::collection::vec(any::<u8>(), 0..40);
+    let value = proptest::collection::vec(any::<u8>(), 0..100);
+    (
+        any::<u64>(),
+        any::<u64>(),
+        key,
+        0u8..3,
+        value,
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(seq, v, key, op, value, flags, exptime)| {
+            let op = match op {
+                0 => Op::Put {
+                    value: Bytes::from(value),
+                    flags,
+                    exptime,
+                },
+                1 => Op::Delete,
+                _ => Op::Flush { at: exptime },
+            };
+            Entry {
+                seq,
+                mutation: Mutation {
+                    key: Bytes::from(key),
+                    version: Version(v),
+                    op,
+                },
+            }
+        })
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u64>(), proptest::collection::vec(entry(), 0..5)).prop_map(|(r, entries)| {
+            Frame::Batch {
+                run_id: RunId(r),
+                entries,
+            }
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(r, seq)| Frame::Ack {
+            run_id: RunId(r),
+            seq
+        }),
+        (
+            "[a-z0-9-]{0,20}",
+            any::<u16>(),
+            any::<[u64; 3]>(),
+            any::<(u8, u16)>()
+        )
+            .prop_map(|(name, id, n, (flags, load))| {
+                Frame::Hello(Hello {
+                    name,
+                    node_id: id,
+                    run_id: RunId(n[0]),
+                    have_run: RunId(n[1]),
+                    have_seq: n[2],
+                    flags,
+                    load,
+                })
+            }),
+        proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u16>(), "[0-9.:]{0,21}"), 0..4)
+            .prop_map(|ms| Frame::Members(
+                ms.into_iter()
+                    .map(|(name, node_id, addr)| Member {
+                        name,
+                        node_id,
+                        addr
+                    })
+                    .collect()
+            )),
+        (any::<bool>(), any::<u16>()).prop_map(|(ready, load)| Frame::Status { ready, load }),
+        (any::<u64>(), any::<u64>()).prop_map(|(r, seq)| Frame::Start {
+            run_id: RunId(r),
+            seq
+        }),
+        Just(Frame::SnapshotRequest),
+        any::<u32>().prop_map(|snapshots| Frame::Synced { snapshots }),
+        (
+            any::<u64>(),
+            proptest::option::of((1u64.., any::<u32>())),
+            proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u64>(), any::<u64>()), 0..3)
+        )
+            .prop_map(|(floor, pending, ps)| Frame::SnapBegin(SnapBegin {
+                flush: crate::store::FlushState {
+                    floor: Version(floor),
+                    pending: pending.map(|(v, at)| (Version(v), at)),
+                },
+                positions: ps
+                    .into_iter()
+                    .map(|(origin, r, seq)| Position {
+                        origin,
+                        run_id: RunId(r),
+                        seq
+                    })
+                    .collect(),
+            })),
+        proptest::collection::vec(entry(), 0..4).prop_map(|es| Frame::SnapItems(
+            es.into_iter()
+                .map(|e| {
+                    let mut m = e.mutation;
+                    if let Op::Flush { .. } = m.op {
+                        m.op = Op::Delete;
+                    }
+                    m
+                })
+                .collect()
+        )),
+        (any::<u64>(), any::<u64>()).prop_map(|(items, bytes)| Frame::SnapEnd { items, bytes }),
+    ]
+}
+
+proptest! {
+    /// Frames round-trip, and the same bytes split at any position decode the same
+    /// way, with `None` consuming nothing.
+    #[test]
+    fn round_trip_split_anywhere(frames in proptest::collection::vec(frame(), 1..4), cut in any::<proptest::sample::Index>()) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut wire);
+        }
+        let cut = cut.index(wire.len() + 1);
+        let mut buf = BytesMut::from(&wire[..cut]);
+        let mut got = Vec::new();
+        loop {
+            let before = buf.len();
+            match decode(&mut buf).unwrap() {
+                Some(f) => got.push(f),
+                None => { prop_assert_eq!(buf.len(), before); break; }
+            }
+        }
+        buf.extend_from_slice(&wire[cut..]);
+        while let Some(f) = decode(&mut buf).unwrap() {
+            got.push(f);
+        }
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(got, frames);
+    }
+
+    /// The chunked encoding of a batch is byte for byte the plain one, and large values
+    /// are not copied.
+    #[test]
+    fn chunks_concatenate_to_the_encoding(run in any::<u64>(), entries in proptest::collection::vec(entry(), 0..5), big in 0usize..2000) {
+        let mut entries = entries;
+        if let Some(e) = entries.first_mut() {
+            e.mutation.op = Op::Put { value: Bytes::from(vec![7u8; big]), flags: 1, exptime: 2 };
+        }
+        let frame = Frame::Batch { run_id: RunId(run), entries: entries.clone() };
+        let mut plain = BytesMut::new();
+        encode(&frame, &mut plain);
+        let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
+        encode_batch_chunks(RunId(run), &entries, &mut scratch, &mut chunks);
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        prop_assert_eq!(&joined[..], &plain[..]);
+        if let Some(Op::Put { value, .. }) = entries.first().map(|e| &e.mutation.op) {
+            if value.len() >= ZERO_COPY_MIN {
+                prop_assert!(chunks.iter().any(|c| c.as_ptr() == value.as_ptr()));
+            }
+        }
+    }
+
+    /// Garbage from a peer is an error or a need for more bytes, never a panic.
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = decode(&mut buf) {}
+    }
+}
+
+#[test]
+fn malformed_frames_are_errors() {
+    let mut huge = BytesMut::from(&(MAX_FRAME as u32 + 1).to_be_bytes()[..]);
+    assert_eq!(decode(&mut huge), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+    let mut unknown = BytesMut::from(&[0, 0, 0, 1, 9][..]);
+    assert_eq!(decode(&mut unknown), Err(FrameError::UnknownKind(9)));
+    // A batch claiming a million entries in a few bytes.
+    let mut lying = BytesMut::new();
+    lying.put_u32(13);
+    lying.put_u8(BATCH);
+    lying.put_u64(1);
+    lying.put_u32(1_000_000);
+    assert_eq!(decode(&mut lying), Err(FrameError::Truncated));
+    let mut trailing = BytesMut::new();
+    encode(
+        &Frame::Ack {
+            run_id: RunId(1),
+            seq: 2,
+        },
+        &mut trailing,
+    );
+    trailing[3] += 1;
+    trailing.put_u8(0);
+    assert_eq!(decode(&mut trailing), Err(FrameError::Trailing(1)));
+}
+
+/// The in-place writer a donor uses encodes exactly what [`encode`] does.
+#[test]
+fn snap_items_writer_matches_the_encoding() {
+    use crate::store::Exported;
+    let exported = [
+        Exported {
+            key: b"a",
+            value: Some(b"xyz"),
+            flags: 7,
+            exptime: 9,
+            version: Version(11),
+        },
+        Exported {
+            key: b"gone",
+            value: None,
+            flags: 0,
+            exptime: 0,
+            version: Version(12),
+        },
+    ];
+    let mut built = BytesMut::new();
+    built.put_u8(0xee); // the writer appends after whatever is there
+    let mut w = SnapItemsWriter::begin(&mut built);
+    for e in &exported {
+        w.push(&mut built, e);
+    }
+    assert_eq!(w.count(), 2);
+    w.finish(&mut built);
+    let _ = built.split_to(1);
+    let items = vec![
+        Mutation {
+            key: Bytes::from_static(b"a"),
+            version: Version(11),
+            op: Op::Put {
+                value: Bytes::from_static(b"xyz"),
+                flags: 7,
+                exptime: 9,
+            },
+        },
+        Mutation {
+            key: Bytes::from_static(b"gone"),
+            version: Version(12),
+            op: Op::Delete,
+        },
+    ];
+    let mut plain = BytesMut::new();
+    encode(&Frame::SnapItems(items.clone()), &mut plain);
+    assert_eq!(&built[..], &plain[..]);
+    assert_eq!(decode(&mut built), Ok(Some(Frame::SnapItems(items))));
+}
