@@ -111,8 +111,11 @@ fn run(args: &DemoArgs, dir: &PathBuf) -> Result<(), String> {
         })?;
         servers.push(server);
     }
-    print_help(args, dir);
     let handles: Vec<ShutdownHandle> = servers.iter().map(|s| s.shutdown_handle()).collect();
+    let ready: Vec<_> = servers
+        .iter()
+        .filter_map(|s| s.shared().cluster.as_ref().map(|c| c.ready()))
+        .collect();
     let threads: Vec<_> = servers
         .into_iter()
         .enumerate()
@@ -123,7 +126,12 @@ fn run(args: &DemoArgs, dir: &PathBuf) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    signals.wait();
+    // The help once every node serves: its example works as soon as it is printed.
+    let mut signals = signals;
+    if signals.wait_ready(ready) {
+        print_help(args, dir);
+        signals.wait();
+    }
     eprintln!("stopping the demo cluster");
     for h in &handles {
         h.shutdown();
@@ -185,6 +193,22 @@ impl Signals {
         let int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         drop(_guard);
         Ok(Signals { rt, term, int })
+    }
+
+    /// Waits until every node is ready; false if a signal came first.
+    fn wait_ready(&mut self, ready: Vec<tokio::sync::watch::Receiver<bool>>) -> bool {
+        self.rt.block_on(async {
+            let all = async {
+                for mut r in ready {
+                    let _ = r.wait_for(|r| *r).await;
+                }
+            };
+            tokio::select! {
+                _ = all => true,
+                _ = self.term.recv() => false,
+                _ = self.int.recv() => false,
+            }
+        })
     }
 
     fn wait(mut self) {

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::peers::{LinkMeta, Offer};
 use super::{recv, send, snapshot, Cluster, PeerCounters};
-use crate::replication::frame::{self, Frame, FrameError, Hello, HELLO_DEFER, HELLO_READY};
+use crate::replication::frame::{
+    self, Frame, FrameError, Hello, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
+};
 use crate::replication::transport::PeerConn;
 
 /// How long a peer has to send its hello once connected.
@@ -143,7 +145,11 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         deferred,
     );
     cl.sync_step();
-    let position = (!held).then_some((hello.have_run, hello.have_seq));
+    let position = (!held).then_some(send::Position {
+        run: hello.have_run,
+        seq: hello.have_seq,
+        empty: hello.flags & HELLO_EMPTY != 0,
+    });
     let link = send::Link {
         cl: &cl,
         peer: &hello.name,
@@ -241,6 +247,9 @@ async fn handshake(
     }
     if deferred {
         flags |= HELLO_DEFER;
+    }
+    if cl.store.is_empty() {
+        flags |= HELLO_EMPTY;
     }
     let ours = Frame::Hello(Hello {
         name: cl.name.clone(),

@@ -37,6 +37,15 @@ pub struct Link<'a> {
     pub applied: &'a Notify,
 }
 
+/// Where a peer stands in our log: its hello's, or a later `Start`'s.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    pub run: RunId,
+    pub seq: u64,
+    /// The peer's store is empty: unless it has part of this run, it lacks everything.
+    pub empty: bool,
+}
+
 /// Where the sender stands (sans-IO): the log position, whether a snapshot is running or
 /// due, and when to tell the peer it is synced.
 #[derive(Debug, Default)]
@@ -51,14 +60,16 @@ pub struct SendPlan {
 }
 
 impl SendPlan {
-    /// The peer has `seq` of our run `run` (or of another run): go on from there if the log
-    /// still holds what follows, else from the newest entry with a snapshot for the rest.
-    /// Returns whether to start a snapshot now.
-    pub fn position(&mut self, run: RunId, seq: u64, ours: RunId, last: u64, oldest: u64) -> bool {
-        // Of another run, the peer has nothing of this one: all of it is needed.
-        let from = if run == ours { seq.min(last) } else { 0 };
+    /// The peer has `p.seq` of our run `p.run` (or of another run): go on from there if the
+    /// log still holds what follows, else from the newest entry with a snapshot for the
+    /// rest. Returns whether to start a snapshot now.
+    pub fn position(&mut self, p: Position, ours: RunId, last: u64, oldest: u64) -> bool {
+        // Of another run, the peer has nothing of this one: all of it is needed; and an
+        // empty peer also lacks what this node held before this run (its own earlier
+        // writes, and everything it got from others), which only a snapshot carries.
+        let from = if p.run == ours { p.seq.min(last) } else { 0 };
         self.target = Some(last);
-        if from + 1 >= oldest {
+        if from + 1 >= oldest && (p.run == ours || !p.empty) {
             self.cursor = Some(from);
             false
         } else {
@@ -131,20 +142,14 @@ pub async fn send_loop(
     link: &Link<'_>,
     mut send: quinn::SendStream,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
-    position: Option<(RunId, u64)>,
+    position: Option<Position>,
 ) -> Result<(), LinkError> {
     let cl = link.cl;
     let outbox: &Outbox = &cl.outbox;
     let mut plan = SendPlan::default();
     let mut snapshot: Option<SnapshotRun<'_>> = None;
-    if let Some((run, seq)) = position {
-        let start = plan.position(
-            run,
-            seq,
-            outbox.run_id(),
-            outbox.last_seq(),
-            outbox.oldest_seq(),
-        );
+    if let Some(p) = position {
+        let start = plan.position(p, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq());
         if start {
             snapshot = Some(start_snapshot(
                 link,
@@ -250,7 +255,9 @@ pub async fn send_loop(
                 None => return Ok(()),
                 Some(Ctl::Send(f)) => write_frame(&mut send, &f).await?,
                 Some(Ctl::From(run, seq)) => {
-                    if plan.position(run, seq, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq()) {
+                    // A Start comes after the peer took a donor's snapshot: not empty.
+                    let p = Position { run, seq, empty: false };
+                    if plan.position(p, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq()) {
                         snapshot = Some(start_snapshot(link, "its position is older than this node's replication log"));
                     }
                 }
@@ -296,30 +303,52 @@ mod tests {
 
     const OURS: RunId = RunId(7);
 
+    fn at(run: RunId, seq: u64) -> Position {
+        Position {
+            run,
+            seq,
+            empty: false,
+        }
+    }
+
     #[test]
     fn a_position_in_the_log_is_a_delta() {
         let mut p = SendPlan::default();
-        assert!(!p.position(OURS, 40, OURS, 100, 10));
+        assert!(!p.position(at(OURS, 40), OURS, 100, 10));
         assert_eq!(p.cursor(), Some(40));
         assert_eq!(p.synced_due(), None);
         p.sent(100);
         assert_eq!(p.synced_due(), Some(0));
         assert_eq!(p.synced_due(), None, "once");
         // Another run's position: the whole log, while it reaches back to the start.
-        assert!(!p.position(RunId(3), 500, OURS, 100, 1));
+        assert!(!p.position(at(RunId(3), 500), OURS, 100, 1));
         assert_eq!(p.cursor(), Some(0));
     }
 
     #[test]
     fn a_position_off_the_log_is_a_snapshot_then_the_log_from_its_start() {
         let mut p = SendPlan::default();
-        assert!(p.position(OURS, 5, OURS, 100, 10));
+        assert!(p.position(at(OURS, 5), OURS, 100, 10));
         assert_eq!(p.cursor(), Some(100));
         assert_eq!(p.synced_due(), None, "not before the snapshot is done");
         assert!(!p.snapshot_done());
         assert_eq!(p.synced_due(), Some(1));
+        // An empty peer with a position of another run: a snapshot, even with the whole
+        // log at hand (it lacks what this node held before its run began).
+        let empty = Position {
+            run: RunId(0),
+            seq: 0,
+            empty: true,
+        };
+        assert!(!p.snapshot_done());
+        assert!(p.position(empty, OURS, 100, 1));
+        assert!(
+            !p.position(at(OURS, 0), OURS, 100, 1),
+            "a peer with part of this run"
+        );
+        assert!(!p.snapshot_done());
         // A new run of the peer whose log was trimmed: a snapshot too.
-        assert!(p.position(RunId(9), 0, OURS, 120, 50));
+        assert!(p.position(at(RunId(9), 0), OURS, 120, 50));
     }
 
     #[test]

@@ -92,19 +92,21 @@ pub struct SyncPlan {
 impl SyncPlan {
     /// `has_data`: the node starts with data and positions (a state file); otherwise it
     /// must choose a donor. `peers_configured`: without any (the first node of a cluster,
-    /// as far as it knows), the client port opens at once, and the node still syncs from
-    /// the first peers that connect to it.
+    /// as far as it knows), it is ready at once; peers that connect to it later see that
+    /// it is empty and send it snapshots (see `send::SendPlan::position`).
     pub fn new(has_data: bool, peers_configured: bool, now_ms: u64, join_timeout_ms: u64) -> Self {
-        let phase = if has_data {
+        let phase = if !peers_configured {
+            Phase::Ready
+        } else if has_data {
             Phase::Syncing
         } else {
             Phase::Choosing
         };
         SyncPlan {
             phase,
-            opened: !peers_configured,
+            opened: phase == Phase::Ready,
             donor: None,
-            positions_known: has_data,
+            positions_known: has_data || !peers_configured,
             peers: BTreeMap::new(),
             deadline_ms: now_ms.saturating_add(join_timeout_ms),
             first_candidate_ms: None,
@@ -429,26 +431,11 @@ mod tests {
     }
 
     #[test]
-    fn without_peers_configured_the_port_opens_at_once_and_the_node_still_syncs() {
-        let mut plan = SyncPlan::new(false, false, 0, 1_000);
+    fn no_peers_configured_is_ready_at_once_and_a_restart_keeps_the_port_open() {
+        let mut plan = SyncPlan::new(false, false, 0, 10_000);
         assert!(plan.opened());
-        assert!(plan.defer());
-        assert!(
-            plan.step(5_000, true).is_empty(),
-            "no timeout: it already serves"
-        );
-        plan.up("b", true, 0, false, true);
-        assert_eq!(
-            plan.step(5_001, true),
-            vec![Action::RequestSnapshot("b".into())]
-        );
-        plan.snapshot_began("b");
-        plan.synced("b", 1);
-        plan.snapshot_applied("b");
-        assert_eq!(
-            plan.step(5_002, true),
-            vec![Action::Ready(ReadyReason::Synced { peers: 1 })]
-        );
+        assert_eq!(plan.phase(), Phase::Ready);
+        assert!(!plan.defer());
         plan.restart();
         assert!(plan.defer());
         assert!(plan.opened());

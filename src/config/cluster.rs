@@ -247,6 +247,35 @@ mod tests {
         assert_eq!(c.repl_backlog, 64 << 20);
         assert_eq!(c.max_clock_skew, Duration::from_secs(5));
         assert_eq!(c.tombstone_ttl, 600);
+        assert_eq!(c.join_timeout, Duration::from_secs(10));
+        assert_eq!(c.drain_timeout, Duration::from_secs(10));
+        assert!(!c.serve_while_syncing);
+        assert_eq!(c.state_file, None);
+        assert_eq!(
+            parse(&["--state-file", "/s"]).unwrap_err(),
+            ConfigError::ClusterFlagWithoutCerts("--state-file")
+        );
+        let c = parse(&[
+            "--certs-dir",
+            "/c",
+            "--join-timeout",
+            "1500ms",
+            "--drain-timeout",
+            "2s",
+            "--serve-while-syncing",
+            "--state-file",
+            "/var/lib/meshcached/state",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.join_timeout, Duration::from_millis(1500));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert!(c.serve_while_syncing);
+        assert_eq!(
+            c.state_file,
+            Some(PathBuf::from("/var/lib/meshcached/state"))
+        );
         let c = parse(&[
             "--certs-dir",
             "/c",

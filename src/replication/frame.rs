@@ -14,7 +14,8 @@
 //!           (first frame on each live stream: who we are, and what we already applied
 //!           of the receiver's log: its run id and sequence, 0 and 0 for nothing; flags:
 //!           1 = ready (serving, a possible donor), 2 = defer (hold your stream until my
-//!           Start or snapshot request: I am choosing a donor); load: snapshots serving)
+//!           Start or snapshot request: I am choosing a donor), 4 = empty (my store holds
+//!           nothing); load: snapshots serving)
 //! Members:= kind 4, count:u16 (name:str8 node_id:u16 addr:str8)*
 //!           (the members the sender knows, with their cluster addresses)
 //! str8   := len:u8 bytes (UTF-8)
@@ -68,6 +69,9 @@ pub const HELLO_READY: u8 = 1;
 /// [`Hello::flags`]: hold the live stream to the sender until its `Start` or snapshot
 /// request (it has no data and is choosing a donor).
 pub const HELLO_DEFER: u8 = 2;
+/// [`Hello::flags`]: the sender's store is empty (a position of another run then means it
+/// needs a snapshot, not just the log).
+pub const HELLO_EMPTY: u8 = 4;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! A stopped peer catches up after SIGCONT, or, past the replication backlog, is marked for
-//! a resync while every write still in the log, and every new one, reaches it.
+//! A stopped peer catches up after SIGCONT, or, past the replication backlog, is resynced
+//! by a snapshot; a node joining late is served only once it holds everything.
 
 use super::*;
 
@@ -53,56 +53,48 @@ fn a_stopped_peer_catches_up_after_sigcont() {
 // ---- 4. Ring overflow ---------------------------------------------------------------------
 
 /// node-a keeps 64k of backlog; node-b is stopped while node-a takes ~2 MB of writes (more
-/// than QUIC's stream window holds in flight): node-b falls off the log, is marked as
-/// needing a resync (counted and logged), node-a's clients notice nothing, and writes made
-/// afterwards reach node-b.
+/// than QUIC's stream window holds in flight): node-b falls off the log, which node-a counts
+/// and logs, and resyncs by a snapshot: it ends with every item. node-a's clients notice
+/// nothing, and writes made afterwards reach node-b.
 #[test]
-fn a_peer_that_falls_off_the_backlog_needs_a_resync_and_live_writes_flow() {
+fn a_peer_that_falls_off_the_backlog_is_resynced_by_snapshot() {
     let dir = TempDir::new("overflow");
-    let (mut a, mut b) = pair(&dir, &["--repl-backlog", "64k"]);
-    let mut ca_client = a.client();
+    let (a, b) = pair(&dir, &["--repl-backlog", "64k"]);
+    let (mut ca_client, mut cb) = (a.client(), b.client());
     set(&mut ca_client, "warm", "up");
     wait_value(&b, "warm", "up");
     assert_eq!(stat(&mut ca_client, "repl_resyncs_needed"), 0);
+    let sent_before = stat(&mut ca_client, "snapshots_sent");
 
     stop(&b);
-    let mut noise = Noise(7);
-    let sets: Vec<(String, Vec<u8>)> = (0..200)
-        .map(|i| {
-            let value = noise
-                .bytes(10 << 10)
-                .iter()
-                .map(|b| b'a' + b % 26)
-                .collect();
-            (format!("big-{i}"), value)
-        })
-        .collect();
+    let sets = big_values(&mut Noise(7), "big", 200);
     pipelined_sets(&mut ca_client, &sets, 10);
     resume(&b);
 
     eventually(DEADLINE, "node-a counts a resync needed", || {
         stat(&mut ca_client, "repl_resyncs_needed") >= 1
     });
-    eventually(DEADLINE, "node-b's state is needs_resync", || {
-        peer_stat(&mut ca_client, "node-b", "state") == "needs_resync"
+    a.wait_line(&["node-b", "fell behind the replication log"]);
+    eventually(DEADLINE, "node-b holds every item again", || {
+        stat(&mut cb, "curr_items") == 201
     });
-    a.wait_log("needs a resync");
+    assert_same_values(&mut cb, &sets);
+    assert!(stat(&mut ca_client, "snapshots_sent") > sent_before);
+    eventually(DEADLINE, "node-b's state is connected again", || {
+        peer_stat(&mut ca_client, "node-b", "state") == "connected"
+    });
 
     set(&mut ca_client, "live", "still");
     wait_value(&b, "live", "still");
-    assert!(a.serves() && b.serves());
 }
 
-/// A write made after node-a reported node-b as needing a resync must reach node-b ("it
-/// gets new writes from now on", says the log line), even when node-a's sender was stalled
-/// at the time. node-b joins after node-a's 64k backlog has rolled over, so it is marked
-/// at once. Then node-b is stopped while node-a takes 4 MB, one write at a time (the sender
-/// blocks on QUIC flow control after a stream window's worth, ~1.25 MB, and its position
-/// falls off the log), then one more write: that one is still in node-a's log when node-b
-/// resumes. (The test above meets the same case whenever its sender fell behind during
-/// the burst, before the resume.)
+/// node-b joins after node-a's 64k backlog has rolled over: its client port opens only
+/// once the snapshot it took from node-a is in, so the first read already finds every
+/// item. Then node-b is stopped while node-a takes 4 MB one write at a time (node-a's
+/// sender blocks on QUIC flow control after a stream window's worth, ~1.25 MB, and its
+/// position falls off the log), then one more write: node-b ends with all of it.
 #[test]
-fn a_write_made_after_a_peer_was_marked_for_resync_reaches_it() {
+fn a_late_joiner_and_a_stalled_peer_get_everything() {
     let dir = TempDir::new("overflow-late");
     let ca = generate_ca().expect("CA");
     certify(&ca, &dir, "node-a");
@@ -111,39 +103,47 @@ fn a_write_made_after_a_peer_was_marked_for_resync_reaches_it() {
     let a = Proc::start(&dir, "node-a", 1, pa, &["--repl-backlog", "64k"]);
     let mut ca_client = a.client();
     let mut noise = Noise(11);
-    let mut big = |prefix: &str, n: usize| -> Vec<(String, Vec<u8>)> {
-        (0..n)
-            .map(|i| {
-                let value = noise
-                    .bytes(10 << 10)
-                    .iter()
-                    .map(|b| b'a' + b % 26)
-                    .collect();
-                (format!("{prefix}-{i}"), value)
-            })
-            .collect()
-    };
-    pipelined_sets(&mut ca_client, &big("early", 200), 10);
+    let early = big_values(&mut noise, "early", 200);
+    pipelined_sets(&mut ca_client, &early, 10);
 
     let b = Proc::start(&dir, "node-b", 2, pb, &["--join", &loopback(pa)]);
-    wait_connected(&a, 1);
-    eventually(DEADLINE, "node-b's state is needs_resync", || {
-        peer_stat(&mut ca_client, "node-b", "state") == "needs_resync"
-    });
-    a.wait_log("needs a resync");
-    set(&mut ca_client, "first", "flows");
-    wait_value(&b, "first", "flows");
+    let mut cb = b.client();
+    assert_eq!(stat(&mut cb, "curr_items"), 200, "served before its sync");
+    assert_same_values(&mut cb, &early);
+    b.wait_line(&["node-a", "snapshot applied", "items=200"]);
 
     stop(&b);
-    pipelined_sets(&mut ca_client, &big("later", 400), 1);
+    let later = big_values(&mut noise, "later", 400);
+    pipelined_sets(&mut ca_client, &later, 1);
     set(&mut ca_client, "live", "still");
     resume(&b);
     wait_value(&b, "live", "still");
-    assert!(
-        a.log().matches("needs a resync").count() >= 2,
-        "{}",
-        a.log()
-    );
+    eventually(DEADLINE, "node-b holds every item", || {
+        stat(&mut cb, "curr_items") == 601
+    });
+    assert_same_values(&mut cb, &later);
+}
+
+/// `n` keys `prefix-i` with 10 KiB values of random letters.
+fn big_values(noise: &mut Noise, prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let value = noise
+                .bytes(10 << 10)
+                .iter()
+                .map(|b| b'a' + b % 26)
+                .collect();
+            (format!("{prefix}-{i}"), value)
+        })
+        .collect()
+}
+
+/// Every one of `sets` reads back with its value.
+fn assert_same_values(c: &mut Client, sets: &[(String, Vec<u8>)]) {
+    for (k, v) in sets {
+        let want = String::from_utf8(v.clone()).expect("letters");
+        assert_eq!(get(c, k).as_deref(), Some(want.as_str()), "{k}");
+    }
 }
 
 // ---- 5. meshcached demo -------------------------------------------------------------------

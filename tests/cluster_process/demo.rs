@@ -212,6 +212,9 @@ fn a_pair_set_up_with_repcached_flags_replicates_both_ways() {
             &xa,
             "-x",
             &peer_b,
+            // node-b is not up yet: node-a serves after this, alone.
+            "--join-timeout",
+            "1s",
         ],
     );
     let b = Proc::start_with(

@@ -6,6 +6,7 @@ use super::*;
 /// node-f's certificate comes from another CA. It joins node-a (and node-a is told about
 /// node-f too, so that each side's own verifier meets the other's certificate): each logs
 /// the refusal with its reason, neither counts a connected peer, and no write crosses.
+/// Each opens its client port once `--join-timeout` has passed with no peer, and says so.
 #[test]
 fn nodes_of_different_cas_refuse_each_other() {
     let dir = TempDir::new("foreign");
@@ -14,8 +15,13 @@ fn nodes_of_different_cas_refuse_each_other() {
     certify(&ca, &dir, "node-a");
     certify(&other, &dir, "node-f");
     let (pa, pf) = (free_udp_port(), free_udp_port());
-    let mut a = Proc::start(&dir, "node-a", 1, pa, &["--join", &loopback(pf)]);
-    let mut f = Proc::start(&dir, "node-f", 2, pf, &["--join", &loopback(pa)]);
+    let join_a = ["--join", &loopback(pf), "--join-timeout", "1s"];
+    let join_f = ["--join", &loopback(pa), "--join-timeout", "1s"];
+    let mut a = Proc::start(&dir, "node-a", 1, pa, &join_a);
+    let mut f = Proc::start(&dir, "node-f", 2, pf, &join_f);
+    for p in [&a, &f] {
+        p.wait_line(&["no peer answered within --join-timeout"]);
+    }
     let (mut ca_client, mut cf) = (a.client(), f.client());
     set(&mut ca_client, "from-a", "a");
     set(&mut cf, "from-f", "f");
@@ -119,7 +125,9 @@ fn a_node_id_taken_twice_is_refused_and_nothing_replicates() {
     certify(&ca, &dir, "node-b");
     let (pa, pb) = (free_udp_port(), free_udp_port());
     let mut a = Proc::start(&dir, "node-a", 7, pa, &[]);
-    let mut b = Proc::start(&dir, "node-b", 7, pb, &["--join", &loopback(pa)]);
+    let join_a = ["--join", &loopback(pa), "--join-timeout", "1s"];
+    let mut b = Proc::start(&dir, "node-b", 7, pb, &join_a);
+    b.wait_line(&["no peer answered within --join-timeout"]);
     let (mut ca_client, mut cb) = (a.client(), b.client());
     set(&mut ca_client, "from-a", "a");
     set(&mut cb, "from-b", "b");

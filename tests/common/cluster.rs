@@ -190,13 +190,15 @@ impl TestCluster {
         self.wait_ready(i);
     }
 
-    /// Waits until node `i` has finished its initial sync.
+    /// Waits until node `i` has finished its initial sync and its client port is open.
     pub fn wait_ready(&self, i: usize) {
+        let addr = self.nodes[i].client_addr.expect("started");
         eventually(DEADLINE, "the node's initial sync", || {
             self.shared(i)
                 .cluster
                 .as_ref()
                 .is_some_and(|c| c.phase() == Phase::Ready)
+                && std::net::TcpStream::connect(addr).is_ok()
         });
     }
 
