@@ -1,13 +1,15 @@
 //! The cluster as real `meshcached` processes on 127.0.0.1, each node's log in a file: nodes
 //! refuse peers they must not trust (another CA, a clashing node id) and refuse to start
 //! with bad certificates or without any; junk on the cluster port harms nothing; a stopped
-//! peer catches up after SIGCONT, or, past the replication backlog, is marked for a resync
-//! while live writes keep flowing; `meshcached demo`; repcached's `-x`/`-X` flags.
+//! peer catches up after SIGCONT, or, past the replication backlog, is resynced by a
+//! snapshot; a late joiner is served only once it holds everything; SIGTERM drains, SIGKILL
+//! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags.
 
 mod catch_up;
 #[path = "../common/mod.rs"]
 mod common;
 mod demo;
+mod resync;
 mod security;
 
 use std::collections::HashMap;
