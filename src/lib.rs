@@ -39,4 +39,5 @@ pub mod key;
 pub mod protocol;
 pub mod replication;
 pub mod server;
+pub mod state;
 pub mod store;

@@ -9,6 +9,7 @@ mod connection;
 pub mod dispatch;
 mod meta_dispatch;
 mod report;
+mod state_file;
 pub mod stats;
 
 use std::io;
@@ -25,8 +26,10 @@ use crate::clock::{Clock, Hlc, NodeId};
 use crate::cluster::Cluster;
 use crate::config::{ClusterConfig, Config};
 use crate::replication::transport::{PeerEndpoint, TransportError};
+use crate::state;
 use crate::store::{Store, StoreConfig};
 use connection::Stream;
+use state_file::{load_state, save_state, StateFile};
 use stats::{ConnStats, Counters};
 
 /// What `version` answers: the memcached release whose behaviour we follow, then our own.
@@ -109,6 +112,8 @@ pub struct Server {
     unix: Option<UnixSocket>,
     /// The runtime of the cluster tasks (a thread of its own), when clustered.
     cluster_rt: Option<tokio::runtime::Runtime>,
+    /// Where to save the store on a graceful shutdown (`--state-file`).
+    state_file: Option<StateFile>,
 }
 
 impl Server {
@@ -150,12 +155,12 @@ impl Server {
             .as_ref()
             .map_or(NodeId::default(), |c| c.node_id);
         let hlc = Arc::new(Hlc::new(node_id, clock.clone()));
-        let (cluster, cluster_rt) = match &config.cluster {
+        let (cluster, cluster_rt, state_file) = match &config.cluster {
             Some(cc) => {
-                let (cluster, rt) = start_cluster(cc, &store, &hlc)?;
-                (Some(cluster), Some(rt))
+                let (cluster, rt, state_file) = start_cluster(cc, &store, &hlc)?;
+                (Some(cluster), Some(rt), state_file)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -173,6 +178,7 @@ impl Server {
             tcp,
             unix,
             cluster_rt,
+            state_file,
         })
     }
 
@@ -255,6 +261,9 @@ impl Server {
                     .await;
             });
             rt.shutdown_timeout(Duration::from_millis(100));
+            if let Some(sf) = &self.state_file {
+                save_state(sf, &self.shared, cluster);
+            }
         }
         result
     }
@@ -266,7 +275,7 @@ fn start_cluster(
     cc: &ClusterConfig,
     store: &Arc<Store>,
     hlc: &Arc<Hlc>,
-) -> Result<(Arc<Cluster>, tokio::runtime::Runtime), ServerError> {
+) -> Result<(Arc<Cluster>, tokio::runtime::Runtime, Option<StateFile>), ServerError> {
     let identity = load_node_identity(&cc.certs_dir)?;
     if identity.name != cc.node_name {
         return Err(ServerError::NameMismatch {
@@ -280,7 +289,19 @@ fn start_cluster(
         .thread_name("meshcached-cluster")
         .enable_all()
         .build()?;
-    let cluster = Cluster::new(cc, store.clone(), hlc.clone(), None);
+    let cluster_id = identity
+        .ca_certs
+        .first()
+        .map_or(0, |ca| state::cluster_id(ca.as_ref()));
+    let state_file = cc.state_file.as_ref().map(|path| StateFile {
+        path: path.clone(),
+        cluster_id,
+        node_name: cc.node_name.clone(),
+    });
+    let positions = state_file
+        .as_ref()
+        .and_then(|sf| load_state(&sf.path, cc, cluster_id, store, hlc));
+    let cluster = Cluster::new(cc, store.clone(), hlc.clone(), positions);
     let outbox = cluster.outbox.clone();
     if store
         .set_journal(Box::new(move |key, change| {
@@ -301,7 +322,7 @@ fn start_cluster(
         );
         cluster.start(endpoint);
     }
-    Ok((cluster, rt))
+    Ok((cluster, rt, state_file))
 }
 
 /// Waits until the node may serve clients: at once standalone or with

@@ -86,3 +86,184 @@ fn a_node_killed_with_sigkill_resyncs_and_converges() {
     set(&mut ca_client, "after-a", "a");
     wait_value(&b, "after-a", "a");
 }
+
+/// node-b runs with `--state-file`: a SIGTERM saves it; while node-b is down node-a takes
+/// more writes; node-b starts again, loads the file and takes only the delta (no snapshot),
+/// and its client port opens with every item present.
+#[test]
+fn a_warm_restart_loads_the_state_file_and_takes_only_the_delta() {
+    let dir = TempDir::new("warm");
+    let state = dir.join("node-b.state").display().to_string();
+    let (a, mut b, b_flags) = pair_with_state(&dir, &state);
+    let mut ca_client = a.client();
+    let before = small_values("before", 3_000);
+    pipelined_sets(&mut ca_client, &before, 100);
+    let mut cb = b.client();
+    eventually(DEADLINE, "node-b holds every key", || {
+        stat(&mut cb, "curr_items") == 3_000
+    });
+    drop(cb);
+    b.node.signal(libc::SIGTERM);
+    assert_eq!(b.node.wait_exit().code(), Some(0), "{}", b.log());
+    b.wait_line(&["state file saved", "items=3000"]);
+
+    let during = small_values("during", 500);
+    pipelined_sets(&mut ca_client, &during, 100);
+    let b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+    let mut cb = b.client();
+    assert_eq!(stat(&mut cb, "curr_items"), 3_500, "served before its sync");
+    assert_holds(&mut cb, &before[..200]);
+    assert_holds(&mut cb, &during);
+    b.wait_line(&["state file loaded", "items=3000"]);
+    assert_eq!(stat(&mut cb, "snapshots_received"), 0, "{}", b.log());
+}
+
+/// With its peer down too, node-b serves its state file's data once `--join-timeout` has
+/// passed, and says why.
+#[test]
+fn with_its_peers_down_a_node_serves_its_state_file_after_the_join_timeout() {
+    let dir = TempDir::new("warm-alone");
+    let state = dir.join("node-b.state").display().to_string();
+    let (mut a, mut b, mut b_flags) = pair_with_state(&dir, &state);
+    let sets = small_values("kept", 1_000);
+    pipelined_sets(&mut a.client(), &sets, 100);
+    let mut cb = b.client();
+    eventually(DEADLINE, "node-b holds every key", || {
+        stat(&mut cb, "curr_items") == 1_000
+    });
+    drop(cb);
+    for p in [&mut b, &mut a] {
+        p.node.signal(libc::SIGTERM);
+        assert_eq!(p.node.wait_exit().code(), Some(0));
+    }
+    b_flags
+        .1
+        .extend(["--join-timeout".to_string(), "1s".to_string()]);
+    let b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+    b.wait_line(&["no peer answered within --join-timeout"]);
+    let mut cb = b.client();
+    assert_eq!(stat(&mut cb, "curr_items"), 1_000);
+    assert_holds(&mut cb, &sets);
+}
+
+/// A damaged, truncated, foreign-cluster or other-node state file is reported in one log
+/// line naming the file and what is wrong, ignored (nothing of it is served), and the
+/// node resyncs by snapshot from its peer.
+#[test]
+fn a_bad_state_file_is_reported_ignored_and_the_node_resyncs() {
+    let dir = TempDir::new("bad-state");
+    let state = dir.join("node-b.state").display().to_string();
+    let (a, mut b, b_flags) = pair_with_state(&dir, &state);
+    let mut ca_client = a.client();
+    pipelined_sets(&mut ca_client, &small_values("shared", 1_000), 100);
+    let mut cb = b.client();
+    eventually(DEADLINE, "node-b holds every key", || {
+        stat(&mut cb, "curr_items") == 1_000
+    });
+    drop(cb);
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage, &str); 4] = [
+        (
+            "flipped",
+            flip_middle_byte,
+            "is damaged: its checksum does not match",
+        ),
+        ("truncated", truncate_half, "was cut short"),
+        ("foreign", foreign_cluster, "belongs to another cluster"),
+        ("other-node", other_node, "was saved by node \"node-z\""),
+    ];
+    let mut written = 1_000;
+    for (what, damage, message) in damages {
+        b.node.signal(libc::SIGTERM);
+        assert_eq!(b.node.wait_exit().code(), Some(0), "{what}: {}", b.log());
+        // node-a moves on meanwhile; a file's keys would show as a stale count.
+        set(&mut ca_client, &format!("after-{what}"), "x");
+        written += 1;
+        damage(std::path::Path::new(&state));
+        b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+        let line = b.wait_line(&[message]);
+        assert!(
+            line.contains(&state),
+            "{what}: the line names the file: {line}"
+        );
+        assert!(line.contains("resyncs by snapshot"), "{what}: {line}");
+        let mut cb = b.client();
+        assert_eq!(stat(&mut cb, "curr_items"), written, "{what}");
+        assert_eq!(stat(&mut cb, "snapshots_received"), 1, "{what}");
+        assert!(!b.log().contains("panicked"), "{what}: {}", b.log());
+    }
+}
+
+/// Starts node-a, and node-b joining it with `--state-file state`; returns both and
+/// node-b's cluster port and flags, to start it again.
+fn pair_with_state(dir: &TempDir, state: &str) -> (Proc, Proc, (u16, Vec<String>)) {
+    let ca = generate_ca().expect("CA");
+    certify(&ca, dir, "node-a");
+    certify(&ca, dir, "node-b");
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = Proc::start(dir, "node-a", 1, pa, &[]);
+    let flags: Vec<String> = ["--join", &loopback(pa), "--state-file", state]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let b = Proc::start(dir, "node-b", 2, pb, &strs(&flags));
+    wait_connected(&a, 1);
+    (a, b, (pb, flags))
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn flip_middle_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).expect("state file");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(path, bytes).expect("write");
+}
+
+fn truncate_half(path: &std::path::Path) {
+    let bytes = std::fs::read(path).expect("state file");
+    std::fs::write(path, &bytes[..bytes.len() / 2]).expect("write");
+}
+
+/// A well-formed file with keys node-b never had, of another cluster or another node.
+fn rewrite(path: &std::path::Path, cluster_id: Option<u64>, node_name: &str) {
+    use meshcached::clock::{Clock as _, Hlc, NodeId, SystemClock};
+    use meshcached::store::{Mutation, NewValue, Put, Store, StoreConfig};
+    let clock = std::sync::Arc::new(SystemClock);
+    let hlc = Hlc::new(NodeId::new(9).expect("id"), clock.clone());
+    let store = Store::new(StoreConfig::default());
+    let now = clock.now_secs();
+    for i in 0..50 {
+        let key = format!("intruder-{i}");
+        let put = Put {
+            value: NewValue::Bytes(b"x"),
+            flags: 0,
+            exptime: 0,
+            bits: 0,
+            version: None,
+        };
+        store
+            .mutate(key.as_bytes(), now, &hlc, |_| (Mutation::Put(put), ()))
+            .expect("set");
+    }
+    let certs = path.with_file_name("node-b");
+    let identity = meshcached::certs::load_node_identity(&certs).expect("node-b's certificates");
+    let ours = meshcached::state::cluster_id(identity.ca_certs[0].as_ref());
+    let header = meshcached::state::StateHeader {
+        cluster_id: cluster_id.unwrap_or(ours),
+        node_name: node_name.to_string(),
+        written_ms: clock.now_ms(),
+        positions: vec![],
+    };
+    meshcached::state::save(path, &header, &store, now).expect("save");
+}
+
+fn foreign_cluster(path: &std::path::Path) {
+    rewrite(path, Some(0x0123_4567_89ab_cdef), "node-b");
+}
+
+fn other_node(path: &std::path::Path) {
+    rewrite(path, None, "node-z");
+}
