@@ -137,13 +137,14 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(hello.name.clone(), (token, ctl_tx.clone()));
-    cl.plan().up(
+    let actions = cl.plan().up(
         &hello.name,
         hello.flags & HELLO_READY != 0,
         hello.load,
         held,
         deferred,
     );
+    cl.act(actions);
     cl.sync_step();
     let position = (!held).then_some(send::Position {
         run: hello.have_run,

@@ -174,7 +174,14 @@ impl<L: Clone> PeerTable<L> {
     /// Whether every member known, and every seed, is connected: nobody else to hear
     /// from before deciding how to sync.
     pub fn all_connected(&self) -> bool {
-        self.seeds.iter().all(|s| s.name.is_some()) && self.peers.values().all(|p| p.link.is_some())
+        // A seed counts once its connection is registered (its hello exchanged), not when
+        // its name is known from the handshake.
+        let seed_up = |s: &Seed| {
+            s.name.as_ref().is_some_and(|n| {
+                *n == self.name || self.peers.get(n).is_some_and(|p| p.link.is_some())
+            })
+        };
+        self.seeds.iter().all(seed_up) && self.peers.values().all(|p| p.link.is_some())
     }
 
     /// What we have applied of `name`'s log (for our hello to it).

@@ -145,18 +145,33 @@ impl SyncPlan {
         self.first_candidate_ms = None;
     }
 
-    /// A peer connected; `held`: our hello asked it to hold its stream.
-    pub fn up(&mut self, name: &str, ready: bool, load: u16, fresh: bool, held: bool) {
+    /// A peer connected; `held`: our hello asked it to hold its stream. The hello went out
+    /// a round trip ago: if what we have of every log became known meanwhile (the donor's
+    /// snapshot began, or the node became ready), the peer is told to start at once.
+    pub fn up(
+        &mut self,
+        name: &str,
+        ready: bool,
+        load: u16,
+        fresh: bool,
+        held: bool,
+    ) -> Vec<Action> {
+        let release = held && self.positions_known;
         let p = self.peers.entry(name.to_string()).or_default();
         *p = PeerSync {
             connected: true,
             ready,
             load,
             fresh,
-            held,
+            held: held && !release,
             synced: None,
             snapshots_applied: 0,
         };
+        if release {
+            vec![Action::Start(name.to_string())]
+        } else {
+            Vec::new()
+        }
     }
 
     pub fn down(&mut self, name: &str) {
@@ -219,7 +234,9 @@ impl SyncPlan {
                 .donor
                 .as_ref()
                 .is_none_or(|d| self.peers.get(d).is_some_and(PeerSync::done));
-            if donor_done && !connected.is_empty() && connected.iter().all(|p| p.held || p.done()) {
+            // Every connected peer must have said so: one still holding its stream has
+            // sent nothing yet.
+            if donor_done && !connected.is_empty() && connected.iter().all(|p| p.done()) {
                 let peers = connected.len();
                 self.become_ready(ReadyReason::Synced { peers }, &mut actions);
             }
@@ -333,6 +350,38 @@ mod tests {
             vec![Action::Ready(ReadyReason::Synced { peers: 3 })]
         );
         assert!(plan.opened());
+    }
+
+    #[test]
+    fn a_peer_whose_hello_crossed_the_donor_s_positions_is_started_at_once() {
+        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        plan.up("b", true, 0, false, true);
+        assert_eq!(
+            plan.step(1, true),
+            vec![Action::RequestSnapshot("b".into())]
+        );
+        assert!(plan.snapshot_began("b").is_empty());
+        // c was sent a deferring hello before the positions came; its hello comes after.
+        assert_eq!(
+            plan.up("c", true, 0, false, true),
+            vec![Action::Start("c".into())]
+        );
+        plan.synced("b", 1);
+        plan.snapshot_applied("b");
+        assert!(
+            plan.step(2, true).is_empty(),
+            "c has not said we are synced"
+        );
+        plan.synced("c", 0);
+        assert_eq!(
+            plan.step(3, true),
+            vec![Action::Ready(ReadyReason::Synced { peers: 2 })]
+        );
+        // After the node is ready, the same.
+        assert_eq!(
+            plan.up("d", true, 0, false, true),
+            vec![Action::Start("d".into())]
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    binary, eventually, free_port, free_udp_port, read_log, run_to_exit, wait_log, Client, Node,
-    TempDir, DEADLINE,
+    binary, eventually, free_port, free_udp_port, read_log, run_to_exit, Client, Node, TempDir,
+    DEADLINE,
 };
 use meshcached::certs::{generate_ca, write_node_dir, Ca};
 
@@ -79,10 +79,6 @@ impl Proc {
 
     fn log(&self) -> String {
         read_log(&self.log)
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        wait_log(&self.log, needle)
     }
 
     /// Waits for a log line that contains every one of `needles`; returns it.
