@@ -18,6 +18,7 @@
 //! | `BENCH_DOWNTIME_WRITES` | `10000` | writes to A while B is down |
 //! | `BENCH_ROUNDS` | `3` | joins and restarts measured; the table shows each and the median |
 //! | `MESHCACHED_BIN` | the crate's binary | the server |
+//! | `BENCH_KEEP` | unset | `1`: keep the nodes' logs (the directory is printed) |
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -423,7 +424,11 @@ fn main() -> Result<()> {
     for r in 0..opts.rounds.max(1) {
         results.push(round(&opts, &dir, r)?);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("logs kept in {}", dir.display());
+    }
 
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!(

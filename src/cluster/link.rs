@@ -161,7 +161,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     let reason = tokio::select! {
         r = send::send_loop(&link, send, ctl_rx, position) => r,
         r = recv::recv_loop(&cl, &hello.name, &counters, &applied, &ctl_tx, recv, buf, hello.run_id) => r,
-        r = snapshot::receive_snapshots(&cl, &hello.name, &conn) => r,
+        r = snapshot::receive_snapshots(&cl, &hello.name, hello.run_id, &conn) => r,
     };
     {
         let mut links = cl.links.lock().unwrap_or_else(|e| e.into_inner());

@@ -72,7 +72,7 @@ impl PeerCounters {
     }
 
     /// Takes a donor's position for this origin, unless we already have more of that run.
-    fn merge_have(&self, run: RunId, seq: u64) {
+    pub(crate) fn merge_have(&self, run: RunId, seq: u64) {
         let mut have = self.have.lock().unwrap_or_else(|e| e.into_inner());
         if have.0 != run || have.1 < seq {
             *have = (run, seq);

@@ -17,6 +17,7 @@ use super::link::LinkError;
 use super::Cluster;
 use crate::replication::apply::apply_mutations;
 use crate::replication::frame::{self, Frame, SnapBegin, SnapItemsWriter};
+use crate::replication::log::RunId;
 use crate::store::ExportCursor;
 
 /// Bytes of keys and values copied per shard lock hold, and so per items frame.
@@ -57,6 +58,8 @@ pub async fn send_snapshot(
     // The positions first, then the walk: whatever the walk misses of those origins, the
     // receiver asks them for.
     let begin = SnapBegin {
+        log_seq: cl.outbox.last_seq(),
+        items: cl.store.len(),
         flush: cl.store.flush_state(now),
         positions: cl.positions(),
     };
@@ -101,22 +104,28 @@ pub async fn send_snapshot(
 pub async fn receive_snapshots(
     cl: &Cluster,
     peer: &str,
+    their_run: RunId,
     conn: &quinn::Connection,
 ) -> Result<(), LinkError> {
     loop {
         let recv = conn.accept_uni().await?;
-        receive_one(cl, peer, recv).await?;
+        receive_one(cl, peer, their_run, recv).await?;
     }
 }
 
+/// Receives and applies one snapshot stream. Applying a piece runs on the link's thread
+/// between reads; a separate applier thread was tried and made a 1M-item join slower on
+/// two cores (1.57 s against 0.9 s: three busy threads on two cores, and a handoff).
 async fn receive_one(
     cl: &Cluster,
     peer: &str,
+    their_run: RunId,
     mut recv: quinn::RecvStream,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
     let mut buf = BytesMut::with_capacity(1 << 20);
     let mut begun = false;
+    let mut log_seq = 0;
     let (mut items, mut bytes) = (0u64, 0u64);
     let mut progress = Instant::now();
     loop {
@@ -124,7 +133,9 @@ async fn receive_one(
             match f {
                 Frame::SnapBegin(b) if !begun => {
                     begun = true;
-                    tracing::info!(node = %cl.name, %peer, "receiving a snapshot");
+                    log_seq = b.log_seq;
+                    tracing::info!(node = %cl.name, %peer, items = b.items, "receiving a snapshot");
+                    cl.store.reserve_entries(b.items);
                     cl.snapshot_began(peer, &b);
                 }
                 Frame::SnapItems(list) if begun => {
@@ -150,6 +161,9 @@ async fn receive_one(
                     c.snapshot_bytes_received
                         .fetch_add(bytes, Ordering::Relaxed);
                     log_progress(cl, peer, "snapshot applied", items, bytes, started);
+                    // The snapshot holds the peer's own writes up to `log_seq`: a later
+                    // reconnect (or a restart from the state file) asks only for the rest.
+                    cl.peer_counters(peer).merge_have(their_run, log_seq);
                     cl.plan().snapshot_applied(peer);
                     cl.sync_step();
                     return Ok(());

@@ -137,7 +137,9 @@ impl ReplLog {
         let fit = max_bytes / (LOG_ENTRY_OVERHEAD + 16) + 1;
         let mut out = Vec::with_capacity(self.entries.len().saturating_sub(skip).min(fit));
         let mut bytes = 0;
-        for e in self.entries.iter().skip(skip) {
+        // `range`, not `iter().skip()`: skipping walks every entry before the cursor, and
+        // a peer that is up to date has its cursor near the end of a full ring.
+        for e in self.entries.range(skip.min(self.entries.len())..) {
             if !out.is_empty() && bytes + e.mutation.cost() > max_bytes {
                 break;
             }

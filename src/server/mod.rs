@@ -162,6 +162,26 @@ impl Server {
             }
             None => (None, None, None),
         };
+        // Without an initial sync to wait for, the port accepts from now on (connections
+        // queue until `run`), as memcached's does once it is started.
+        let gated = cluster.as_ref().is_some_and(|c| {
+            !*c.ready().borrow()
+                && !config
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|cc| cc.serve_while_syncing)
+        });
+        if !gated {
+            use std::os::fd::AsRawFd;
+            let fds = tcp.iter().map(|s| s.as_raw_fd());
+            for fd in fds.chain(unix.iter().map(|s| s.as_raw_fd())) {
+                // SAFETY: listen(2) on a socket this function owns; `run` listens again
+                // (which only sets the backlog) to get the tokio listener.
+                if unsafe { libc::listen(fd, LISTEN_BACKLOG as i32) } != 0 {
+                    return Err(ServerError::Listen(io::Error::last_os_error()));
+                }
+            }
+        }
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             store,

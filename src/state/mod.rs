@@ -273,6 +273,8 @@ pub fn load(
 
     // Everything is checked: from here on nothing can fail.
     store.merge_flush_state(file.flush, now);
+    // Room for every entry up front: the tables do not grow step by step under the load.
+    store.reserve_entries(file.items + file.tombstones);
     let parts = file.parts(loaders(file.items + file.tombstones));
     // Shards are locked one entry at a time, so loaders on several cores rarely meet, and
     // last-writer-wins makes the order in which entries land irrelevant.

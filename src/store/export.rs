@@ -114,6 +114,18 @@ impl Store {
         dropped
     }
 
+    /// Makes room for about `entries` more items up front (a snapshot about to arrive), so
+    /// that the tables do not grow step by step under it; bounded by what `-m` could hold.
+    pub fn reserve_entries(&self, entries: u64) {
+        let fit = self.cfg.mem_limit / (super::ENTRY_OVERHEAD + 16);
+        let entries = (entries as usize).min(fit);
+        let per_shard = entries / self.shards.len() + 1;
+        let hasher = |k: &[u8]| self.hash(k);
+        for shard in self.shards.iter() {
+            lock(shard).reserve(per_shard, &hasher);
+        }
+    }
+
     /// How many items and tombstones are held (dead ones not yet reclaimed included).
     pub fn len(&self) -> u64 {
         let s = self.stats();

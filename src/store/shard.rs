@@ -276,6 +276,14 @@ impl Shard {
         self.slots.get(idx)
     }
 
+    /// Makes room for `more` entries in the slab and the table.
+    pub fn reserve(&mut self, more: usize, hasher: &impl Fn(&[u8]) -> u64) {
+        self.slots.reserve(more.saturating_sub(self.free.len()));
+        let slots = &self.slots;
+        self.table
+            .reserve(more, |&i| hasher(slots[i as usize].key()));
+    }
+
     /// Empties the shard; returns the bytes its entries were charged.
     pub fn clear(&mut self) -> usize {
         let freed = self

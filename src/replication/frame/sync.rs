@@ -7,9 +7,10 @@
 //! SnapReq := kind 7                              (send me your whole store: you are my donor)
 //! Synced  := kind 8, snapshots:u32              (you have my log up to where your sync
 //!                                                began, and this many snapshots of mine)
-//! SnapBegin := kind 9, floor:u64 pending_version:u64 pending_at:u32
+//! SnapBegin := kind 9, log_seq:u64 items:u64 floor:u64 pending_version:u64 pending_at:u32
 //!              count:u16 (origin:str8 run_id:u64 seq:u64)*
-//!              (first frame of a snapshot stream: the donor's flush barrier and what it had
+//!              (first frame of a snapshot stream: the donor's own log position the walk
+//!              covers, about how many entries it holds, its flush barrier, and what it had
 //!              applied of each origin's log when its walk began)
 //! SnapItems := kind 10, count:u32 item*
 //! item    := version:u64 op:u8 key_len:u16 key   op 1 (put): flags:u32 exptime:u32
@@ -44,12 +45,19 @@ pub struct Position {
 /// The first frame of a snapshot stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapBegin {
+    /// Every write of the donor's own log up to this sequence is in its store when the walk
+    /// begins: once the snapshot is applied, the receiver has the donor's log up to here.
+    pub log_seq: u64,
+    /// Items and tombstones the donor holds (the receiver makes room up front).
+    pub items: u64,
     pub flush: FlushState,
     pub positions: Vec<Position>,
 }
 
 pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
     out.put_u8(SNAP_BEGIN);
+    out.put_u64(b.log_seq);
+    out.put_u64(b.items);
     out.put_u64(b.flush.floor.0);
     let (pv, pat) = b.flush.pending.map_or((0, 0), |(v, at)| (v.0, at));
     out.put_u64(pv);
@@ -64,6 +72,8 @@ pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
 }
 
 pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> {
+    let log_seq = r.u64()?;
+    let items = r.u64()?;
     let floor = Version(r.u64()?);
     let pv = r.u64()?;
     let pat = r.u32()?;
@@ -81,6 +91,8 @@ pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> 
         });
     }
     Ok(SnapBegin {
+        log_seq,
+        items,
         flush: FlushState {
             floor,
             pending: (pv != 0).then_some((Version(pv), pat)),

@@ -83,13 +83,15 @@ fn frame() -> impl Strategy<Value = Frame> {
         Just(Frame::SnapshotRequest),
         any::<u32>().prop_map(|snapshots| Frame::Synced { snapshots }),
         (
-            any::<u64>(),
+            any::<[u64; 3]>(),
             proptest::option::of((1u64.., any::<u32>())),
             proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u64>(), any::<u64>()), 0..3)
         )
-            .prop_map(|(floor, pending, ps)| Frame::SnapBegin(SnapBegin {
+            .prop_map(|(n, pending, ps)| Frame::SnapBegin(SnapBegin {
+                log_seq: n[0],
+                items: n[1],
                 flush: crate::store::FlushState {
-                    floor: Version(floor),
+                    floor: Version(n[2]),
                     pending: pending.map(|(v, at)| (Version(v), at)),
                 },
                 positions: ps
@@ -177,8 +179,8 @@ proptest! {
 fn malformed_frames_are_errors() {
     let mut huge = BytesMut::from(&(MAX_FRAME as u32 + 1).to_be_bytes()[..]);
     assert_eq!(decode(&mut huge), Err(FrameError::TooLarge(MAX_FRAME + 1)));
-    let mut unknown = BytesMut::from(&[0, 0, 0, 1, 9][..]);
-    assert_eq!(decode(&mut unknown), Err(FrameError::UnknownKind(9)));
+    let mut unknown = BytesMut::from(&[0, 0, 0, 1, 99][..]);
+    assert_eq!(decode(&mut unknown), Err(FrameError::UnknownKind(99)));
     // A batch claiming a million entries in a few bytes.
     let mut lying = BytesMut::new();
     lying.put_u32(13);
