@@ -267,3 +267,104 @@ fn foreign_cluster(path: &std::path::Path) {
 fn other_node(path: &std::path::Path) {
     rewrite(path, None, "node-z");
 }
+
+/// `--serve-while-syncing` opens the client port at once, even with no peer answering
+/// (here the only peer refuses this node's certificate) and a join timeout far away;
+/// `stats` says the node is not in sync yet.
+#[test]
+fn serve_while_syncing_opens_the_port_at_once() {
+    let dir = TempDir::new("serve-early");
+    let ca = generate_ca().expect("CA");
+    let other = generate_ca().expect("another CA");
+    certify(&ca, &dir, "node-a");
+    certify(&other, &dir, "node-b");
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let _a = Proc::start(&dir, "node-a", 1, pa, &[]);
+    let join = ["--join", &loopback(pa), "--join-timeout", "10m"];
+    let mut flags = join.to_vec();
+    flags.push("--serve-while-syncing");
+    let b = Proc::start(&dir, "node-b", 2, pb, &flags);
+    let mut cb = b.client();
+    set(&mut cb, "early", "yes");
+    let stats = cb.stats();
+    assert_ne!(stats["sync_state"], "ready", "{stats:?}");
+}
+
+/// A state file older than `--tombstone-ttl` is not loaded: deletes made since may have
+/// left no tombstone anywhere. The node says so and resyncs by snapshot.
+#[test]
+fn a_state_file_older_than_the_tombstone_ttl_is_not_used() {
+    let dir = TempDir::new("old-state");
+    let state = dir.join("node-b.state").display().to_string();
+    let (a, mut b, mut b_flags) = pair_with_state(&dir, &state);
+    pipelined_sets(&mut a.client(), &small_values("kept", 100), 100);
+    let mut cb = b.client();
+    eventually(DEADLINE, "node-b holds every key", || {
+        stat(&mut cb, "curr_items") == 100
+    });
+    drop(cb);
+    b.node.signal(libc::SIGTERM);
+    assert_eq!(b.node.wait_exit().code(), Some(0));
+    let file = std::path::PathBuf::from(&state);
+    eventually(DEADLINE, "the state file is over a second old", || {
+        let modified = std::fs::metadata(&file).and_then(|m| m.modified());
+        modified.is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_millis(1100))
+    });
+    b_flags
+        .1
+        .extend(["--tombstone-ttl".to_string(), "1s".to_string()]);
+    let b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+    b.wait_line(&["older than --tombstone-ttl", &state]);
+    let mut cb = b.client();
+    assert_eq!(stat(&mut cb, "curr_items"), 100);
+    assert_eq!(stat(&mut cb, "snapshots_received"), 1);
+}
+
+/// node-b loses its only peer for longer than `--tombstone-ttl`: when the peer is back,
+/// node-b drops what it held (a delete made meanwhile may have no tombstone left anywhere)
+/// and resyncs from the peer, counting the discard.
+#[test]
+fn a_node_out_of_contact_longer_than_the_tombstone_ttl_discards_and_resyncs() {
+    let dir = TempDir::new("isolated");
+    let ca = generate_ca().expect("CA");
+    certify(&ca, &dir, "node-a");
+    certify(&ca, &dir, "node-b");
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let mut a = Proc::start(&dir, "node-a", 1, pa, &[]);
+    let join = ["--join", &loopback(pa), "--tombstone-ttl", "1s"];
+    let b = Proc::start(&dir, "node-b", 2, pb, &join);
+    wait_connected(&b, 1);
+    let mut cb = b.client();
+    set(&mut cb, "before", "x");
+    wait_value(&a, "before", "x");
+
+    a.node.signal(libc::SIGTERM);
+    assert_eq!(a.node.wait_exit().code(), Some(0));
+    wait_connected(&b, 0);
+    let alone = Instant::now();
+    set(&mut cb, "while-alone", "x");
+    eventually(DEADLINE, "node-b alone for over a second", || {
+        alone.elapsed() > Duration::from_millis(1200)
+    });
+
+    // node-a comes back empty (no state file) on the same cluster port.
+    let a = Proc::start(&dir, "node-a", 1, pa, &[]);
+    b.wait_line(&["out of contact with every peer for longer than --tombstone-ttl"]);
+    eventually(
+        DEADLINE,
+        "node-b counts the discard and is in sync again",
+        || {
+            let s = cb.stats();
+            s["stale_discards"] == "1" && s["sync_state"] == "ready"
+        },
+    );
+    assert_eq!(
+        get(&mut cb, "before"),
+        None,
+        "dropped with the stale contents"
+    );
+    assert_eq!(get(&mut cb, "while-alone"), None);
+    // And replication works again.
+    set(&mut cb, "after", "y");
+    wait_value(&a, "after", "y");
+}
