@@ -267,6 +267,13 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
 
 fn parse_entry(r: &mut Reader) -> Result<Entry, FrameError> {
     let seq = r.u64()?;
+    let mutation = parse_mutation(r, true)?;
+    Ok(Entry { seq, mutation })
+}
+
+/// `version op key_len key body`, as log entries and snapshot items both carry it (a
+/// snapshot holds no flushes: `flush_allowed` is false there).
+fn parse_mutation(r: &mut Reader, flush_allowed: bool) -> Result<Mutation, FrameError> {
     let version = Version(r.u64()?);
     let op = r.u8()?;
     let key_len = usize::from(r.u16()?);
@@ -286,13 +293,10 @@ fn parse_entry(r: &mut Reader) -> Result<Entry, FrameError> {
             }
         }
         DELETE => Op::Delete,
-        FLUSH => Op::Flush { at: r.u32()? },
+        FLUSH if flush_allowed => Op::Flush { at: r.u32()? },
         other => return Err(FrameError::UnknownOp(other)),
     };
-    Ok(Entry {
-        seq,
-        mutation: Mutation { key, version, op },
-    })
+    Ok(Mutation { key, version, op })
 }
 
 /// Values at least this long are sent as their own chunk by [`encode_batch_chunks`] rather

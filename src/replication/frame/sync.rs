@@ -18,11 +18,10 @@
 //! SnapEnd := kind 11, items:u64 bytes:u64        (last frame of a snapshot stream)
 //! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
-use super::{put_str8, FrameError, Reader, DELETE, PUT};
+use super::{parse_mutation, put_str8, FrameError, Reader, DELETE, PUT};
 use crate::clock::Version;
-use crate::key::MAX_KEY_LEN;
 use crate::replication::log::{Mutation, Op, RunId};
 use crate::store::{Exported, FlushState};
 
@@ -180,28 +179,7 @@ pub(super) fn parse_snap_items(r: &mut Reader) -> Result<Vec<Mutation>, FrameErr
     }
     let mut items = Vec::with_capacity(count);
     for _ in 0..count {
-        let version = Version(r.u64()?);
-        let op = r.u8()?;
-        let key_len = usize::from(r.u16()?);
-        if key_len > MAX_KEY_LEN {
-            return Err(FrameError::KeyTooLong(key_len));
-        }
-        let key: Bytes = r.slice(key_len)?;
-        let op = match op {
-            PUT => {
-                let flags = r.u32()?;
-                let exptime = r.u32()?;
-                let len = r.u32()? as usize;
-                Op::Put {
-                    value: r.slice(len)?,
-                    flags,
-                    exptime,
-                }
-            }
-            DELETE => Op::Delete,
-            other => return Err(FrameError::UnknownOp(other)),
-        };
-        items.push(Mutation { key, version, op });
+        items.push(parse_mutation(r, false)?);
     }
     Ok(items)
 }
