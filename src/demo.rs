@@ -112,10 +112,7 @@ fn run(args: &DemoArgs, dir: &PathBuf) -> Result<(), String> {
         servers.push(server);
     }
     let handles: Vec<ShutdownHandle> = servers.iter().map(|s| s.shutdown_handle()).collect();
-    let ready: Vec<_> = servers
-        .iter()
-        .filter_map(|s| s.shared().cluster.as_ref().map(|c| c.ready()))
-        .collect();
+    let ready: Vec<_> = servers.iter().map(|s| s.serving()).collect();
     let threads: Vec<_> = servers
         .into_iter()
         .enumerate()
@@ -195,7 +192,7 @@ impl Signals {
         Ok(Signals { rt, term, int })
     }
 
-    /// Waits until every node is ready; false if a signal came first.
+    /// Waits until every node serves; false if a signal came first.
     fn wait_ready(&mut self, ready: Vec<tokio::sync::watch::Receiver<bool>>) -> bool {
         self.rt.block_on(async {
             let all = async {

@@ -341,9 +341,12 @@ impl Cluster {
         let actions = {
             let mut plan = self.plan();
             if plan.is_donor_snapshot(peer) {
+                // Taken as they are, even below what we had: after a donor lost halfway,
+                // the next donor's positions are the ones its snapshot makes true, and
+                // the other peers resending from there is harmless.
                 for p in &begin.positions {
                     if p.origin != self.name && p.origin != peer {
-                        self.peer_counters(&p.origin).merge_have(p.run_id, p.seq);
+                        self.peer_counters(&p.origin).set_have(p.run_id, p.seq);
                     }
                 }
             }

@@ -57,6 +57,8 @@ pub struct Shared {
     pub conns: ConnStats,
     pub started_ms: u64,
     shutdown: watch::Sender<bool>,
+    /// True once the client listeners accept connections.
+    serving: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -192,6 +194,7 @@ impl Server {
             started_ms: clock.now_ms(),
             config,
             shutdown,
+            serving: watch::Sender::new(false),
         });
         Ok(Server {
             shared,
@@ -216,6 +219,12 @@ impl Server {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Becomes true once the client port accepts connections (for a node with peers, after
+    /// its initial sync).
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.shared.serving.subscribe()
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -434,6 +443,7 @@ async fn accept_loop(
         }));
     }
     drop(accepted_tx);
+    shared.serving.send_replace(true);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
     let mut shutdown = shared.shutdown.subscribe();
     let mut next = 0usize;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::Shared;
 use crate::clock::Hlc;
+use crate::cluster::sync::Phase;
 use crate::cluster::Cluster;
 use crate::config::ClusterConfig;
 use crate::replication::frame::Position;
@@ -21,6 +22,13 @@ pub(super) struct StateFile {
 /// Saves the store and this node's log positions to the state file, once clients and peers
 /// are gone (nothing changes the store any more).
 pub(super) fn save_state(sf: &StateFile, shared: &Shared, cluster: &Cluster) {
+    if cluster.phase() != Phase::Ready {
+        // Half a snapshot, with positions that only the whole of it makes true: such a
+        // file would later claim writes this node never got. The previous file (if any)
+        // still describes a consistent state.
+        tracing::warn!(path = %sf.path.display(), "not saving the state file: this node's sync was not complete");
+        return;
+    }
     let started = std::time::Instant::now();
     let header = StateHeader {
         cluster_id: sf.cluster_id,

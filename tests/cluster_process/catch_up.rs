@@ -99,7 +99,7 @@ fn a_late_joiner_and_a_stalled_peer_get_everything() {
     let ca = generate_ca().expect("CA");
     certify(&ca, &dir, "node-a");
     certify(&ca, &dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let a = Proc::start(&dir, "node-a", 1, pa, &["--repl-backlog", "64k"]);
     let mut ca_client = a.client();
     let mut noise = Noise(11);

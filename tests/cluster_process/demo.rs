@@ -197,7 +197,7 @@ fn a_pair_set_up_with_repcached_flags_replicates_both_ways() {
     let ca = generate_ca().expect("CA");
     let certs_a = certify(&ca, &dir, "node-a");
     let certs_b = certify(&ca, &dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let (xa, xb) = (pa.to_string(), pb.to_string());
     let (peer_a, peer_b) = (loopback(pa), loopback(pb));
     let a = Proc::start_with(

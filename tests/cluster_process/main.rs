@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    binary, eventually, free_port, free_udp_port, read_log, run_to_exit, Client, Node, TempDir,
-    DEADLINE,
+    binary, eventually, free_port, free_udp_pair, free_udp_port, read_log, run_to_exit, Client,
+    Node, TempDir, DEADLINE,
 };
 use meshcached::certs::{generate_ca, write_node_dir, Ca};
 
@@ -114,7 +114,7 @@ fn pair(dir: &TempDir, extra_a: &[&str]) -> (Proc, Proc) {
     let ca = generate_ca().expect("CA");
     certify(&ca, dir, "node-a");
     certify(&ca, dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let a = Proc::start(dir, "node-a", 1, pa, extra_a);
     let b = Proc::start(dir, "node-b", 2, pb, &["--join", &loopback(pa)]);
     wait_connected(&a, 1);

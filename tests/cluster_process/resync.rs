@@ -56,7 +56,7 @@ fn a_node_killed_with_sigkill_resyncs_and_converges() {
     let ca = generate_ca().expect("CA");
     certify(&ca, &dir, "node-a");
     certify(&ca, &dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let a = Proc::start(&dir, "node-a", 1, pa, &[]);
     let join = ["--join", &loopback(pa)];
     let b = Proc::start(&dir, "node-b", 2, pb, &join);
@@ -74,7 +74,7 @@ fn a_node_killed_with_sigkill_resyncs_and_converges() {
     let during = small_values("during", 2_000);
     pipelined_sets(&mut ca_client, &during, 100);
 
-    let b = Proc::start(&dir, "node-b", 2, pb, &join);
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &join);
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 5_000, "served before its sync");
     assert_holds(&mut cb, &before);
@@ -109,7 +109,7 @@ fn a_warm_restart_loads_the_state_file_and_takes_only_the_delta() {
 
     let during = small_values("during", 500);
     pipelined_sets(&mut ca_client, &during, 100);
-    let b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 3_500, "served before its sync");
     assert_holds(&mut cb, &before[..200]);
@@ -139,7 +139,7 @@ fn with_its_peers_down_a_node_serves_its_state_file_after_the_join_timeout() {
     b_flags
         .1
         .extend(["--join-timeout".to_string(), "1s".to_string()]);
-    let b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
     b.wait_line(&["no peer answered within --join-timeout"]);
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 1_000);
@@ -180,7 +180,7 @@ fn a_bad_state_file_is_reported_ignored_and_the_node_resyncs() {
         set(&mut ca_client, &format!("after-{what}"), "x");
         written += 1;
         damage(std::path::Path::new(&state));
-        b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+        b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
         let line = b.wait_line(&[message]);
         assert!(
             line.contains(&state),
@@ -200,7 +200,7 @@ fn pair_with_state(dir: &TempDir, state: &str) -> (Proc, Proc, (u16, Vec<String>
     let ca = generate_ca().expect("CA");
     certify(&ca, dir, "node-a");
     certify(&ca, dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let a = Proc::start(dir, "node-a", 1, pa, &[]);
     let flags: Vec<String> = ["--join", &loopback(pa), "--state-file", state]
         .iter()
@@ -278,7 +278,7 @@ fn serve_while_syncing_opens_the_port_at_once() {
     let other = generate_ca().expect("another CA");
     certify(&ca, &dir, "node-a");
     certify(&other, &dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let _a = Proc::start(&dir, "node-a", 1, pa, &[]);
     let join = ["--join", &loopback(pa), "--join-timeout", "10m"];
     let mut flags = join.to_vec();
@@ -313,7 +313,7 @@ fn a_state_file_older_than_the_tombstone_ttl_is_not_used() {
     b_flags
         .1
         .extend(["--tombstone-ttl".to_string(), "1s".to_string()]);
-    let b = Proc::start(&dir, "node-b", 2, b_flags.0, &strs(&b_flags.1));
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
     b.wait_line(&["older than --tombstone-ttl", &state]);
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 100);
@@ -329,7 +329,7 @@ fn a_node_out_of_contact_longer_than_the_tombstone_ttl_discards_and_resyncs() {
     let ca = generate_ca().expect("CA");
     certify(&ca, &dir, "node-a");
     certify(&ca, &dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let mut a = Proc::start(&dir, "node-a", 1, pa, &[]);
     let join = ["--join", &loopback(pa), "--tombstone-ttl", "1s"];
     let b = Proc::start(&dir, "node-b", 2, pb, &join);
@@ -347,8 +347,15 @@ fn a_node_out_of_contact_longer_than_the_tombstone_ttl_discards_and_resyncs() {
         alone.elapsed() > Duration::from_millis(1200)
     });
 
-    // node-a comes back empty (no state file) on the same cluster port.
-    let a = Proc::start(&dir, "node-a", 1, pa, &[]);
+    // node-a comes back empty (no state file), joining node-b. (Restarts here take a new
+    // cluster port: the old one may have been taken meanwhile by another test's node.)
+    let a = Proc::start(
+        &dir,
+        "node-a",
+        1,
+        free_udp_port(),
+        &["--join", &loopback(pb)],
+    );
     b.wait_line(&["out of contact with every peer for longer than --tombstone-ttl"]);
     eventually(
         DEADLINE,

@@ -14,7 +14,7 @@ fn nodes_of_different_cas_refuse_each_other() {
     let other = generate_ca().expect("another CA");
     certify(&ca, &dir, "node-a");
     certify(&other, &dir, "node-f");
-    let (pa, pf) = (free_udp_port(), free_udp_port());
+    let (pa, pf) = free_udp_pair();
     let join_a = ["--join", &loopback(pf), "--join-timeout", "1s"];
     let join_f = ["--join", &loopback(pa), "--join-timeout", "1s"];
     let mut a = Proc::start(&dir, "node-a", 1, pa, &join_a);
@@ -123,7 +123,7 @@ fn a_node_id_taken_twice_is_refused_and_nothing_replicates() {
     let ca = generate_ca().expect("CA");
     certify(&ca, &dir, "node-a");
     certify(&ca, &dir, "node-b");
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = free_udp_pair();
     let mut a = Proc::start(&dir, "node-a", 7, pa, &[]);
     let join_a = ["--join", &loopback(pa), "--join-timeout", "1s"];
     let mut b = Proc::start(&dir, "node-b", 7, pb, &join_a);

@@ -201,6 +201,16 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("local addr").port()
 }
 
+/// Two distinct such ports: both sockets are held until both are chosen (two calls to
+/// [`free_udp_port`] may return the same port).
+#[allow(dead_code)] // not every test binary that includes this module needs a pair
+pub fn free_udp_pair() -> (u16, u16) {
+    let bind = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+    let (a, b) = (bind(), bind());
+    let port = |s: &std::net::UdpSocket| s.local_addr().expect("local addr").port();
+    (port(&a), port(&b))
+}
+
 impl Node {
     /// Like [`Node::start`], but the node's stderr goes to the file `log` (truncated first),
     /// so that a test can read the log while the node runs (see [`wait_log`]).
