@@ -113,7 +113,8 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     };
     cl.members.send_modify(|v| *v += 1);
     cl.alone_since_ms.store(0, Ordering::Relaxed);
-    let held = hello.flags & HELLO_DEFER != 0;
+    // The peer asks us to hold our stream until it has chosen a donor.
+    let peer_defers = hello.flags & HELLO_DEFER != 0;
     if restarted {
         tracing::info!(node = %cl.name, peer = %hello.name, %addr, "peer restarted; up again");
     } else if replacing {
@@ -141,12 +142,12 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         &hello.name,
         hello.flags & HELLO_READY != 0,
         hello.load,
-        held,
+        peer_defers,
         deferred,
     );
     cl.act(actions);
     cl.sync_step();
-    let position = (!held).then_some(send::Position {
+    let position = (!peer_defers).then_some(send::Position {
         run: hello.have_run,
         seq: hello.have_seq,
         empty: hello.flags & HELLO_EMPTY != 0,

@@ -156,6 +156,11 @@ impl SyncPlan {
         fresh: bool,
         held: bool,
     ) -> Vec<Action> {
+        if self.donor.as_deref() == Some(name) && self.phase != Phase::Ready {
+            // A new connection to the donor (one replaced the other): the request and any
+            // snapshot under way went with the old one. Choose again.
+            self.lose_donor();
+        }
         let release = held && self.positions_known;
         let p = self.peers.entry(name.to_string()).or_default();
         *p = PeerSync {
@@ -180,13 +185,17 @@ impl SyncPlan {
             p.synced = None;
         }
         if self.donor.as_deref() == Some(name) && self.phase != Phase::Ready {
-            // Choose again; what the lost donor's snapshot brought stays (LWW), and the
-            // next donor's positions restart the other streams from where it stands.
-            self.donor = None;
-            self.positions_known = false;
-            self.phase = Phase::Choosing;
-            self.first_candidate_ms = None;
+            self.lose_donor();
         }
+    }
+
+    /// Choose again; what the lost donor's snapshot brought stays (LWW), and the next
+    /// donor's positions restart the other streams from where it stands.
+    fn lose_donor(&mut self) {
+        self.donor = None;
+        self.positions_known = false;
+        self.phase = Phase::Choosing;
+        self.first_candidate_ms = None;
     }
 
     pub fn status(&mut self, name: &str, ready: bool, load: u16) {
@@ -381,6 +390,23 @@ mod tests {
         assert_eq!(
             plan.up("d", true, 0, false, true),
             vec![Action::Start("d".into())]
+        );
+    }
+
+    #[test]
+    fn a_new_connection_to_the_donor_asks_again() {
+        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        plan.up("b", true, 0, false, true);
+        assert_eq!(
+            plan.step(1, true),
+            vec![Action::RequestSnapshot("b".into())]
+        );
+        // b's connection is replaced before its snapshot began: no down() for the old one.
+        assert!(plan.up("b", true, 0, false, true).is_empty(), "held again");
+        assert_eq!(plan.phase(), Phase::Choosing);
+        assert_eq!(
+            plan.step(2, true),
+            vec![Action::RequestSnapshot("b".into())]
         );
     }
 
