@@ -41,3 +41,5 @@ pub mod replication;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod testdir;

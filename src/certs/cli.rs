@@ -294,8 +294,8 @@ pub(crate) fn parse_lifetime(s: &str) -> Result<Duration, CertsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::testdir::TempDir;
     use crate::certs::NodeIdentity;
+    use crate::testdir::TempDir;
     use clap::Parser;
     use std::os::unix::fs::MetadataExt;
 

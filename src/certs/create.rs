@@ -443,7 +443,7 @@ pub(crate) fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::testdir::TempDir;
+    use crate::testdir::TempDir;
     use std::time::Duration;
 
     #[test]

@@ -290,7 +290,7 @@ mod tests {
     use super::*;
     use crate::certs::create::write_file;
     use crate::certs::generate_ca;
-    use crate::certs::testdir::TempDir;
+    use crate::testdir::TempDir;
     use std::time::Duration;
 
     fn all_problems(r: &Report) -> String {

@@ -31,8 +31,6 @@ mod create;
 mod inspect;
 mod list;
 mod names;
-#[cfg(test)]
-mod testdir;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -297,7 +295,7 @@ mod tests {
     #[test]
     fn load_node_identity_checks_the_files() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = testdir::TempDir::new("load");
+        let dir = crate::testdir::TempDir::new("certs-load");
         let err = load_node_identity(dir.path()).unwrap_err();
         assert!(matches!(err, CertsError::Missing { .. }), "{err}");
         assert!(

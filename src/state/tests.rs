@@ -1,7 +1,6 @@
 //! Tests of saving and loading state files, through real files in a temporary directory.
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,34 +8,10 @@ use super::*;
 use crate::clock::{ManualClock, NodeId, HLC_EPOCH_MS};
 use crate::replication::log::RunId;
 use crate::store::{Mutation, NewValue, Put, StoreConfig};
+use crate::testdir::TempDir;
 
 const START_MS: u64 = HLC_EPOCH_MS + 1_000_000_000;
 const CLUSTER: u64 = 0x5eed;
-
-/// A directory of its own under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("meshcached-state-{tag}-{}-{n}", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn store() -> Store {
     Store::new(StoreConfig {
@@ -139,7 +114,7 @@ fn sorted_dump(store: &Store, now: u32) -> Vec<impl Ord + std::fmt::Debug> {
 
 #[test]
 fn round_trip_keeps_entries_versions_flush_and_positions_and_moves_the_clock() {
-    let dir = TempDir::new("round-trip");
+    let dir = TempDir::new("state-round-trip");
     let path = dir.join("state");
     let (src, saved_at) = saved(&path);
     let mode = fs::metadata(&path).unwrap().permissions().mode();
@@ -180,7 +155,7 @@ fn assert_untouched(store: &Store, now: u32) {
 
 #[test]
 fn damaged_or_cut_files_are_refused_before_anything_is_applied() {
-    let dir = TempDir::new("damaged");
+    let dir = TempDir::new("state-damaged");
     let path = dir.join("state");
     let (_, now) = saved(&path);
     let good = fs::read(&path).unwrap();
@@ -238,7 +213,7 @@ fn damaged_or_cut_files_are_refused_before_anything_is_applied() {
 
 #[test]
 fn files_of_another_cluster_node_or_format_are_refused() {
-    let dir = TempDir::new("foreign");
+    let dir = TempDir::new("state-foreign");
     let path = dir.join("state");
     let (_, now) = saved(&path);
     let refused = |expect: &Expect<'_>| {
@@ -298,7 +273,7 @@ fn files_of_another_cluster_node_or_format_are_refused() {
 
 #[test]
 fn a_failed_save_leaves_the_previous_file_and_no_temporary() {
-    let dir = TempDir::new("failed-save");
+    let dir = TempDir::new("state-failed-save");
     let path = dir.join("state");
     let (src, now) = saved(&path);
     let before = fs::read(&path).unwrap();
@@ -332,7 +307,7 @@ fn a_failed_save_leaves_the_previous_file_and_no_temporary() {
         0o600
     );
     assert_eq!(
-        fs::read_dir(&dir.0).unwrap().count(),
+        fs::read_dir(dir.path()).unwrap().count(),
         2,
         "state and in-the-way only"
     );
@@ -349,7 +324,7 @@ fn cluster_id_is_fnv1a_64() {
 /// (run with `--release --nocapture`; nothing is asserted about time).
 #[test]
 fn a_million_items_round_trip() {
-    let dir = TempDir::new("million");
+    let dir = TempDir::new("state-million");
     let path = dir.join("state");
     let hlc = hlc(1, START_MS);
     let now = hlc.clock().now_secs();
