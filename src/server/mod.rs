@@ -166,14 +166,7 @@ impl Server {
         };
         // Without an initial sync to wait for, the port accepts from now on (connections
         // queue until `run`), as memcached's does once it is started.
-        let gated = cluster.as_ref().is_some_and(|c| {
-            !*c.ready().borrow()
-                && !config
-                    .cluster
-                    .as_ref()
-                    .is_some_and(|cc| cc.serve_while_syncing)
-        });
-        if !gated {
+        if sync_gate(cluster.as_ref(), &config).is_none() {
             use std::os::fd::AsRawFd;
             let fds = tcp.iter().map(|s| s.as_raw_fd());
             for fd in fds.chain(unix.iter().map(|s| s.as_raw_fd())) {
@@ -354,6 +347,18 @@ fn start_cluster(
     Ok((cluster, rt, state_file))
 }
 
+/// What the client port waits for before it listens: the cluster's initial sync, unless
+/// there is none, it is already done, or `--serve-while-syncing` says not to wait.
+fn sync_gate(cluster: Option<&Arc<Cluster>>, config: &Config) -> Option<watch::Receiver<bool>> {
+    let serve_early = config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.serve_while_syncing);
+    let ready = cluster.filter(|_| !serve_early)?.ready();
+    let done = *ready.borrow();
+    (!done).then_some(ready)
+}
+
 /// Waits until the node may serve clients: at once standalone or with
 /// `--serve-while-syncing`, otherwise once the cluster's initial sync is complete.
 /// Returns false when a shutdown came first.
@@ -361,23 +366,9 @@ async fn wait_until_ready(
     shared: &Shared,
     signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> bool {
-    let gate = shared
-        .cluster
-        .as_ref()
-        .filter(|_| {
-            !shared
-                .config
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.serve_while_syncing)
-        })
-        .map(|c| c.ready());
-    let Some(mut ready) = gate else {
+    let Some(mut ready) = sync_gate(shared.cluster.as_ref(), &shared.config) else {
         return true;
     };
-    if *ready.borrow() {
-        return true;
-    }
     tracing::info!("the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
     let mut shutdown = shared.shutdown.subscribe();
     tokio::select! {
