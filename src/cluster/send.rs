@@ -149,12 +149,8 @@ pub async fn send_loop(
     let mut plan = SendPlan::default();
     let mut snapshot: Option<SnapshotRun<'_>> = None;
     if let Some(p) = position {
-        let start = plan.position(p, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq());
-        if start {
-            snapshot = Some(start_snapshot(
-                link,
-                "its position is older than this node's replication log",
-            ));
+        if reposition(&mut plan, outbox, p) {
+            snapshot = Some(start_snapshot(link, OFF_THE_LOG));
         }
     }
     let mut members = cl.members.subscribe();
@@ -257,8 +253,8 @@ pub async fn send_loop(
                 Some(Ctl::From(run, seq)) => {
                     // A Start comes after the peer took a donor's snapshot: not empty.
                     let p = Position { run, seq, empty: false };
-                    if plan.position(p, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq()) {
-                        snapshot = Some(start_snapshot(link, "its position is older than this node's replication log"));
+                    if reposition(&mut plan, outbox, p) {
+                        snapshot = Some(start_snapshot(link, OFF_THE_LOG));
                     }
                 }
                 Some(Ctl::Snapshot) => {
@@ -269,6 +265,14 @@ pub async fn send_loop(
             },
         }
     }
+}
+
+/// Why a snapshot follows a position the log does not reach back to.
+const OFF_THE_LOG: &str = "its position is older than this node's replication log";
+
+/// [`SendPlan::position`] against the log as it stands; true: start a snapshot.
+fn reposition(plan: &mut SendPlan, outbox: &Outbox, p: Position) -> bool {
+    plan.position(p, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq())
 }
 
 fn start_snapshot<'a>(link: &'a Link<'a>, why: &'static str) -> SnapshotRun<'a> {
