@@ -109,7 +109,7 @@ fn a_warm_restart_loads_the_state_file_and_takes_only_the_delta() {
 
     let during = small_values("during", 500);
     pipelined_sets(&mut ca_client, &during, 100);
-    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags));
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 3_500, "served before its sync");
     assert_holds(&mut cb, &before[..200]);
@@ -136,10 +136,8 @@ fn with_its_peers_down_a_node_serves_its_state_file_after_the_join_timeout() {
         p.node.signal(libc::SIGTERM);
         assert_eq!(p.node.wait_exit().code(), Some(0));
     }
-    b_flags
-        .1
-        .extend(["--join-timeout".to_string(), "1s".to_string()]);
-    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
+    b_flags.extend(["--join-timeout".to_string(), "1s".to_string()]);
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags));
     b.wait_line(&["no peer answered within --join-timeout"]);
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 1_000);
@@ -180,7 +178,7 @@ fn a_bad_state_file_is_reported_ignored_and_the_node_resyncs() {
         set(&mut ca_client, &format!("after-{what}"), "x");
         written += 1;
         damage(std::path::Path::new(&state));
-        b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
+        b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags));
         let line = b.wait_line(&[message]);
         assert!(
             line.contains(&state),
@@ -195,8 +193,8 @@ fn a_bad_state_file_is_reported_ignored_and_the_node_resyncs() {
 }
 
 /// Starts node-a, and node-b joining it with `--state-file state`; returns both and
-/// node-b's cluster port and flags, to start it again.
-fn pair_with_state(dir: &TempDir, state: &str) -> (Proc, Proc, (u16, Vec<String>)) {
+/// node-b's flags, to start it again (on a fresh cluster port).
+fn pair_with_state(dir: &TempDir, state: &str) -> (Proc, Proc, Vec<String>) {
     let ca = generate_ca().expect("CA");
     certify(&ca, dir, "node-a");
     certify(&ca, dir, "node-b");
@@ -208,7 +206,7 @@ fn pair_with_state(dir: &TempDir, state: &str) -> (Proc, Proc, (u16, Vec<String>
         .collect();
     let b = Proc::start(dir, "node-b", 2, pb, &strs(&flags));
     wait_connected(&a, 1);
-    (a, b, (pb, flags))
+    (a, b, flags)
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -310,10 +308,8 @@ fn a_state_file_older_than_the_tombstone_ttl_is_not_used() {
         let modified = std::fs::metadata(&file).and_then(|m| m.modified());
         modified.is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_millis(1100))
     });
-    b_flags
-        .1
-        .extend(["--tombstone-ttl".to_string(), "1s".to_string()]);
-    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags.1));
+    b_flags.extend(["--tombstone-ttl".to_string(), "1s".to_string()]);
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags));
     b.wait_line(&["older than --tombstone-ttl", &state]);
     let mut cb = b.client();
     assert_eq!(stat(&mut cb, "curr_items"), 100);
