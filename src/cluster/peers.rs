@@ -70,8 +70,6 @@ pub struct Peer<L> {
     /// Connections registered after the first one.
     pub reconnects: u64,
     connected_before: bool,
-    /// What this node has applied of the peer's log: its run id and last sequence.
-    pub have: (RunId, u64),
     /// The peer fell off our replication log and needs a resync.
     pub needs_resync: bool,
     next_dial_ms: u64,
@@ -88,7 +86,6 @@ impl<L> Peer<L> {
             since_ms: 0,
             reconnects: 0,
             connected_before: false,
-            have: (RunId(0), 0),
             needs_resync: false,
             next_dial_ms: 0,
             backoff_ms: BACKOFF_MIN_MS,
@@ -182,11 +179,6 @@ impl<L: Clone> PeerTable<L> {
             })
         };
         self.seeds.iter().all(seed_up) && self.peers.values().all(|p| p.link.is_some())
-    }
-
-    /// What we have applied of `name`'s log (for our hello to it).
-    pub fn have(&self, name: &str) -> (RunId, u64) {
-        self.peers.get(name).map_or((RunId(0), 0), |p| p.have)
     }
 
     /// Registers a connection whose hello has arrived, deciding whether it is the one to use.
