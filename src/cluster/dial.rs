@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::link;
-use super::peers::Dial;
+use super::peers::{Dial, DialEnd};
 use super::Cluster;
-use crate::replication::transport::{PeerEndpoint, TransportError};
+use crate::replication::transport::{PeerConn, PeerEndpoint, TransportError, DIAL_TIMEOUT};
 
 /// The dial loop's longest sleep when nothing wakes it (backoff deadlines are checked then).
 const DIAL_TICK: Duration = Duration::from_millis(50);
@@ -62,14 +62,20 @@ pub async fn dial_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
 }
 
 async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
-    let connected = match &dial {
-        Dial::Member { name, addr } => match endpoint.connect(*addr, name).await {
-            Ok(pc) => link::run(cl.clone(), pc, true).await,
-            Err(e) => {
-                tracing::debug!(peer = %name, %addr, "dial failed: {e}");
-                false
+    let outcome = match &dial {
+        Dial::Member { name, addr } => {
+            match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(*addr, name)).await {
+                Ok(Ok(pc)) => registered(link::run(cl.clone(), pc, true).await),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %name, %addr, "dial failed: {e}");
+                    DialEnd::Failed
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %name, %addr, "dial unanswered within {DIAL_TIMEOUT:?}");
+                    DialEnd::Unanswered
+                }
             }
-        },
+        }
         Dial::Seed { index, addr } => match dial_seed(&endpoint, addr).await {
             Ok(pc) => {
                 if pc.name == cl.name {
@@ -77,40 +83,51 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
                     pc.conn
                         .close(link::CLOSE_REFUSED.into(), b"connected to itself");
                     cl.table().seed_is_self(*index);
-                    false
+                    DialEnd::Failed
                 } else {
                     cl.table().seed_named(*index, &pc.name);
-                    link::run(cl.clone(), pc, true).await
+                    registered(link::run(cl.clone(), pc, true).await)
                 }
             }
-            Err(e) => {
+            Err((e, unanswered)) => {
                 if cl.table().seed_failed(*index, e.clone()) {
                     tracing::warn!(node = %cl.name, peer = %addr, "cannot reach peer (retrying): {e}");
                 }
-                false
+                if unanswered {
+                    DialEnd::Unanswered
+                } else {
+                    DialEnd::Failed
+                }
             }
         },
     };
     let now = cl.hlc.clock().now_ms();
-    cl.table().dial_ended(&dial, connected, now);
+    cl.table().dial_ended(&dial, outcome, now);
     cl.dial_wake.notify_one();
 }
 
+fn registered(yes: bool) -> DialEnd {
+    if yes {
+        DialEnd::Connected
+    } else {
+        DialEnd::Failed
+    }
+}
+
 /// Resolves a seed address (a host name is looked up on every attempt, so that a peer that
-/// moved is found again) and dials it without knowing its node name yet.
-async fn dial_seed(
-    endpoint: &PeerEndpoint,
-    addr: &str,
-) -> Result<crate::replication::transport::PeerConn, String> {
+/// moved is found again) and dials it without knowing its node name yet. The error says
+/// why, and whether every address was simply unanswered.
+async fn dial_seed(endpoint: &PeerEndpoint, addr: &str) -> Result<PeerConn, (String, bool)> {
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .map_err(|e| (format!("cannot resolve {addr}: {e}"), false))?
         .collect();
-    let mut last = format!("{addr} resolves to no address");
+    let mut last = (format!("{addr} resolves to no address"), false);
     for a in resolved {
-        match endpoint.connect_any(a).await {
-            Ok(pc) => return Ok(pc),
-            Err(e) => last = e.to_string(),
+        match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect_any(a)).await {
+            Ok(Ok(pc)) => return Ok(pc),
+            Ok(Err(e)) => last = (e.to_string(), false),
+            Err(_) => last = (format!("{a}: no answer within {DIAL_TIMEOUT:?}"), true),
         }
     }
     Err(last)

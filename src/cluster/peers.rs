@@ -107,6 +107,21 @@ pub struct Seed {
     pub last_error: Option<String>,
 }
 
+/// How a dial ended, which decides when the next one comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialEnd {
+    /// It made a connection that was registered; that connection's end schedules the next.
+    Connected,
+    /// Nothing answered within the dial time-out (a cut path, a stopped or dead peer): the
+    /// next try comes after the shortest jittered delay, without growing the backoff, so
+    /// that a path that heals is used again within a second. Nothing reached the peer, so
+    /// trying again soon burdens nobody.
+    Unanswered,
+    /// The peer answered and refused (or the connection failed right after): exponential
+    /// backoff, so that a peer that keeps refusing is not redialed ten times a second.
+    Failed,
+}
+
 /// Something to dial now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dial {
@@ -342,9 +357,9 @@ impl<L: Clone> PeerTable<L> {
         out
     }
 
-    /// A dial (and the connection it made, if any) is over. A dial that did not lead to a
-    /// registered connection backs off exponentially, with jitter.
-    pub fn dial_ended(&mut self, dial: &Dial, connected: bool, now_ms: u64) {
+    /// A dial (and the connection it made, if any) is over; `end` says how, which sets the
+    /// delay before the next one.
+    pub fn dial_ended(&mut self, dial: &Dial, end: DialEnd, now_ms: u64) {
         let (backoff, next, dialing) = match dial {
             Dial::Member { name, .. } => match self.peers.get_mut(name) {
                 Some(p) => (&mut p.backoff_ms, &mut p.next_dial_ms, &mut p.dialing),
@@ -356,10 +371,14 @@ impl<L: Clone> PeerTable<L> {
             },
         };
         *dialing = false;
-        // A connection's end already scheduled the next dial (see `down`).
-        if !connected {
-            *next = now_ms + jitter(&mut self.rng, *backoff);
-            *backoff = (*backoff * 2).min(BACKOFF_MAX_MS);
+        match end {
+            // The connection's end already scheduled the next dial (see `down`).
+            DialEnd::Connected => {}
+            DialEnd::Unanswered => *next = now_ms + jitter(&mut self.rng, BACKOFF_MIN_MS),
+            DialEnd::Failed => {
+                *next = now_ms + jitter(&mut self.rng, *backoff);
+                *backoff = (*backoff * 2).min(BACKOFF_MAX_MS);
+            }
         }
     }
 
@@ -528,7 +547,7 @@ mod tests {
             }]
         );
         assert!(t.due(0).is_empty(), "in progress");
-        t.dial_ended(&due[0], false, 0);
+        t.dial_ended(&due[0], DialEnd::Failed, 0);
         assert!(t.due(0).is_empty(), "backing off");
         assert_eq!(t.due(BACKOFF_MAX_MS * 2).len(), 1);
         // The seed answers as b: it is known by name from then on.

@@ -28,6 +28,14 @@ pub struct PeerReport {
     pub rtt_us: u64,
     pub mtu: u16,
     pub datagrams_sent: u64,
+    /// Also QUIC's view, to tell a lossy path from a stalled reader: packets declared lost,
+    /// the congestion window, MTU black holes detected, and how often each side said it was
+    /// blocked by the other's flow-control window.
+    pub lost_packets: u64,
+    pub cwnd: u64,
+    pub black_holes: u64,
+    pub blocked_sent: u64,
+    pub blocked_received: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +106,15 @@ impl Cluster {
                         rtt_us: quic.map_or(0, |q| q.path.rtt.as_micros() as u64),
                         mtu: quic.map_or(0, |q| q.path.current_mtu),
                         datagrams_sent: quic.map_or(0, |q| q.udp_tx.datagrams),
+                        lost_packets: quic.map_or(0, |q| q.path.lost_packets),
+                        cwnd: quic.map_or(0, |q| q.path.cwnd),
+                        black_holes: quic.map_or(0, |q| q.path.black_holes_detected),
+                        blocked_sent: quic.map_or(0, |q| {
+                            q.frame_tx.stream_data_blocked + q.frame_tx.data_blocked
+                        }),
+                        blocked_received: quic.map_or(0, |q| {
+                            q.frame_rx.stream_data_blocked + q.frame_rx.data_blocked
+                        }),
                     }
                 },
             )

@@ -46,15 +46,42 @@ use crate::certs::{node_name_of, CertsError, NodeIdentity, NodeName};
 pub const ALPN: &[u8] = b"meshcached/2";
 
 /// How often an otherwise idle connection sends a keep-alive (a PING).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+pub const KEEP_ALIVE: Duration = Duration::from_millis(400);
 
-/// How long without hearing from a peer before its connection is declared dead. Ten missed
-/// keep-alives: tolerant of a lost packet or a GC-like pause, quick enough for failover.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long without hearing from a peer before its connection is declared dead: five missed
+/// keep-alives. It is short on purpose. While a path is cut, QUIC backs its probes off
+/// exponentially (on loopback: 27 ms, 54 ms, ... 1.7 s), so a connection that outlives a
+/// partition of a few seconds resumes only at its next probe, seconds after the heal. A
+/// connection that dies instead is redialed at once, and a fresh handshake resumes within a
+/// second of the heal (see [`DIAL_TIMEOUT`] and the dialer's backoff). The price of a
+/// premature close is a reconnect and a delta from the replication log, which is cheap.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The largest UDP payload MTU discovery tries (jumbo frames are 9000 bytes; loopback
-/// carries up to 65535).
-const MTU_CEILING: u16 = 16_384;
+/// How long one dial may take before it is abandoned and retried: a dial started while the
+/// path is cut must not keep waiting on its backed-off Initial retransmissions after the
+/// heal.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The round-trip time assumed before the first measurement. Peers are on one network (a
+/// LAN or a data centre): with quinn's default of 333 ms a dial whose first Initial was lost
+/// would wait a second before resending it. A peer further away only sees a spurious
+/// retransmission during the handshake.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
+
+/// The largest UDP payload MTU discovery tries. quinn hands the kernel up to ten packets
+/// in one `sendmsg` (UDP generic segmentation offload), and Linux refuses a send whose
+/// total exceeds 64 KiB (`EMSGSIZE`), which quinn-udp drops silently (it assumes an MTU
+/// probe). With a larger ceiling (this was 16 KiB: loopback and jumbo-frame paths
+/// discovered it) every burst of four or more full packets was lost, every retransmission
+/// of it too: links sat connected with their replication stuck (issue: "write bursts from
+/// every node stall links for good"). 10 × 6,500 = 65,000 bytes stays under the limit.
+const MTU_CEILING: u16 = 6_500;
+
+/// The socket buffer sizes asked for (the kernel may cap them at `net.core.rmem_max` /
+/// `wmem_max`). The default 208 KiB holds only three 64 KiB bursts: a node receiving from
+/// several peers at once, while its cluster thread applies a batch, drops datagrams and
+/// every peer then slows down to recover them.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Room for received gossip datagrams not yet read by the application.
 const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
@@ -166,6 +193,7 @@ impl PeerEndpoint {
         server.transport_config(transport.clone());
         let bind = |source| TransportError::Bind { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        grow_buffers(&socket);
         let mut config = quinn::EndpointConfig::default();
         // Without this, quinn never sends datagrams larger than Ethernet's, whatever MTU
         // discovery finds (see transport_config).
@@ -341,6 +369,7 @@ fn transport_config() -> quinn::TransportConfig {
         IDLE_TIMEOUT.as_millis() as u32,
     ))));
     config.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    config.initial_rtt(INITIAL_RTT);
     // Probe for paths that carry more than quinn's default ceiling of 1452 bytes (jumbo
     // frames, loopback): each packet costs a fixed amount of CPU (crypto setup, headers, a
     // syscall share, an ACK), so fewer, larger packets make replication cheaper. Paths with a
@@ -349,6 +378,31 @@ fn transport_config() -> quinn::TransportConfig {
     mtu.upper_bound(MTU_CEILING);
     config.mtu_discovery_config(Some(mtu));
     config
+}
+
+/// Asks for [`SOCKET_BUFFER`]-sized send and receive buffers on the cluster socket. Best
+/// effort: a kernel that grants less still works, with more loss under bursts.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = SOCKET_BUFFER as libc::c_int;
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: a valid socket descriptor, and a pointer to a c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "cannot size the cluster socket's buffers: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Rustls refuses a peer offering no common ALPN; this re-checks the outcome so that a

@@ -103,6 +103,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Transport(#[from] TransportError),
+    #[error("--state-file: {0}; the node saves its store there when it stops, so the path must be writable from the start")]
+    StateFile(#[from] state::StateError),
 }
 
 /// A bound, not yet running server. Its client sockets are bound (so the ports are taken
@@ -320,6 +322,9 @@ fn start_cluster(
         cluster_id,
         node_name: cc.node_name.clone(),
     });
+    if let Some(sf) = &state_file {
+        state::check_writable(&sf.path)?;
+    }
     let positions = state_file
         .as_ref()
         .and_then(|sf| load_state(&sf.path, cc, cluster_id, store, hlc));

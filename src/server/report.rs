@@ -253,6 +253,11 @@ fn replication(ctx: &Ctx<'_>) -> Stats {
         push(&mut s, &f("rtt_us"), p.rtt_us);
         push(&mut s, &f("mtu"), p.mtu);
         push(&mut s, &f("datagrams_sent"), p.datagrams_sent);
+        push(&mut s, &f("lost_packets"), p.lost_packets);
+        push(&mut s, &f("cwnd"), p.cwnd);
+        push(&mut s, &f("black_holes"), p.black_holes);
+        push(&mut s, &f("flow_blocked_sent"), p.blocked_sent);
+        push(&mut s, &f("flow_blocked_received"), p.blocked_received);
     }
     s
 }

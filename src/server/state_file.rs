@@ -76,6 +76,16 @@ pub(super) fn load_state(
                 tracing::warn!(path = %path.display(), age_s = age_ms / 1000, dropped, "the state file is older than --tombstone-ttl, so it is not used (deletes made since could come back); this node resyncs by snapshot");
                 return None;
             }
+            if let Err(e) = state::invalidate(path) {
+                // Left in place, the file would be reloaded after a crash as if it were
+                // current: not using it is the safe side.
+                let dropped = store.clear();
+                tracing::error!(
+                    dropped,
+                    "{e}; so it is not used: this node resyncs by snapshot"
+                );
+                return None;
+            }
             tracing::info!(
                 path = %path.display(),
                 items = loaded.items,
@@ -83,7 +93,7 @@ pub(super) fn load_state(
                 expired = loaded.expired,
                 bytes = loaded.bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "state file loaded"
+                "state file loaded (and removed: it is trusted only for the run that wrote it)"
             );
             Some(loaded.header.positions)
         }

@@ -149,14 +149,53 @@ pub fn save(
     }
     let stats = saved?;
     // The rename is only durable once the directory entry is.
+    sync_dir(path)?;
+    Ok(stats)
+}
+
+/// Checks, at start, that a state file can later be saved at `path`: its temporary file can
+/// be created beside it, and an existing file there can be replaced. Discovering an
+/// unwritable path only at shutdown would lose the warm restart the operator asked for.
+pub fn check_writable(path: &Path) -> Result<(), StateError> {
+    let tmp = temp_path(path);
+    let _ = fs::remove_file(&tmp);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| StateError::io("create a file beside", path, e))?;
+    fs::remove_file(&tmp).map_err(|e| StateError::io("remove a test file beside", path, e))?;
+    if path.is_dir() {
+        return Err(StateError::io(
+            "use",
+            path,
+            io::Error::other("it is a directory"),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the state file once it has been loaded: a file is trusted only for the run that
+/// wrote it. After the load this node's store moves on (client writes, replication), so
+/// the file no longer describes it; were the node to crash later, reloading the file would
+/// serve values it has since overwritten and bring back keys it has since deleted, while
+/// claiming log positions that make peers send only what followed them. The next graceful
+/// stop writes a new one.
+pub fn invalidate(path: &Path) -> Result<(), StateError> {
+    fs::remove_file(path).map_err(|e| StateError::io("remove the loaded state file", path, e))?;
+    sync_dir(path)
+}
+
+/// Makes a change to `path`'s directory entry durable.
+fn sync_dir(path: &Path) -> Result<(), StateError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StateError::io("sync the directory of", path, e))?;
-    Ok(stats)
+        .map_err(|e| StateError::io("sync the directory of", path, e))
 }
 
 /// `PATH.tmp`: in the same directory, so that the rename cannot cross file systems.

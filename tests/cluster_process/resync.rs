@@ -371,3 +371,33 @@ fn a_node_out_of_contact_longer_than_the_tombstone_ttl_discards_and_resyncs() {
     set(&mut cb, "after", "y");
     wait_value(&a, "after", "y");
 }
+
+/// A `--state-file` that cannot be written is reported when the node starts (it exits with
+/// an error naming the path and the reason in the message), not discovered when it stops and its warm restart
+/// is already lost.
+#[test]
+fn an_unwritable_state_file_path_stops_the_node_at_startup() {
+    let dir = TempDir::new("state-unwritable");
+    let ca = generate_ca().expect("CA");
+    let certs = certify(&ca, &dir, "node-a");
+    let missing = dir.join("no-such-dir/node-a.state").display().to_string();
+    let listen = loopback(free_udp_port());
+    let (code, text) = run_to_exit(&[
+        "-p",
+        "0",
+        "--node-name",
+        "node-a",
+        "--certs-dir",
+        &certs,
+        "--cluster-listen",
+        &listen,
+        "--state-file",
+        &missing,
+    ]);
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}: {text}");
+    assert!(
+        text.contains(&missing),
+        "the message names the path: {text}"
+    );
+    assert!(text.contains("writable"), "{text}");
+}

@@ -1,0 +1,70 @@
+//! `kill -9` of a node under write load. A node that crashes never comes back claiming a
+//! past it no longer has: it reloads no state file (a file is trusted only for the run that
+//! wrote it), so it takes a snapshot and ends with exactly what its peer holds, without the
+//! values it had itself overwritten or the keys it had deleted.
+
+use super::*;
+
+fn values(prefix: &str, n: usize, value: &str) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("{prefix}-{i}"), value.as_bytes().to_vec()))
+        .collect()
+}
+
+fn keys_of(sets: &[(String, Vec<u8>)]) -> Vec<String> {
+    sets.iter().map(|(k, _)| k.clone()).collect()
+}
+
+#[test]
+fn a_node_killed_after_a_warm_restart_never_reloads_stale_contents() {
+    let dir = TempDir::new("crash-state");
+    let ca = generate_ca().expect("CA");
+    certify(&ca, &dir, "node-1");
+    certify(&ca, &dir, "node-2");
+    let port_a = free_udp_port();
+    let a = Proc::start(&dir, "node-1", 1, port_a, &[]);
+    let state = dir.join("node-2.state").display().to_string();
+    let join = loopback(port_a);
+    let b_flags = ["--join", join.as_str(), "--state-file", state.as_str()];
+    let start_b = || Proc::start(&dir, "node-2", 2, free_udp_port(), &b_flags);
+    let mut b = start_b();
+    wait_connected(&a, 1);
+
+    // Run 1 of node-2: its writes, then a graceful stop that saves the file.
+    let first = values("k", 2_000, "first");
+    pipelined_sets(&mut b.client(), &first, 200);
+    wait_agreement(&[&a, &b], &keys_of(&first), first.len(), DEADLINE);
+    b.node.signal(libc::SIGTERM);
+    assert_eq!(b.node.wait_exit().code(), Some(0), "{}", b.log());
+
+    // Run 2 loads it, overwrites and deletes some of its keys, and takes node-1's writes.
+    b = start_b();
+    b.wait_line(&["state file loaded"]);
+    let mut cb = b.client();
+    let second = values("k", 500, "second");
+    pipelined_sets(&mut cb, &second, 100);
+    for i in 500..600 {
+        assert_eq!(cb.line(&format!("delete k-{i}")), "DELETED\r\n");
+    }
+    let from_a = values("a", 5_000, "from node-1");
+    pipelined_sets(&mut a.client(), &from_a, 500);
+    let mut all = keys_of(&first);
+    all.extend(keys_of(&from_a));
+    wait_agreement(&[&a, &b], &all, all.len() - 100, DEADLINE);
+
+    // kill -9, more writes on node-1 meanwhile, and a restart with the same flags.
+    b.node.child.kill().expect("kill -9");
+    let _ = b.node.child.wait();
+    let during = values("during", 1_000, "while node-2 was down");
+    pipelined_sets(&mut a.client(), &during, 500);
+    all.extend(keys_of(&during));
+    let b = start_b();
+    wait_agreement(&[&a, &b], &all, all.len() - 100, Duration::from_secs(20));
+    let mut cb = b.client();
+    for i in (0..500).step_by(7) {
+        assert_eq!(get(&mut cb, &format!("k-{i}")).as_deref(), Some("second"));
+    }
+    for i in 500..600 {
+        assert_eq!(get(&mut cb, &format!("k-{i}")), None, "k-{i} was deleted");
+    }
+}
