@@ -112,7 +112,6 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         }
     };
     cl.members.send_modify(|v| *v += 1);
-    cl.alone_since_ms.store(0, Ordering::Relaxed);
     // The peer asks us to hold our stream until it has chosen a donor.
     let peer_defers = hello.flags & HELLO_DEFER != 0;
     if restarted {
@@ -177,9 +176,6 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     let now_ms = cl.hlc.clock().now_ms();
     let was_registered = cl.table().down(&hello.name, token, now_ms);
     if was_registered {
-        if cl.table().connected() == 0 {
-            cl.alone_since_ms.store(now_ms.max(1), Ordering::Relaxed);
-        }
         cl.plan().down(&hello.name);
         cl.sync_step();
         if let Some(p) = cl.table().peer_mut(&hello.name) {
@@ -239,7 +235,6 @@ async fn handshake(
     pc: &PeerConn,
     counters: &PeerCounters,
 ) -> Result<Handshake, LinkError> {
-    cl.check_isolation();
     let deferred = cl.plan().defer();
     let (ready, load) = cl.status_now();
     let (have_run, have_seq) = counters.have();

@@ -99,8 +99,6 @@ pub struct SyncCounters {
     pub snapshots_received: AtomicU64,
     pub snapshot_items_received: AtomicU64,
     pub snapshot_bytes_received: AtomicU64,
-    /// Times this node discarded its contents as too stale to keep.
-    pub discards: AtomicU64,
 }
 
 /// Totals over every peer, for `stats`.
@@ -159,10 +157,6 @@ pub struct Cluster {
     serving: AtomicU16,
     /// Each connected peer's sender, by name, with the connection's token.
     links: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Ctl>)>>,
-    /// When the last peer connection ended (ms since the epoch; 0 while connected or
-    /// before any connection).
-    alone_since_ms: AtomicU64,
-    tombstone_ttl_ms: u64,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -221,8 +215,6 @@ impl Cluster {
             status: watch::Sender::new(0),
             serving: AtomicU16::new(0),
             links: Mutex::new(HashMap::new()),
-            alone_since_ms: AtomicU64::new(0),
-            tombstone_ttl_ms: u64::from(config.tombstone_ttl) * 1000,
             sync_counters: SyncCounters::default(),
         });
         for p in positions.into_iter().flatten() {
@@ -353,36 +345,6 @@ impl Cluster {
             plan.snapshot_began(peer)
         };
         self.act(actions);
-    }
-
-    /// Before greeting a peer: a node that was cut off from every peer for longer than
-    /// the tombstone TTL may hold data that was deleted meanwhile and whose tombstones are
-    /// gone: it must not serve it back, so it drops everything and resyncs from a donor.
-    fn check_isolation(&self) {
-        let since = self.alone_since_ms.load(Ordering::Relaxed);
-        let now = self.hlc.clock().now_ms();
-        if since == 0 || now.saturating_sub(since) <= self.tombstone_ttl_ms {
-            return;
-        }
-        if self
-            .alone_since_ms
-            .compare_exchange(since, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let dropped = self.store.clear();
-        self.sync_counters.discards.fetch_add(1, Ordering::Relaxed);
-        for c in self
-            .peer_counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            c.set_have(RunId(0), 0);
-        }
-        self.plan().restart();
-        tracing::warn!(node = %self.name, dropped, out_of_contact_s = (now - since) / 1000, "out of contact with every peer for longer than --tombstone-ttl: discarding this node's contents (deletes made meanwhile may be forgotten) and resyncing by snapshot");
     }
 
     /// Stops the cluster thread (sending, receiving, acknowledging, even QUIC keep-alives)

@@ -216,7 +216,6 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "snapshot_bytes_received",
         k(|c| &c.snapshot_bytes_received),
     );
-    push(&mut s, "stale_discards", k(|c| &c.discards));
     s
 }
 
