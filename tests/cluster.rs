@@ -377,6 +377,11 @@ fn malformed_frames_from_a_peer_close_only_that_connection() {
                 have_seq: 0,
                 flags: 0,
                 load: 0,
+                // An honest clock: this test is about what follows the hello.
+                wall_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
             }),
             &mut b,
         );

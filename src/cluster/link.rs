@@ -46,6 +46,32 @@ pub enum LinkError {
     StreamEnded,
     #[error("no hello within {HELLO_TIMEOUT:?}")]
     HelloTimeout,
+    #[error("{0}")]
+    Clock(String),
+}
+
+/// Whether a peer's clock is too far from ours to replicate with: its hello's wall time
+/// against ours when it arrived. Beyond `max_skew` one side's versions are refused by the
+/// other's skew guard, write after write, for as long as the offset lasts (for ever, with a
+/// misconfigured clock), so the link is refused at once, on both sides, with the offset
+/// named. A hello takes one network delay to arrive, which makes the peer look up to that
+/// much behind: negligible against a skew limit of seconds.
+pub fn clock_refusal(peer_wall_ms: u64, our_wall_ms: u64, max_skew: Duration) -> Option<String> {
+    let offset_ms = peer_wall_ms as i128 - our_wall_ms as i128;
+    if offset_ms.unsigned_abs() <= max_skew.as_millis() {
+        return None;
+    }
+    let (dir, abs) = if offset_ms > 0 {
+        ("ahead of", offset_ms)
+    } else {
+        ("behind", -offset_ms)
+    };
+    Some(format!(
+        "the peer's clock is {}.{:03} s {dir} this node's, more than --max-clock-skew ({max_skew:?}); \
+         fix the clocks (NTP): replicating across that offset would refuse one side's writes",
+        abs / 1000,
+        abs % 1000
+    ))
 }
 
 /// Runs one connection to its end. Returns whether it was registered as the peer's
@@ -57,6 +83,12 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     let counters = cl.peer_counters(&pc.name);
     let (hello, deferred, send, recv, buf) = match handshake(&cl, &pc, &counters).await {
         Ok(parts) => parts,
+        Err(LinkError::Clock(why)) => {
+            cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(node = %cl.name, peer = %pc.name, %addr, "refusing peer: {why}");
+            conn.close(CLOSE_REFUSED.into(), why.as_bytes());
+            return false;
+        }
         Err(e) => {
             match conn.close_reason() {
                 // The peer refused us (a node id clash, say) and said why: that must be seen.
@@ -256,6 +288,7 @@ async fn handshake(
         have_seq,
         flags,
         load,
+        wall_ms: cl.hlc.clock().now_ms(),
     });
     let mut out = BytesMut::new();
     frame::encode(&ours, &mut out);
@@ -280,6 +313,9 @@ async fn handshake(
     let Frame::Hello(hello) = first else {
         return Err(LinkError::Protocol("the first frame is not a hello".into()));
     };
+    if let Some(why) = clock_refusal(hello.wall_ms, cl.hlc.clock().now_ms(), cl.max_skew) {
+        return Err(LinkError::Clock(why));
+    }
     if hello.name != pc.name {
         return Err(LinkError::Protocol(format!(
             "the peer calls itself {:?} but its certificate names {:?}",
@@ -291,4 +327,21 @@ async fn handshake(
         counters.set_have(hello.run_id, 0);
     }
     Ok((hello, deferred, send, recv, buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_clock_beyond_the_skew_limit_is_refused_naming_the_offset() {
+        let skew = Duration::from_secs(5);
+        let now = 1_800_000_000_000;
+        assert_eq!(clock_refusal(now + 3_000, now, skew), None, "3 s ahead");
+        assert_eq!(clock_refusal(now - 5_000, now, skew), None, "at the limit");
+        let ahead = clock_refusal(now + 3_600_250, now, skew).expect("an hour ahead");
+        assert!(ahead.contains("3600.250 s ahead of"), "{ahead}");
+        let behind = clock_refusal(now - 7_000, now, skew).expect("7 s behind");
+        assert!(behind.contains("7.000 s behind"), "{behind}");
+    }
 }

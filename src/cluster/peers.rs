@@ -437,6 +437,7 @@ mod tests {
             have_seq: 0,
             flags: 0,
             load: 0,
+            wall_ms: 0,
         }
     }
 

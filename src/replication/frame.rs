@@ -10,7 +10,7 @@
 //!           op 3 (flush):  at:u32
 //! Ack    := kind 2, run_id:u64 seq:u64      (highest sequence applied)
 //! Hello  := kind 3, name:str8 node_id:u16 run_id:u64 have_run:u64 have_seq:u64
-//!           flags:u8 load:u16
+//!           flags:u8 load:u16 wall_ms:u64
 //!           (first frame on each live stream: who we are, and what we already applied
 //!           of the receiver's log: its run id and sequence, 0 and 0 for nothing; flags:
 //!           1 = ready (serving, a possible donor), 2 = defer (hold your stream until my
@@ -85,6 +85,10 @@ pub struct Hello {
     pub flags: u8,
     /// How many snapshots the sender is serving.
     pub load: u16,
+    /// The sender's wall clock (ms since the unix epoch) as it sent the hello: a peer whose
+    /// clock is further off than `--max-clock-skew` is refused at once, naming the offset,
+    /// instead of having its writes refused one by one (or refusing ours) for ever.
+    pub wall_ms: u64,
 }
 
 /// A cluster member as gossiped: its name, node id and cluster address (`ip:port`).
@@ -222,6 +226,7 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             have_seq: r.u64()?,
             flags: r.u8()?,
             load: r.u16()?,
+            wall_ms: r.u64()?,
         }),
         MEMBERS => {
             let count = usize::from(r.u16()?);
@@ -327,6 +332,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u64(h.have_seq);
             out.put_u8(h.flags);
             out.put_u16(h.load);
+            out.put_u64(h.wall_ms);
         }
         Frame::Members(members) => {
             out.put_u8(MEMBERS);

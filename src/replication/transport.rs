@@ -43,7 +43,7 @@ use crate::certs::{node_name_of, CertsError, NodeIdentity, NodeName};
 
 /// The ALPN protocol id: the peer protocol and its version. A new incompatible wire version
 /// gets a new id, so that mismatched nodes fail the handshake instead of misparsing frames.
-pub const ALPN: &[u8] = b"meshcached/2";
+pub const ALPN: &[u8] = b"meshcached/3";
 
 /// How often an otherwise idle connection sends a keep-alive (a PING).
 pub const KEEP_ALIVE: Duration = Duration::from_millis(400);

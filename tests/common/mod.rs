@@ -53,9 +53,27 @@ impl Node {
     /// Spawns the binary on a free port (five tries, in case another process takes the
     /// port first) with `stderr` as its standard error; `None` if it never accepted.
     fn launch(extra: &[&str], stderr: &dyn Fn() -> Stdio) -> Option<Node> {
+        Node::launch_wrapped(&[], extra, stderr)
+    }
+
+    /// [`Node::launch`] with the binary run by `wrapper` (a command that execs it, such as
+    /// `faketime -f +1h`, so that the process keeps its PID); empty for none.
+    fn launch_wrapped(
+        wrapper: &[&str],
+        extra: &[&str],
+        stderr: &dyn Fn() -> Stdio,
+    ) -> Option<Node> {
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(binary())
+            let mut cmd = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(binary());
+                    c
+                }
+                None => Command::new(binary()),
+            };
+            let mut child = cmd
                 .args(["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0"])
                 .args(extra)
                 .stdin(Stdio::null())
@@ -216,8 +234,13 @@ impl Node {
     /// Like [`Node::start`], but the node's stderr goes to the file `log` (truncated first),
     /// so that a test can read the log while the node runs (see [`wait_log`]).
     pub fn start_logged(extra: &[&str], log: &std::path::Path) -> Node {
+        Node::start_logged_wrapped(&[], extra, log)
+    }
+
+    /// [`Node::start_logged`] under `wrapper` (see [`Node::launch_wrapped`]).
+    pub fn start_logged_wrapped(wrapper: &[&str], extra: &[&str], log: &std::path::Path) -> Node {
         let stderr = || Stdio::from(std::fs::File::create(log).expect("create the log file"));
-        Node::launch(extra, &stderr).unwrap_or_else(|| {
+        Node::launch_wrapped(wrapper, extra, &stderr).unwrap_or_else(|| {
             panic!(
                 "meshcached did not start with {extra:?}; its log:\n{}",
                 read_log(log)

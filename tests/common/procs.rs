@@ -31,6 +31,18 @@ impl Proc {
     /// Starts node `name` with the certificates in `dir/<name>` and the cluster endpoint on
     /// 127.0.0.1:`cluster_port`, plus `extra` flags.
     pub fn start(dir: &TempDir, name: &str, id: u16, cluster_port: u16, extra: &[&str]) -> Proc {
+        Self::start_wrapped(&[], dir, name, id, cluster_port, extra)
+    }
+
+    /// [`Proc::start`] with the binary run by `wrapper` (e.g. `faketime -f +1h`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        dir: &TempDir,
+        name: &str,
+        id: u16,
+        cluster_port: u16,
+        extra: &[&str],
+    ) -> Proc {
         let certs = dir.join(name).display().to_string();
         let id = id.to_string();
         let listen = loopback(cluster_port);
@@ -47,7 +59,9 @@ impl Proc {
             &listen,
         ];
         flags.extend_from_slice(extra);
-        Self::start_with(dir, name, &flags)
+        let log = dir.join(&format!("{name}.log"));
+        let node = Node::start_logged_wrapped(wrapper, &flags, &log);
+        Proc { node, log }
     }
 
     /// Starts a node with exactly these flags (beyond the harness's client port ones).

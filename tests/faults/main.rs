@@ -1,13 +1,15 @@
 //! The fault suite: the real binary as processes on 127.0.0.1 under real faults (write
 //! bursts from every node at once, partitions made with packet filters on the loopback
-//! interface, `kill -9`, SIGSTOP), each bounded in time and each checking the convergence
-//! contract (DESIGN.md section 0) from outside: once writes stop and the nodes can talk,
-//! every node that holds a key holds the same value with the same CAS.
+//! interface, `kill -9`, SIGSTOP, clocks moved by libfaketime), each bounded in time and
+//! each checking the convergence contract (DESIGN.md section 0) from outside: once writes
+//! stop and the nodes can talk, every node that holds a key holds the same value with the
+//! same CAS.
 //!
-//! Partitions need root and `iptables` (`.ci/run` installs it). Every rule a test adds is
+//! Partitions need root and `iptables`, clocks `faketime` (`.ci/run` installs both). Every rule a test adds is
 //! removed when its [`Partition`] is dropped, also when the test fails.
 
 mod burst;
+mod clock;
 #[path = "../common/mod.rs"]
 mod common;
 mod crash;

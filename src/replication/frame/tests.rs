@@ -51,7 +51,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             "[a-z0-9-]{0,20}",
             any::<u16>(),
-            any::<[u64; 3]>(),
+            any::<[u64; 4]>(),
             any::<(u8, u16)>()
         )
             .prop_map(|(name, id, n, (flags, load))| {
@@ -63,6 +63,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     have_seq: n[2],
                     flags,
                     load,
+                    wall_ms: n[3],
                 })
             }),
         proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u16>(), "[0-9.:]{0,21}"), 0..4)

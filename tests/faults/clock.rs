@@ -1,0 +1,83 @@
+//! Clocks that are off (libfaketime on one node). Within `--max-clock-skew` nothing
+//! changes: the cluster converges. Beyond it the link is refused at the handshake, on both
+//! sides, with the offset named in each log: never silent, permanent divergence from
+//! writes that every peer refuses one by one.
+
+use super::*;
+
+/// Runs the binary with its wall clock moved by `offset` (monotonic time untouched, so its
+/// timers run as usual).
+fn skewed(offset: &str) -> Vec<String> {
+    [
+        "env",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "faketime",
+        "-f",
+        offset,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_pair(dir: &TempDir, offset: &str, b_extra: &[&str]) -> (Proc, Proc) {
+    let ca = generate_ca().expect("CA");
+    certify(&ca, dir, "node-1");
+    certify(&ca, dir, "node-2");
+    let port_a = free_udp_port();
+    let a = Proc::start(dir, "node-1", 1, port_a, &[]);
+    let join = loopback(port_a);
+    let mut flags = vec!["--join", join.as_str()];
+    flags.extend_from_slice(b_extra);
+    let wrapper = skewed(offset);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let b = Proc::start_wrapped(&wrapper, dir, "node-2", 2, free_udp_port(), &flags);
+    (a, b)
+}
+
+#[test]
+fn a_node_three_seconds_ahead_replicates_both_ways() {
+    let dir = TempDir::new("clock-3s");
+    let (a, b) = start_pair(&dir, "+3s", &[]);
+    wait_connected(&a, 1);
+    let (mut ca_, mut cb) = (a.client(), b.client());
+    let mut keys = Vec::new();
+    for i in 0..200 {
+        set(&mut ca_, &format!("a-{i}"), "from node-1");
+        set(&mut cb, &format!("b-{i}"), "from node-2");
+        keys.extend([format!("a-{i}"), format!("b-{i}")]);
+    }
+    // The same keys written on both sides: last-writer-wins picks one everywhere.
+    for i in 0..50 {
+        set(&mut ca_, &format!("both-{i}"), "node-1's");
+        set(&mut cb, &format!("both-{i}"), "node-2's");
+        keys.push(format!("both-{i}"));
+    }
+    wait_agreement(&[&a, &b], &keys, keys.len(), DEADLINE);
+    assert_eq!(stat(&mut ca_, "clock_skew_rejects"), 0);
+    assert_eq!(stat(&mut cb, "clock_skew_rejects"), 0);
+}
+
+#[test]
+fn a_node_an_hour_ahead_is_refused_at_the_handshake_naming_the_offset() {
+    let dir = TempDir::new("clock-1h");
+    let (a, b) = start_pair(&dir, "+1h", &["--join-timeout", "1s"]);
+    // Each side refuses the other and says by how much the clocks differ.
+    let line_a = a.wait_line(&["refusing peer", "node-2", "ahead of this node's"]);
+    assert!(
+        line_a.contains("3599.") || line_a.contains("3600."),
+        "{line_a}"
+    );
+    let line_b = b.wait_line(&["node-1", "behind this node's"]);
+    assert!(
+        line_b.contains("3599.") || line_b.contains("3600."),
+        "{line_b}"
+    );
+    let mut ca_ = a.client();
+    assert!(stat(&mut ca_, "peers_refused") >= 1);
+    assert_eq!(stat(&mut ca_, "peers_connected"), 0);
+    // node-2 serves its clients after --join-timeout, and says it is alone.
+    let mut cb = b.client();
+    set(&mut cb, "k", "v");
+    assert_eq!(stat(&mut cb, "peers_connected"), 0);
+}
