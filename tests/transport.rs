@@ -450,7 +450,8 @@ async fn peer_with_another_alpn_is_refused() {
         matches!(err, TransportError::AlpnMismatch { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("meshcached/2"), "{err}");
+    let alpn = std::str::from_utf8(meshcached::replication::transport::ALPN).unwrap();
+    assert!(err.to_string().contains(alpn), "{err}");
     let server_side = within("raw accept", serving)
         .await
         .expect("raw server task");

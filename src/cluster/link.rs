@@ -178,6 +178,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     );
     cl.act(actions);
     cl.sync_step();
+    reconcile_if_due(&cl, &hello, &ctl_tx);
     let position = (!peer_defers).then_some(send::Position {
         run: hello.have_run,
         seq: hello.have_seq,
@@ -208,6 +209,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     let now_ms = cl.hlc.clock().now_ms();
     let was_registered = cl.table().down(&hello.name, token, now_ms);
     if was_registered {
+        cl.reconciler().link_down(&hello.name, now_ms);
         cl.plan().down(&hello.name);
         cl.sync_step();
         if let Some(p) = cl.table().peer_mut(&hello.name) {
@@ -228,6 +230,22 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     }
     conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
     true
+}
+
+/// Asks the peer for a full snapshot to reconcile with, when this node was apart from the
+/// same run of it for longer than the tombstone TTL (see [`super::reconcile`]).
+fn reconcile_if_due(cl: &Cluster, hello: &Hello, ctl: &mpsc::UnboundedSender<super::Ctl>) {
+    let Some(node_id) = crate::clock::NodeId::new(hello.node_id) else {
+        return;
+    };
+    let now_ms = cl.hlc.clock().now_ms();
+    let due = cl
+        .reconciler()
+        .link_up(&hello.name, hello.run_id, node_id, hello.wall_ms, now_ms);
+    if let Some(token) = due {
+        tracing::info!(node = %cl.name, peer = %hello.name, "apart from the peer for longer than --tombstone-ttl: reconciling (asking for its full snapshot; keys it deleted meanwhile are dropped here)");
+        let _ = ctl.send(super::Ctl::Send(Frame::SnapshotRequest { token }));
+    }
 }
 
 /// How a link ended, for the level of its log line.

@@ -23,6 +23,7 @@ mod dial;
 mod link;
 pub mod outbox;
 pub mod peers;
+mod reconcile;
 mod recv;
 mod report;
 mod send;
@@ -88,8 +89,8 @@ pub(crate) enum Ctl {
     Send(Frame),
     /// The peer wants our log from this position.
     From(RunId, u64),
-    /// The peer wants a snapshot of our store.
-    Snapshot,
+    /// The peer wants a snapshot of our store; the token of its request.
+    Snapshot(u64),
 }
 
 /// Snapshot totals, for `stats`.
@@ -99,6 +100,9 @@ pub struct SyncCounters {
     pub snapshots_received: AtomicU64,
     pub snapshot_items_received: AtomicU64,
     pub snapshot_bytes_received: AtomicU64,
+    /// Keys dropped by reconciliation: a peer's full snapshot, after a separation longer
+    /// than the tombstone TTL, showed them gone there.
+    pub reconciled_drops: AtomicU64,
 }
 
 /// Totals over every peer, for `stats`.
@@ -155,6 +159,8 @@ pub struct Cluster {
     status: watch::Sender<u64>,
     /// Snapshots this node is serving (its load, as donors are chosen).
     serving: AtomicU16,
+    /// What this node knows of each peer's hold on its data, for reconciliation.
+    reconciler: Mutex<reconcile::Reconciler>,
     /// Each connected peer's sender, by name, with the connection's token.
     links: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Ctl>)>>,
 }
@@ -215,6 +221,11 @@ impl Cluster {
             status: watch::Sender::new(0),
             serving: AtomicU16::new(0),
             links: Mutex::new(HashMap::new()),
+            reconciler: Mutex::new(reconcile::Reconciler::new(
+                config.node_id,
+                u64::from(config.tombstone_ttl) * 1000,
+                config.max_clock_skew.as_millis() as u64,
+            )),
             sync_counters: SyncCounters::default(),
         });
         for p in positions.into_iter().flatten() {
@@ -281,7 +292,7 @@ impl Cluster {
             match a {
                 Action::RequestSnapshot(peer) => {
                     tracing::info!(node = %self.name, donor = %peer, "asking for a snapshot (initial sync)");
-                    self.send_ctl(&peer, Ctl::Send(Frame::SnapshotRequest));
+                    self.send_ctl(&peer, Ctl::Send(Frame::SnapshotRequest { token: 0 }));
                 }
                 Action::Start(peer) => {
                     let (run_id, seq) = self.peer_counters(&peer).have();
@@ -415,6 +426,10 @@ impl Cluster {
 
     pub fn peers_connected(&self) -> usize {
         self.table().connected()
+    }
+
+    fn reconciler(&self) -> MutexGuard<'_, reconcile::Reconciler> {
+        self.reconciler.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn table(&self) -> MutexGuard<'_, PeerTable<quinn::Connection>> {

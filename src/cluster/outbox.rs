@@ -114,6 +114,15 @@ impl Outbox {
         (entry.seq == seq).then(|| entry.mutation.version.physical_ms() + HLC_EPOCH_MS)
     }
 
+    /// The version of entry `seq`, if still held. The log is in version order (the clock
+    /// ticks under the log's order), so every own write up to that version is at or before
+    /// `seq`.
+    pub fn entry_version(&self, seq: u64) -> Option<crate::clock::Version> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = log.read(seq.checked_sub(1)?, 0).ok()?.into_iter().next()?;
+        (entry.seq == seq).then_some(entry.mutation.version)
+    }
+
     /// Returns once an entry after `cursor` exists.
     pub async fn wait_beyond(&self, cursor: u64) {
         loop {

@@ -11,7 +11,7 @@ use super::link::LinkError;
 use super::{Cluster, Ctl, PeerCounters};
 use crate::replication::apply::apply_entries;
 use crate::replication::frame::{self, Frame};
-use crate::replication::log::RunId;
+use crate::replication::log::{Op, RunId};
 
 #[allow(clippy::too_many_arguments)]
 pub async fn recv_loop(
@@ -42,6 +42,14 @@ pub async fn recv_loop(
                     let stats = apply_entries(&cl.store, &cl.hlc, &entries, cl.max_skew, now);
                     cl.counters.add(&stats);
                     counters.set_have(their_run, last);
+                    let newest = entries
+                        .iter()
+                        .filter(|e| !matches!(e.mutation.op, Op::Flush { .. }))
+                        .map(|e| e.mutation.version)
+                        .max();
+                    if let Some(v) = newest {
+                        cl.reconciler().applied(peer, their_run, v);
+                    }
                     applied.notify_one();
                 }
                 Frame::Ack { run_id, seq } => {
@@ -49,6 +57,9 @@ pub async fn recv_loop(
                         // A peer cannot have more than we sent.
                         let seq = seq.min(counters.sent_seq.load(Ordering::Relaxed));
                         counters.acked_seq.fetch_max(seq, Ordering::Relaxed);
+                        if let Some(v) = cl.outbox.entry_version(seq) {
+                            cl.reconciler().acked(peer, their_run, v);
+                        }
                     }
                 }
                 Frame::Members(list) => {
@@ -71,8 +82,8 @@ pub async fn recv_loop(
                     }
                     let _ = ctl.send(Ctl::From(run_id, seq));
                 }
-                Frame::SnapshotRequest => {
-                    let _ = ctl.send(Ctl::Snapshot);
+                Frame::SnapshotRequest { token } => {
+                    let _ = ctl.send(Ctl::Snapshot(token));
                 }
                 Frame::Synced { snapshots } => {
                     tracing::debug!(node = %cl.name, %peer, snapshots, "peer says we are synced with it");

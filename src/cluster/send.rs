@@ -148,9 +148,12 @@ pub async fn send_loop(
     let outbox: &Outbox = &cl.outbox;
     let mut plan = SendPlan::default();
     let mut snapshot: Option<SnapshotRun<'_>> = None;
+    // The token of the peer's latest snapshot request: every walk started after it echoes
+    // it, telling the peer that the walk saw all it had sent us before asking.
+    let mut token = 0;
     if let Some(p) = position {
         if reposition(&mut plan, outbox, p) {
-            snapshot = Some(start_snapshot(link, OFF_THE_LOG));
+            snapshot = Some(start_snapshot(link, OFF_THE_LOG, token));
         }
     }
     let mut members = cl.members.subscribe();
@@ -195,7 +198,11 @@ pub async fn send_loop(
                 Err(lagged) => {
                     fell_behind(link, cursor, lagged.oldest);
                     if plan.lagged(lagged.oldest) {
-                        snapshot = Some(start_snapshot(link, "it fell behind the replication log"));
+                        snapshot = Some(start_snapshot(
+                            link,
+                            "it fell behind the replication log",
+                            token,
+                        ));
                     }
                     continue;
                 }
@@ -242,7 +249,7 @@ pub async fn send_loop(
                 done?;
                 snapshot = None;
                 if plan.snapshot_done() {
-                    snapshot = Some(start_snapshot(link, "writes were dropped from the log during the last one"));
+                    snapshot = Some(start_snapshot(link, "writes were dropped from the log during the last one", token));
                 } else if let Some(p) = cl.table().peer_mut(link.peer) {
                     p.needs_resync = false;
                 }
@@ -254,12 +261,13 @@ pub async fn send_loop(
                     // A Start comes after the peer took a donor's snapshot: not empty.
                     let p = Position { run, seq, empty: false };
                     if reposition(&mut plan, outbox, p) {
-                        snapshot = Some(start_snapshot(link, OFF_THE_LOG));
+                        snapshot = Some(start_snapshot(link, OFF_THE_LOG, token));
                     }
                 }
-                Some(Ctl::Snapshot) => {
+                Some(Ctl::Snapshot(asked)) => {
+                    token = asked;
                     if plan.snapshot_requested(outbox.last_seq()) {
-                        snapshot = Some(start_snapshot(link, "it asked for one"));
+                        snapshot = Some(start_snapshot(link, "it asked for one", token));
                     }
                 }
             },
@@ -275,8 +283,10 @@ fn reposition(plan: &mut SendPlan, outbox: &Outbox, p: Position) -> bool {
     plan.position(p, outbox.run_id(), outbox.last_seq(), outbox.oldest_seq())
 }
 
-fn start_snapshot<'a>(link: &'a Link<'a>, why: &'static str) -> SnapshotRun<'a> {
-    Box::pin(snapshot::send_snapshot(link.cl, link.peer, link.conn, why))
+fn start_snapshot<'a>(link: &'a Link<'a>, why: &'static str, token: u64) -> SnapshotRun<'a> {
+    Box::pin(snapshot::send_snapshot(
+        link.cl, link.peer, link.conn, why, token,
+    ))
 }
 
 async fn write_frame(send: &mut quinn::SendStream, f: &Frame) -> Result<(), LinkError> {

@@ -8,12 +8,14 @@
 //! every other origin's log before the walk began: a node taking its initial sync from this
 //! donor then asks those origins for the rest from there.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use super::link::LinkError;
+use super::reconcile::Bounds;
 use super::Cluster;
 use crate::replication::apply::apply_mutations;
 use crate::replication::frame::{self, Frame, SnapBegin, SnapItemsWriter};
@@ -49,6 +51,7 @@ pub async fn send_snapshot(
     peer: &str,
     conn: &quinn::Connection,
     why: &'static str,
+    token: u64,
 ) -> Result<(), LinkError> {
     let _serving = Serving::new(cl);
     let started = Instant::now();
@@ -62,6 +65,7 @@ pub async fn send_snapshot(
         items: cl.store.len(),
         flush: cl.store.flush_state(now),
         positions: cl.positions(),
+        token,
     };
     let mut out = BytesMut::with_capacity(PIECE_BYTES + (16 << 10));
     frame::encode(&Frame::SnapBegin(begin), &mut out);
@@ -126,6 +130,9 @@ async fn receive_one(
     let mut buf = BytesMut::with_capacity(1 << 20);
     let mut begun = false;
     let mut log_seq = 0;
+    // When this snapshot answers our reconciliation request: its token, the bounds to
+    // drop by, and the hash of every key it carries (items and tombstones).
+    let mut reconciling: Option<(u64, Bounds, HashSet<u64>)> = None;
     let (mut items, mut bytes) = (0u64, 0u64);
     let mut progress = Instant::now();
     loop {
@@ -136,9 +143,15 @@ async fn receive_one(
                     log_seq = b.log_seq;
                     tracing::info!(node = %cl.name, %peer, items = b.items, "receiving a snapshot");
                     cl.store.reserve_entries(b.items);
+                    if let Some(bounds) = cl.reconciler().snapshot_began(peer, b.token) {
+                        reconciling = Some((b.token, bounds, HashSet::new()));
+                    }
                     cl.snapshot_began(peer, &b);
                 }
                 Frame::SnapItems(list) if begun => {
+                    if let Some((_, _, held)) = &mut reconciling {
+                        held.extend(list.iter().map(|m| cl.store.hash(&m.key)));
+                    }
                     let now = cl.hlc.clock().now_secs();
                     let stats = apply_mutations(&cl.store, &cl.hlc, &list, cl.max_skew, now);
                     cl.counters.add(&stats);
@@ -161,6 +174,9 @@ async fn receive_one(
                     c.snapshot_bytes_received
                         .fetch_add(bytes, Ordering::Relaxed);
                     log_progress(cl, peer, "snapshot applied", items, bytes, started);
+                    if let Some((token, bounds, held)) = reconciling.take() {
+                        reconcile(cl, peer, token, &bounds, &held);
+                    }
                     // The snapshot holds the peer's own writes up to `log_seq`: a later
                     // reconnect (or a restart from the state file) asks only for the rest.
                     cl.peer_counters(peer).merge_have(their_run, log_seq);
@@ -184,6 +200,20 @@ async fn receive_one(
             None => return Err(LinkError::StreamEnded),
         }
     }
+}
+
+/// Drops the keys the peer's complete snapshot lacks and that it provably held once (so
+/// they are gone there: deleted, evicted or expired), and ends the reconciliation.
+fn reconcile(cl: &Cluster, peer: &str, token: u64, bounds: &Bounds, held: &HashSet<u64>) {
+    let now = cl.hlc.clock().now_secs();
+    let dropped = cl.store.forget_where(now, |hash, version| {
+        !held.contains(&hash) && bounds.drops(version)
+    });
+    cl.sync_counters
+        .reconciled_drops
+        .fetch_add(dropped, Ordering::Relaxed);
+    cl.reconciler().done(peer, token);
+    tracing::info!(node = %cl.name, %peer, dropped, "reconciled with the peer: dropped the keys it no longer holds that it had held (deleted, evicted or expired while apart)");
 }
 
 fn frame_name(f: &Frame) -> &'static str {

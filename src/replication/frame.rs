@@ -57,7 +57,7 @@ pub enum Frame {
     Members(Vec<Member>),
     Status { ready: bool, load: u16 },
     Start { run_id: RunId, seq: u64 },
-    SnapshotRequest,
+    SnapshotRequest { token: u64 },
     Synced { snapshots: u32 },
     SnapBegin(SnapBegin),
     SnapItems(Vec<Mutation>),
@@ -252,7 +252,7 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             run_id: RunId(r.u64()?),
             seq: r.u64()?,
         },
-        sync::SNAP_REQUEST => Frame::SnapshotRequest,
+        sync::SNAP_REQUEST => Frame::SnapshotRequest { token: r.u64()? },
         sync::SYNCED => Frame::Synced {
             snapshots: r.u32()?,
         },
@@ -354,7 +354,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u64(run_id.0);
             out.put_u64(*seq);
         }
-        Frame::SnapshotRequest => out.put_u8(sync::SNAP_REQUEST),
+        Frame::SnapshotRequest { token } => {
+            out.put_u8(sync::SNAP_REQUEST);
+            out.put_u64(*token);
+        }
         Frame::Synced { snapshots } => {
             out.put_u8(sync::SYNCED);
             out.put_u32(*snapshots);

@@ -496,7 +496,10 @@ mod tests {
              invalid peer certificate: UnknownIssuer"
         );
         let e = TransportError::AlpnMismatch { addr };
-        assert!(e.to_string().contains("meshcached/2"), "{e}");
+        assert!(
+            e.to_string().contains(std::str::from_utf8(ALPN).unwrap()),
+            "{e}"
+        );
         let e = TransportError::NameMismatch {
             expected: "node-b".into(),
             presented: "node-c".into(),

@@ -216,6 +216,7 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "snapshot_bytes_received",
         k(|c| &c.snapshot_bytes_received),
     );
+    push(&mut s, "reconciled_drops", k(|c| &c.reconciled_drops));
     s
 }
 

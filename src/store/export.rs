@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::shard::Removal;
 use super::{lock, Store};
 use crate::clock::Version;
 
@@ -99,6 +100,33 @@ impl Store {
                 self.flush(version, at, now);
             }
         }
+    }
+
+    /// Removes every live item for which `drop(key hash, version)` holds, one shard lock at
+    /// a time; tombstones stay. Reconciliation uses it for the keys a peer's full snapshot
+    /// shows are gone there (DESIGN.md section 6). Nothing is replicated: each node
+    /// reconciles for itself. Returns how many items were removed.
+    pub fn forget_where(&self, now: u32, mut drop: impl FnMut(u64, Version) -> bool) -> u64 {
+        let mut removed = 0;
+        for (i, shard) in self.shards.iter().enumerate() {
+            let floor = self.flush_floor(now);
+            let mut shard = lock(shard);
+            let mut idx = 0;
+            while let Some(s) = shard.slot_at(idx) {
+                idx += 1;
+                if s.is_free() || s.is_tombstone() || s.is_dead(now, floor) {
+                    continue;
+                }
+                let hash = self.hash(s.key());
+                debug_assert_eq!(self.shard_of(hash), i);
+                if drop(hash, Version(s.version)) {
+                    let freed = shard.remove_slot(idx as u32 - 1, hash, Removal::Reconciled, now);
+                    self.used.fetch_sub(freed, Ordering::AcqRel);
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Drops every item and tombstone, one shard at a time; returns how many there were.

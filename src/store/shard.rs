@@ -90,6 +90,8 @@ pub(super) enum Removal {
     Reclaimed,
     /// Pushed out for memory.
     Evicted,
+    /// Dropped by reconciliation: a peer's full snapshot showed it gone there.
+    Reconciled,
 }
 
 #[derive(Default)]
@@ -156,7 +158,7 @@ impl Shard {
         }
         let unfetched = slot.bits & FETCHED == 0;
         match why {
-            Removal::Explicit => {}
+            Removal::Explicit | Removal::Reconciled => {}
             Removal::Reclaimed => {
                 self.stats.reclaimed += 1;
                 if unfetched {

@@ -4,14 +4,16 @@
 //! ```text
 //! Status  := kind 5, ready:u8 load:u16          (sent when either changes)
 //! Start   := kind 6, run_id:u64 seq:u64         (stream your log to me after this point)
-//! SnapReq := kind 7                              (send me your whole store: you are my donor)
+//! SnapReq := kind 7, token:u64                   (send me your whole store, and echo this
+//!                                                token in its SnapBegin)
 //! Synced  := kind 8, snapshots:u32              (you have my log up to where your sync
 //!                                                began, and this many snapshots of mine)
 //! SnapBegin := kind 9, log_seq:u64 items:u64 floor:u64 pending_version:u64 pending_at:u32
-//!              count:u16 (origin:str8 run_id:u64 seq:u64)*
+//!              count:u16 (origin:str8 run_id:u64 seq:u64)* token:u64
 //!              (first frame of a snapshot stream: the donor's own log position the walk
-//!              covers, about how many entries it holds, its flush barrier, and what it had
-//!              applied of each origin's log when its walk began)
+//!              covers, about how many entries it holds, its flush barrier, what it had
+//!              applied of each origin's log when its walk began, and the token of the
+//!              request the walk began after, 0 for none)
 //! SnapItems := kind 10, count:u32 item*
 //! item    := version:u64 op:u8 key_len:u16 key   op 1 (put): flags:u32 exptime:u32
 //!                                                value_len:u32 value; op 2 (tombstone)
@@ -51,6 +53,10 @@ pub struct SnapBegin {
     pub items: u64,
     pub flush: FlushState,
     pub positions: Vec<Position>,
+    /// The token of the latest `SnapshotRequest` received before this walk began (0: none):
+    /// the receiver then knows the walk saw everything the donor had applied when the
+    /// request arrived (reconciliation relies on it).
+    pub token: u64,
 }
 
 pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
@@ -68,6 +74,7 @@ pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
         out.put_u64(p.run_id.0);
         out.put_u64(p.seq);
     }
+    out.put_u64(b.token);
 }
 
 pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> {
@@ -89,6 +96,7 @@ pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> 
             seq: r.u64()?,
         });
     }
+    let token = r.u64()?;
     Ok(SnapBegin {
         log_seq,
         items,
@@ -97,6 +105,7 @@ pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> 
             pending: (pv != 0).then_some((Version(pv), pat)),
         },
         positions,
+        token,
     })
 }
 

@@ -81,10 +81,10 @@ fn frame() -> impl Strategy<Value = Frame> {
             run_id: RunId(r),
             seq
         }),
-        Just(Frame::SnapshotRequest),
+        any::<u64>().prop_map(|token| Frame::SnapshotRequest { token }),
         any::<u32>().prop_map(|snapshots| Frame::Synced { snapshots }),
         (
-            any::<[u64; 3]>(),
+            any::<[u64; 4]>(),
             proptest::option::of((1u64.., any::<u32>())),
             proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u64>(), any::<u64>()), 0..3)
         )
@@ -103,6 +103,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                         seq
                     })
                     .collect(),
+                token: n[3],
             })),
         proptest::collection::vec(entry(), 0..4).prop_map(|es| Frame::SnapItems(
             es.into_iter()
