@@ -410,11 +410,31 @@ fn malformed_frames_from_a_peer_close_only_that_connection() {
         &mut batch,
     );
     other_run.extend_from_slice(&batch);
+    // A batch of the intruder's own run carrying a write stamped with another node's id
+    // (7): forging someone else's write.
+    let mut forged = hello(8);
+    let mut batch = BytesMut::new();
+    encode(
+        &Frame::Batch {
+            run_id: RunId(8),
+            entries: vec![meshcached::replication::log::Entry {
+                seq: 1,
+                mutation: meshcached::replication::log::Mutation {
+                    key: bytes::Bytes::from_static(b"k"),
+                    version: meshcached::clock::Version((1 << 40) | 7),
+                    op: meshcached::replication::log::Op::Delete,
+                },
+            }],
+        },
+        &mut batch,
+    );
+    forged.extend_from_slice(&batch);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"\xff\xff\xff\xffnot a frame at all".to_vec()),
         ("oversized length", vec![0x7f, 0xff, 0xff, 0xff, 1]),
         ("unknown op after a hello", bad_batch.to_vec()),
         ("batch of another run", other_run.to_vec()),
+        ("a write of another node id", forged.to_vec()),
     ];
     rt.block_on(async {
         let ep = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), identity).unwrap();

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::peers::{LinkMeta, Offer};
 use super::{recv, send, snapshot, Cluster, PeerCounters};
+use crate::clock::NodeId;
 use crate::replication::frame::{
     self, Frame, FrameError, Hello, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
 };
@@ -164,7 +165,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     // This link's own wake-up for acknowledgements: a replaced link's sender must not take
     // the new one's.
     let applied = Notify::new();
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (ctl_tx, ctl_rx) = mpsc::channel(super::CTL_QUEUE);
     cl.links
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -179,6 +180,8 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     cl.act(actions);
     cl.sync_step();
     reconcile_if_due(&cl, &hello, &ctl_tx);
+    // Checked in the handshake.
+    let their_node = NodeId::new(hello.node_id).unwrap_or_default();
     let position = (!peer_defers).then_some(send::Position {
         run: hello.have_run,
         seq: hello.have_seq,
@@ -193,7 +196,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     };
     let reason = tokio::select! {
         r = send::send_loop(&link, send, ctl_rx, position) => r,
-        r = recv::recv_loop(&cl, &hello.name, &counters, &applied, &ctl_tx, recv, buf, hello.run_id) => r,
+        r = recv::recv_loop(&cl, &hello.name, &counters, &applied, &ctl_tx, recv, buf, hello.run_id, their_node) => r,
         r = snapshot::receive_snapshots(&cl, &hello.name, hello.run_id, &conn) => r,
     };
     {
@@ -234,8 +237,8 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
 
 /// Asks the peer for a full snapshot to reconcile with, when this node was apart from the
 /// same run of it for longer than the tombstone TTL (see [`super::reconcile`]).
-fn reconcile_if_due(cl: &Cluster, hello: &Hello, ctl: &mpsc::UnboundedSender<super::Ctl>) {
-    let Some(node_id) = crate::clock::NodeId::new(hello.node_id) else {
+fn reconcile_if_due(cl: &Cluster, hello: &Hello, ctl: &mpsc::Sender<super::Ctl>) {
+    let Some(node_id) = NodeId::new(hello.node_id) else {
         return;
     };
     let now_ms = cl.hlc.clock().now_ms();
@@ -244,7 +247,7 @@ fn reconcile_if_due(cl: &Cluster, hello: &Hello, ctl: &mpsc::UnboundedSender<sup
         .link_up(&hello.name, hello.run_id, node_id, hello.wall_ms, now_ms);
     if let Some(token) = due {
         tracing::info!(node = %cl.name, peer = %hello.name, "apart from the peer for longer than --tombstone-ttl: reconciling (asking for its full snapshot; keys it deleted meanwhile are dropped here)");
-        let _ = ctl.send(super::Ctl::Send(Frame::SnapshotRequest { token }));
+        let _ = ctl.try_send(super::Ctl::Send(Frame::SnapshotRequest { token }));
     }
 }
 
@@ -333,6 +336,12 @@ async fn handshake(
     };
     if let Some(why) = clock_refusal(hello.wall_ms, cl.hlc.clock().now_ms(), cl.max_skew) {
         return Err(LinkError::Clock(why));
+    }
+    if NodeId::new(hello.node_id).is_none() {
+        return Err(LinkError::Protocol(format!(
+            "node id {} does not fit in 10 bits",
+            hello.node_id
+        )));
     }
     if hello.name != pc.name {
         return Err(LinkError::Protocol(format!(

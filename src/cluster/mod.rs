@@ -81,6 +81,11 @@ impl PeerCounters {
     }
 }
 
+/// How many requests a link's sender may have queued. A peer that keeps asking (snapshot
+/// requests, start positions) faster than its own stream drains is closed rather than
+/// allowed to grow the queue without bound; a well-behaved peer sends a handful.
+pub(crate) const CTL_QUEUE: usize = 64;
+
 /// What a link's sender is asked to do, by the peer (through the link's receiver) or by
 /// this node's sync plan.
 #[derive(Debug)]
@@ -162,7 +167,7 @@ pub struct Cluster {
     /// What this node knows of each peer's hold on its data, for reconciliation.
     reconciler: Mutex<reconcile::Reconciler>,
     /// Each connected peer's sender, by name, with the connection's token.
-    links: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Ctl>)>>,
+    links: Mutex<HashMap<String, (u64, mpsc::Sender<Ctl>)>>,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -324,7 +329,9 @@ impl Cluster {
     fn send_ctl(&self, peer: &str, ctl: Ctl) {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, tx)) = links.get(peer) {
-            let _ = tx.send(ctl);
+            if tx.try_send(ctl).is_err() {
+                tracing::warn!(node = %self.name, %peer, "the link's request queue is full; a request to it was dropped");
+            }
         }
     }
 
@@ -347,7 +354,21 @@ impl Cluster {
                 // Taken as they are, even below what we had: after a donor lost halfway,
                 // the next donor's positions are the ones its snapshot makes true, and
                 // the other peers resending from there is harmless.
-                for p in &begin.positions {
+                // Only for members: a peer cannot make us keep positions (and counters)
+                // for names it invents.
+                let table = self.table();
+                let members: Vec<&str> = begin
+                    .positions
+                    .iter()
+                    .map(|p| p.origin.as_str())
+                    .filter(|o| table.peer(o).is_some())
+                    .collect();
+                drop(table);
+                for p in begin
+                    .positions
+                    .iter()
+                    .filter(|p| members.contains(&p.origin.as_str()))
+                {
                     if p.origin != self.name && p.origin != peer {
                         self.peer_counters(&p.origin).set_have(p.run_id, p.seq);
                     }

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::link::LinkError;
 use super::{Cluster, Ctl, PeerCounters};
+use crate::clock::NodeId;
 use crate::replication::apply::apply_entries;
 use crate::replication::frame::{self, Frame};
 use crate::replication::log::{Op, RunId};
@@ -19,10 +20,11 @@ pub async fn recv_loop(
     peer: &str,
     counters: &PeerCounters,
     applied: &Notify,
-    ctl: &mpsc::UnboundedSender<Ctl>,
+    ctl: &mpsc::Sender<Ctl>,
     mut recv: quinn::RecvStream,
     mut buf: BytesMut,
     their_run: RunId,
+    their_node: NodeId,
 ) -> Result<(), LinkError> {
     let our_run = cl.outbox.run_id();
     loop {
@@ -38,6 +40,18 @@ pub async fn recv_loop(
                     let Some(last) = entries.last().map(|e| e.seq) else {
                         continue;
                     };
+                    // A peer sends only its own writes: a version of another origin on its
+                    // stream would let it forge (or replay) anyone's writes.
+                    if let Some(e) = entries.iter().find(|e| {
+                        !matches!(e.mutation.op, Op::Flush { .. })
+                            && e.mutation.version.node() != their_node
+                    }) {
+                        return Err(LinkError::Protocol(format!(
+                            "a write of node id {} on the stream of node id {}",
+                            e.mutation.version.node().get(),
+                            their_node.get()
+                        )));
+                    }
                     let now = cl.hlc.clock().now_secs();
                     let stats = apply_entries(&cl.store, &cl.hlc, &entries, cl.max_skew, now);
                     cl.counters.add(&stats);
@@ -77,14 +91,14 @@ pub async fn recv_loop(
                     cl.sync_step();
                 }
                 Frame::Start { run_id, seq } => {
+                    // Clamped like an acknowledgement: a peer cannot have more than exists.
+                    let seq = seq.min(cl.outbox.last_seq());
                     if run_id == our_run {
                         counters.acked_seq.store(seq, Ordering::Relaxed);
                     }
-                    let _ = ctl.send(Ctl::From(run_id, seq));
+                    queue(ctl, Ctl::From(run_id, seq))?;
                 }
-                Frame::SnapshotRequest { token } => {
-                    let _ = ctl.send(Ctl::Snapshot(token));
-                }
+                Frame::SnapshotRequest { token } => queue(ctl, Ctl::Snapshot(token))?,
                 Frame::Synced { snapshots } => {
                     tracing::debug!(node = %cl.name, %peer, snapshots, "peer says we are synced with it");
                     cl.plan().synced(peer, snapshots);
@@ -108,4 +122,14 @@ pub async fn recv_loop(
             None => return Err(LinkError::StreamEnded),
         }
     }
+}
+
+/// Queues a request for the link's sender; a peer that floods them is cut off.
+fn queue(ctl: &mpsc::Sender<Ctl>, c: Ctl) -> Result<(), LinkError> {
+    ctl.try_send(c).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => {
+            LinkError::Protocol("the peer sends requests faster than it takes answers".into())
+        }
+        mpsc::error::TrySendError::Closed(_) => LinkError::StreamEnded,
+    })
 }

@@ -141,7 +141,7 @@ type SnapshotRun<'a> = Pin<Box<dyn Future<Output = Result<(), LinkError>> + Send
 pub async fn send_loop(
     link: &Link<'_>,
     mut send: quinn::SendStream,
-    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    mut ctl: mpsc::Receiver<Ctl>,
     position: Option<Position>,
 ) -> Result<(), LinkError> {
     let cl = link.cl;

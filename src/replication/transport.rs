@@ -21,7 +21,7 @@
 //!
 //! **Liveness.** Keep-alives every [`KEEP_ALIVE`] and an idle timeout of [`IDLE_TIMEOUT`]:
 //! a silent peer (crashed, partitioned) is noticed as a closed connection within seconds,
-//! without any application-level ping. Datagrams are enabled for gossip.
+//! without any application-level ping.
 //!
 //! A refusal is reported as a [`TransportError`] naming the reason (the rustls message, or
 //! the names that did not match); [`PeerEndpoint::accept`] reports each failed incoming
@@ -83,8 +83,24 @@ const MTU_CEILING: u16 = 6_500;
 /// every peer then slows down to recover them.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Room for received gossip datagrams not yet read by the application.
-const DATAGRAM_RECEIVE_BUFFER: usize = 1 << 20;
+/// What an authenticated peer may make this node hold (DESIGN.md section 4: a peer is
+/// trusted to be a member, not to be well-behaved). quinn's defaults allow 100 streams of
+/// each kind and an unbounded connection window.
+/// - Streams: a peer opens one unidirectional stream for its live log and one per snapshot
+///   (one at a time, and one more may be starting as the last ends); no bidirectional ones.
+const MAX_UNI_STREAMS: u32 = 4;
+/// - Per-stream and per-connection receive windows: one stream window covers a fast LAN's
+///   bandwidth-delay product many times over (10 Gbit/s × 1 ms = 1.25 MB).
+const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+const CONNECTION_RECEIVE_WINDOW: u32 = 3 * STREAM_RECEIVE_WINDOW;
+/// - Handshakes: at most this many under way at once; beyond [`RETRY_ABOVE`] a client must
+///   first prove its address (a QUIC Retry), beyond [`MAX_HANDSHAKES`] it is refused. A
+///   cluster has at most a few dozen members, all of which dial in at most once each.
+const MAX_HANDSHAKES: usize = 64;
+const RETRY_ABOVE: usize = 16;
+/// - Incoming packets buffered for connections not yet accepted.
+const INCOMING_BUFFER: u64 = 64 << 10;
+const INCOMING_BUFFER_TOTAL: u64 = 4 << 20;
 
 /// Handshakes completed (or refused) but not yet taken by [`PeerEndpoint::accept`]; beyond
 /// this, finished handshakes wait for the caller (quinn bounds how many are in flight).
@@ -191,6 +207,10 @@ impl PeerEndpoint {
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
         server.transport_config(transport.clone());
+        server
+            .max_incoming(MAX_HANDSHAKES)
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
         let bind = |source| TransportError::Bind { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
         grow_buffers(&socket);
@@ -338,10 +358,28 @@ impl PeerEndpoint {
 /// Hands every incoming connection to its own handshake task, until the endpoint closes;
 /// then dropping the last sender (once pending handshakes end) makes `accept` return `Closed`.
 async fn run_acceptor(endpoint: quinn::Endpoint, tx: mpsc::Sender<Accepted>) {
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
+        let busy = in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        if busy >= MAX_HANDSHAKES {
+            tracing::debug!(addr = %incoming.remote_address(), "refusing a handshake: {busy} under way");
+            incoming.refuse();
+            continue;
+        }
+        if busy >= RETRY_ABOVE && !incoming.remote_address_validated() {
+            // Under load, a client proves it can receive at its address before any crypto
+            // work is spent on it.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = tx.clone();
+        let in_flight = in_flight.clone();
         tokio::spawn(async move {
             let result = handshake(incoming).await;
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = &result {
                 tracing::debug!("incoming peer connection refused: {e}");
             }
@@ -368,7 +406,13 @@ fn transport_config() -> quinn::TransportConfig {
     config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         IDLE_TIMEOUT.as_millis() as u32,
     ))));
-    config.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    // No gossip is carried yet (membership over datagrams comes with SWIM): a datagram a
+    // peer sends is refused by QUIC rather than buffered for a reader that does not exist.
+    config.datagram_receive_buffer_size(None);
+    config.max_concurrent_bidi_streams(0u32.into());
+    config.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
+    config.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    config.receive_window(CONNECTION_RECEIVE_WINDOW.into());
     config.initial_rtt(INITIAL_RTT);
     // Probe for paths that carry more than quinn's default ceiling of 1452 bytes (jumbo
     // frames, loopback): each packet costs a fixed amount of CPU (crypto setup, headers, a
