@@ -3,6 +3,7 @@
 //! (members, status, that we are synced).
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::{mpsc, Notify};
@@ -12,7 +13,7 @@ use super::{Cluster, Ctl, PeerCounters};
 use crate::clock::NodeId;
 use crate::replication::apply::apply_entries;
 use crate::replication::frame::{self, Frame};
-use crate::replication::log::{Op, RunId};
+use crate::replication::log::{Entry, Op, RunId};
 
 #[allow(clippy::too_many_arguments)]
 pub async fn recv_loop(
@@ -52,9 +53,7 @@ pub async fn recv_loop(
                             their_node.get()
                         )));
                     }
-                    let now = cl.hlc.clock().now_secs();
-                    let stats = apply_entries(&cl.store, &cl.hlc, &entries, cl.max_skew, now);
-                    cl.counters.add(&stats);
+                    apply_stalling(cl, peer, counters, applied, &entries, their_run).await?;
                     counters.set_have(their_run, last);
                     let newest = entries
                         .iter()
@@ -121,6 +120,49 @@ pub async fn recv_loop(
             }
             None => return Err(LinkError::StreamEnded),
         }
+    }
+}
+
+/// How often a write refused by the clock-skew guard is retried, and for how long before
+/// the link is closed (its next handshake then names the clock offset, or succeeds).
+const SKEW_RETRY: Duration = Duration::from_millis(200);
+const SKEW_GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Applies a batch; a write refused by the clock-skew guard stalls the stream there (what
+/// came before it is acknowledged, nothing after it is read) and is retried until our
+/// clock has caught up, so that nothing is silently skipped. A stall that outlasts
+/// [`SKEW_GIVE_UP`] closes the link.
+async fn apply_stalling(
+    cl: &Cluster,
+    peer: &str,
+    counters: &PeerCounters,
+    applied: &Notify,
+    entries: &[Entry],
+    their_run: RunId,
+) -> Result<(), LinkError> {
+    let mut rest = entries;
+    let mut stalled_since = None;
+    loop {
+        let now = cl.hlc.clock().now_secs();
+        let (stats, done) = apply_entries(&cl.store, &cl.hlc, rest, cl.max_skew, now);
+        cl.counters.add(&stats);
+        if done == rest.len() {
+            return Ok(());
+        }
+        if done > 0 {
+            counters.set_have(their_run, rest[done - 1].seq);
+            applied.notify_one();
+        }
+        rest = &rest[done..];
+        let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= SKEW_GIVE_UP {
+            return Err(LinkError::Clock(format!(
+                "{peer}'s write {} has been ahead of this node's clock by more than \
+                 --max-clock-skew for {SKEW_GIVE_UP:?}",
+                rest[0].mutation.version
+            )));
+        }
+        tokio::time::sleep(SKEW_RETRY).await;
     }
 }
 

@@ -153,8 +153,18 @@ async fn receive_one(
                         held.extend(list.iter().map(|m| cl.store.hash(&m.key)));
                     }
                     let now = cl.hlc.clock().now_secs();
-                    let stats = apply_mutations(&cl.store, &cl.hlc, &list, cl.max_skew, now);
+                    let (stats, done) =
+                        apply_mutations(&cl.store, &cl.hlc, &list, cl.max_skew, now);
                     cl.counters.add(&stats);
+                    if done < list.len() {
+                        // Not applied, so the snapshot cannot count as held: the link
+                        // closes and the snapshot is taken again once reconnected.
+                        return Err(LinkError::Clock(format!(
+                            "a snapshot item of version {} is ahead of this node's clock by \
+                             more than --max-clock-skew",
+                            list[done].version
+                        )));
+                    }
                     items += list.len() as u64;
                     if progress.elapsed() >= PROGRESS_EVERY {
                         progress = Instant::now();

@@ -30,21 +30,26 @@ impl ApplyStats {
     }
 }
 
-/// Applies `entries` from one peer, in order. A version too far ahead of local time is
-/// refused (and logged) rather than allowed to drag this node's clock, and every accepted
-/// version moves the clock up so that later local writes are newer (causality).
+/// Applies `entries` from one peer, in order, and returns how many it got through. A
+/// version too far ahead of local time is refused (and logged) rather than allowed to drag
+/// this node's clock, and the entries stop there: a refused write is not applied, so it
+/// must not be acknowledged either (the sender's clock may be right and ours behind); the
+/// caller retries from it. Every accepted version moves the clock up so that later local
+/// writes are newer (causality).
 pub fn apply_entries(
     store: &Store,
     hlc: &Hlc,
     entries: &[Entry],
     max_skew: Duration,
     now: u32,
-) -> ApplyStats {
+) -> (ApplyStats, usize) {
     let mut stats = ApplyStats::default();
-    for e in entries {
-        apply_one(store, hlc, &e.mutation, e.seq, max_skew, now, &mut stats);
+    for (i, e) in entries.iter().enumerate() {
+        if !apply_one(store, hlc, &e.mutation, e.seq, max_skew, now, &mut stats) {
+            return (stats, i);
+        }
     }
-    stats
+    (stats, entries.len())
 }
 
 /// [`apply_entries`] for the items and tombstones of a snapshot (no log sequence).
@@ -54,14 +59,17 @@ pub fn apply_mutations(
     mutations: &[Mutation],
     max_skew: Duration,
     now: u32,
-) -> ApplyStats {
+) -> (ApplyStats, usize) {
     let mut stats = ApplyStats::default();
-    for m in mutations {
-        apply_one(store, hlc, m, 0, max_skew, now, &mut stats);
+    for (i, m) in mutations.iter().enumerate() {
+        if !apply_one(store, hlc, m, 0, max_skew, now, &mut stats) {
+            return (stats, i);
+        }
     }
-    stats
+    (stats, mutations.len())
 }
 
+/// Applies one mutation; false when the clock-skew guard refused it (nothing changed).
 fn apply_one(
     store: &Store,
     hlc: &Hlc,
@@ -70,14 +78,14 @@ fn apply_one(
     max_skew: Duration,
     now: u32,
     stats: &mut ApplyStats,
-) {
+) -> bool {
     if let Err(skew) = hlc.observe(m.version, max_skew) {
         // One line per batch, not per write: a peer with a broken clock sends many.
         if stats.clock_skew_rejects == 0 {
             tracing::warn!(seq, error = %skew, "refusing replicated writes from a peer whose clock is ahead (counted in clock_skew_rejects)");
         }
         stats.clock_skew_rejects += 1;
-        return;
+        return false;
     }
     let result = match &m.op {
         Op::Put {
@@ -107,6 +115,7 @@ fn apply_one(
             stats.not_stored += 1
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -139,7 +148,8 @@ mod tests {
             ..StoreConfig::default()
         });
         let now = clock.now_secs();
-        let v = |ms: u64, node: u64| Version::at_unix_ms(clock.now_ms() + ms).0 | node;
+        let t0 = clock.now_ms();
+        let v = |ms: u64, node: u64| Version::at_unix_ms(t0 + ms).0 | node;
         let put = |n: u8| Op::Put {
             value: Bytes::from(vec![n]),
             flags: 0,
@@ -152,22 +162,28 @@ mod tests {
             entry(4, "b", Version(v(60_000, 1)), put(9)),
             entry(5, "a", Version(v(1, 1)), Op::Delete),
         ];
-        let stats = apply_entries(&store, &hlc, &entries, Duration::from_secs(5), now);
+        let (stats, done) = apply_entries(&store, &hlc, &entries, Duration::from_secs(5), now);
+        assert_eq!(done, 3, "it stops at the write from too far ahead");
         assert_eq!(
             stats,
             ApplyStats {
-                accepted: 2,
+                accepted: 1,
                 rejected_behind: 1,
                 rejected_identical: 1,
                 clock_skew_rejects: 1,
                 not_stored: 0
             }
         );
-        assert!(store
-            .state(now)
-            .iter()
-            .all(|(k, v, _)| k == b"a" && v.is_none()));
-        // The accepted delete moved the clock: a local write now is newer than it.
-        assert!(hlc.tick() > Version(v(1, 1)));
+        // Retried once the clock has caught up, the rest goes through.
+        clock.advance(Duration::from_secs(56));
+        let now = clock.now_secs();
+        let (stats, done) = apply_entries(&store, &hlc, &entries[3..], Duration::from_secs(5), now);
+        assert_eq!(done, 2);
+        assert_eq!(stats.accepted, 2);
+        let state = store.state(now);
+        assert!(state.iter().any(|(k, v, _)| k == b"a" && v.is_none()));
+        assert!(state.iter().any(|(k, v, _)| k == b"b" && v.is_some()));
+        // The accepted writes moved the clock: a local write now is newer than them.
+        assert!(hlc.tick() > Version(v(60_000, 1)));
     }
 }
