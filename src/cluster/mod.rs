@@ -61,9 +61,34 @@ pub struct PeerCounters {
     pub bytes_received: AtomicU64,
     /// What we applied of the peer's log: its run id and last sequence.
     have: Mutex<(RunId, u64)>,
+    /// A snapshot from the peer is arriving. It may fill a gap that `have` already skips
+    /// (the live stream went on from the log's head while the snapshot covers what fell
+    /// off the log), so until it is complete `have` is not a position this node holds: it
+    /// is neither acknowledged, nor saved, nor given to a joiner; and if the link ends
+    /// first, it is forgotten. Counts the snapshots arriving (connections may overlap).
+    gap: std::sync::atomic::AtomicU32,
 }
 
 impl PeerCounters {
+    /// Whether `have` is a position this node holds whole (no snapshot pending).
+    pub fn holds_have(&self) -> bool {
+        self.gap.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn snapshot_arriving(&self) {
+        self.gap.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A snapshot ended: `complete`, or cut off with its stream. A cut-off one leaves its
+    /// gap missing, so this node claims nothing of the peer's log any more (the next link
+    /// starts from the beginning of it, or takes a snapshot).
+    pub(crate) fn snapshot_ended(&self, complete: bool) {
+        if !complete {
+            self.set_have(RunId(0), 0);
+        }
+        self.gap.fetch_sub(1, Ordering::AcqRel);
+    }
+
     pub fn have(&self) -> (RunId, u64) {
         *self.have.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -256,6 +281,7 @@ impl Cluster {
     pub fn positions(&self) -> Vec<Position> {
         let map = self.peer_counters.lock().unwrap_or_else(|e| e.into_inner());
         map.iter()
+            .filter(|(_, c)| c.holds_have())
             .filter_map(|(name, c)| {
                 let (run_id, seq) = c.have();
                 (run_id != RunId(0)).then(|| Position {

@@ -178,7 +178,7 @@ pub async fn send_loop(
             write_frame(&mut send, &Frame::Status { ready, load }).await?;
         }
         let (run, have) = link.counters.have();
-        if have > acked && last_ack.elapsed() >= ACK_INTERVAL {
+        if have > acked && last_ack.elapsed() >= ACK_INTERVAL && link.counters.holds_have() {
             write_frame(
                 &mut send,
                 &Frame::Ack {
@@ -227,7 +227,7 @@ pub async fn send_loop(
                 Ok(_) => {}
             }
         }
-        let ack_pending = link.counters.have().1 > acked;
+        let ack_pending = link.counters.have().1 > acked && link.counters.holds_have();
         let cursor = plan.cursor();
         tokio::select! {
             _ = outbox.wait_beyond(cursor.unwrap_or(u64::MAX)), if cursor.is_some() => {}

@@ -133,6 +133,8 @@ async fn receive_one(
     // When this snapshot answers our reconciliation request: its token, the bounds to
     // drop by, and the hash of every key it carries (items and tombstones).
     let mut reconciling: Option<(u64, Bounds, HashSet<u64>)> = None;
+    // Marks the peer's log position as not held until the snapshot is complete.
+    let mut arriving: Option<Arriving> = None;
     let (mut items, mut bytes) = (0u64, 0u64);
     let mut progress = Instant::now();
     loop {
@@ -143,6 +145,7 @@ async fn receive_one(
                     log_seq = b.log_seq;
                     tracing::info!(node = %cl.name, %peer, items = b.items, "receiving a snapshot");
                     cl.store.reserve_entries(b.items);
+                    arriving = Some(Arriving::new(cl.peer_counters(peer)));
                     if let Some(bounds) = cl.reconciler().snapshot_began(peer, b.token) {
                         reconciling = Some((b.token, bounds, HashSet::new()));
                     }
@@ -190,6 +193,9 @@ async fn receive_one(
                     // The snapshot holds the peer's own writes up to `log_seq`: a later
                     // reconnect (or a restart from the state file) asks only for the rest.
                     cl.peer_counters(peer).merge_have(their_run, log_seq);
+                    if let Some(a) = arriving.take() {
+                        a.complete();
+                    }
                     cl.plan().snapshot_applied(peer);
                     cl.sync_step();
                     return Ok(());
@@ -224,6 +230,31 @@ fn reconcile(cl: &Cluster, peer: &str, token: u64, bounds: &Bounds, held: &HashS
         .fetch_add(dropped, Ordering::Relaxed);
     cl.reconciler().done(peer, token);
     tracing::info!(node = %cl.name, %peer, dropped, "reconciled with the peer: dropped the keys it no longer holds that it had held (deleted, evicted or expired while apart)");
+}
+
+/// A snapshot under way from a peer ([`super::PeerCounters`]'s gap): dropped without
+/// [`Arriving::complete`] (the stream or the link failed), it forgets the position.
+struct Arriving(Option<std::sync::Arc<super::PeerCounters>>);
+
+impl Arriving {
+    fn new(counters: std::sync::Arc<super::PeerCounters>) -> Self {
+        counters.snapshot_arriving();
+        Arriving(Some(counters))
+    }
+
+    fn complete(mut self) {
+        if let Some(c) = self.0.take() {
+            c.snapshot_ended(true);
+        }
+    }
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.snapshot_ended(false);
+        }
+    }
 }
 
 fn frame_name(f: &Frame) -> &'static str {
