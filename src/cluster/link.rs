@@ -57,7 +57,13 @@ pub enum LinkError {
 /// misconfigured clock), so the link is refused at once, on both sides, with the offset
 /// named. A hello takes one network delay to arrive, which makes the peer look up to that
 /// much behind: negligible against a skew limit of seconds.
-pub fn clock_refusal(peer_wall_ms: u64, our_wall_ms: u64, max_skew: Duration) -> Option<String> {
+pub fn clock_refusal(
+    peer: &str,
+    us: &str,
+    peer_wall_ms: u64,
+    our_wall_ms: u64,
+    max_skew: Duration,
+) -> Option<String> {
     let offset_ms = peer_wall_ms as i128 - our_wall_ms as i128;
     if offset_ms.unsigned_abs() <= max_skew.as_millis() {
         return None;
@@ -67,8 +73,9 @@ pub fn clock_refusal(peer_wall_ms: u64, our_wall_ms: u64, max_skew: Duration) ->
     } else {
         ("behind", -offset_ms)
     };
+    // Names, not "the peer": the peer logs this reason too, as the one it was refused for.
     Some(format!(
-        "the peer's clock is {}.{:03} s {dir} this node's, more than --max-clock-skew ({max_skew:?}); \
+        "{peer}'s clock is {}.{:03} s {dir} {us}'s, more than --max-clock-skew ({max_skew:?}); \
          fix the clocks (NTP): replicating across that offset would refuse one side's writes",
         abs / 1000,
         abs % 1000
@@ -334,7 +341,8 @@ async fn handshake(
     let Frame::Hello(hello) = first else {
         return Err(LinkError::Protocol("the first frame is not a hello".into()));
     };
-    if let Some(why) = clock_refusal(hello.wall_ms, cl.hlc.clock().now_ms(), cl.max_skew) {
+    let now_ms = cl.hlc.clock().now_ms();
+    if let Some(why) = clock_refusal(&pc.name, &cl.name, hello.wall_ms, now_ms, cl.max_skew) {
         return Err(LinkError::Clock(why));
     }
     if NodeId::new(hello.node_id).is_none() {
@@ -364,11 +372,18 @@ mod tests {
     fn a_peer_clock_beyond_the_skew_limit_is_refused_naming_the_offset() {
         let skew = Duration::from_secs(5);
         let now = 1_800_000_000_000;
-        assert_eq!(clock_refusal(now + 3_000, now, skew), None, "3 s ahead");
-        assert_eq!(clock_refusal(now - 5_000, now, skew), None, "at the limit");
-        let ahead = clock_refusal(now + 3_600_250, now, skew).expect("an hour ahead");
-        assert!(ahead.contains("3600.250 s ahead of"), "{ahead}");
-        let behind = clock_refusal(now - 7_000, now, skew).expect("7 s behind");
-        assert!(behind.contains("7.000 s behind"), "{behind}");
+        let check = |peer_ms| clock_refusal("b", "a", peer_ms, now, skew);
+        assert_eq!(check(now + 3_000), None, "3 s ahead");
+        assert_eq!(check(now - 5_000), None, "at the limit");
+        let ahead = check(now + 3_600_250).expect("an hour ahead");
+        assert!(
+            ahead.starts_with("b's clock is 3600.250 s ahead of a's"),
+            "{ahead}"
+        );
+        let behind = check(now - 7_000).expect("7 s behind");
+        assert!(
+            behind.starts_with("b's clock is 7.000 s behind a's"),
+            "{behind}"
+        );
     }
 }
