@@ -49,3 +49,32 @@ fn write_bursts_from_every_node_at_once_converge() {
         }
     }
 }
+
+/// A peer stopped (SIGSTOP) for 30 s, far past the idle time-out, while the other node
+/// takes writes: after SIGCONT it reconnects and holds every write.
+#[test]
+fn a_peer_stopped_for_30_s_catches_up() {
+    let dir = TempDir::new("stopped-30s");
+    let nodes = cluster(&dir, 2, &[]);
+    let mut a = nodes[0].client();
+    stop(&nodes[1]);
+    let started = Instant::now();
+    let mut keys = Vec::new();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        let sets: Vec<(String, Vec<u8>)> = (0..500)
+            .map(|k| (format!("r{round}-{k}"), vec![b'y'; 100]))
+            .collect();
+        pipelined_sets(&mut a, &sets, 500);
+        keys.extend(sets.into_iter().map(|(k, _)| k));
+        round += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    resume(&nodes[1]);
+    wait_agreement(
+        &[&nodes[0], &nodes[1]],
+        &keys,
+        keys.len(),
+        Duration::from_secs(20),
+    );
+}

@@ -68,3 +68,63 @@ fn a_node_killed_after_a_warm_restart_never_reloads_stale_contents() {
         assert_eq!(get(&mut cb, &format!("k-{i}")), None, "k-{i} was deleted");
     }
 }
+
+/// Three nodes, clients writing on node-1 and node-2 without pause; node-3 is killed with
+/// `kill -9` in the middle and started again (no state file): once the writers stop, every
+/// node holds every acknowledged write with the same CAS.
+#[test]
+fn kill_9_under_write_load_converges() {
+    let dir = TempDir::new("crash-load");
+    let mut nodes = cluster(&dir, 3, &[]);
+    let stop_writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = nodes[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut c = p.client();
+            let stop = stop_writing.clone();
+            std::thread::spawn(move || {
+                let mut written = Vec::new();
+                let mut round = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sets: Vec<(String, Vec<u8>)> = (0..200)
+                        .map(|k| (format!("w{i}-{round}-{k}"), vec![b'x'; 100]))
+                        .collect();
+                    pipelined_sets(&mut c, &sets, 200);
+                    written.extend(sets.into_iter().map(|(k, _)| k));
+                    round += 1;
+                }
+                written
+            })
+        })
+        .collect();
+    let mut c1 = nodes[0].client();
+    eventually(DEADLINE, "some writes are in", || {
+        stat(&mut c1, "curr_items") > 5_000
+    });
+    let seed = cluster_port(&mut c1, "node-2");
+    let mut victim = nodes.pop().expect("node-3");
+    victim.node.child.kill().expect("kill -9");
+    let _ = victim.node.child.wait();
+    eventually(DEADLINE, "more writes while node-3 is down", || {
+        stat(&mut c1, "curr_items") > 15_000
+    });
+    let join = loopback(seed);
+    nodes.push(Proc::start(
+        &dir,
+        "node-3",
+        3,
+        free_udp_port(),
+        &["--join", &join],
+    ));
+    eventually(DEADLINE, "more writes after the restart", || {
+        stat(&mut c1, "curr_items") > 25_000
+    });
+    stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let keys: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    wait_agreement(&refs, &keys, keys.len(), Duration::from_secs(30));
+}

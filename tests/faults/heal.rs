@@ -50,3 +50,38 @@ fn a_short_partition_heals_and_both_sides_writes_meet() {
 fn a_partition_longer_than_the_idle_timeout_heals_and_both_sides_writes_meet() {
     writes_on_both_sides_meet_after_a_heal("heal-long", Duration::from_secs(5));
 }
+
+/// A partition long enough for both sides to write more than `--repl-backlog` holds: the
+/// peer's position falls off each log, so each side is resynced by a snapshot of the other,
+/// and every write of both sides is on both nodes afterwards.
+#[test]
+fn a_partition_that_overflows_the_log_converges() {
+    let dir = TempDir::new("heal-overflow");
+    let nodes = cluster(&dir, 2, &["--repl-backlog", "64k"]);
+    let (mut a, mut b) = (nodes[0].client(), nodes[1].client());
+    let ports = [
+        cluster_port(&mut b, "node-1"),
+        cluster_port(&mut a, "node-2"),
+    ];
+    let mut cut = Partition::cut(ports[0], ports[1]);
+    let value = "v".repeat(100);
+    let mut keys = Vec::new();
+    for (side, c) in [("a", &mut a), ("b", &mut b)] {
+        let sets: Vec<(String, Vec<u8>)> = (0..3000)
+            .map(|i| (format!("{side}-{i}"), value.clone().into_bytes()))
+            .collect();
+        pipelined_sets(c, &sets, 500);
+        keys.extend(sets.into_iter().map(|(k, _)| k));
+    }
+    cut.heal();
+    wait_agreement(
+        &[&nodes[0], &nodes[1]],
+        &keys,
+        keys.len(),
+        Duration::from_secs(20),
+    );
+    assert!(
+        stat(&mut a, "snapshots_received") >= 1,
+        "resynced by snapshot"
+    );
+}
