@@ -154,6 +154,33 @@ fn gets_on_one_node_then_cas_on_another() {
     c.wait_converged();
 }
 
+/// In a cluster a touch gives the item a new version: `gats` answers that new CAS (not the
+/// one the touch replaced), so `gats` then `cas` works, on the node and, once replicated,
+/// on its peer.
+#[test]
+fn gats_answers_the_cas_the_touch_gave() {
+    let c = TestCluster::start(2);
+    let mut a = c.client(0);
+    let mut b = c.client(1);
+    assert_eq!(a.line("set k 0 0 2\r\nv1"), "STORED\r\n");
+    let (_, before) = gets(&mut a, "k").unwrap();
+    let reply = a.call(b"gats 100 k\r\n", b"END\r\n");
+    let token: u64 = reply
+        .split("\r\n")
+        .next()
+        .and_then(|l| l.split(' ').nth(4))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a CAS in {reply:?}"));
+    assert_ne!(token, before, "the touch took a new version");
+    let (_, now) = gets(&mut a, "k").unwrap();
+    assert_eq!(token, now, "gats answered the item's CAS");
+    eventually(DEADLINE, "the touch reached node-2", || {
+        gets(&mut b, "k").is_some_and(|(_, cas)| cas == token)
+    });
+    assert_eq!(b.line(&format!("cas k 0 0 2 {token}\r\nv2")), "STORED\r\n");
+    wait_value(&c, 0, "k", "v2");
+}
+
 /// A write made on a node whose replication is held up, older than a delete made meanwhile
 /// elsewhere, arrives after the delete: it loses everywhere.
 #[test]

@@ -219,12 +219,16 @@ fn get(
             .store
             .fetch_mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
                 Some(item) => {
+                    // In a cluster the touch takes a new version, chosen here so that the
+                    // CAS answered is the item's from now on (a `gats` then `cas` works).
+                    let version = shared.replicated().then(|| shared.hlc.tick());
                     let shown = ItemRef {
                         exptime,
+                        version: version.unwrap_or(item.version),
                         ..ctx.visible(item)
                     };
                     protocol::encode_hit(reply, &shown, cas, out);
-                    (touch_mutation(shared, exptime), true, true)
+                    (touch_to(shared, exptime, version), true, true)
                 }
                 None => {
                     protocol::encode_miss(reply, key, out);
@@ -245,12 +249,17 @@ fn get(
 /// `touch`, `cas` works); once writes replicate, a touch must carry a new version to win
 /// by last-writer-wins everywhere (DESIGN.md section 2), and the CAS changes with it.
 pub fn touch_mutation(shared: &Shared, exptime: u32) -> Mutation<'static> {
+    touch_to(shared, exptime, None)
+}
+
+/// [`touch_mutation`] with the new version already chosen (`None`: the store ticks).
+fn touch_to(shared: &Shared, exptime: u32, version: Option<Version>) -> Mutation<'static> {
     Mutation::Update {
         exptime: Some(exptime),
         set_bits: 0,
         clear_bits: 0,
         bump: shared.replicated(),
-        version: None,
+        version,
     }
 }
 
