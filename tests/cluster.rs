@@ -181,6 +181,35 @@ fn gats_answers_the_cas_the_touch_gave() {
     wait_value(&c, 0, "k", "v2");
 }
 
+/// Meta flags whose effect could not replicate are refused in a cluster with a clear
+/// error, and change nothing: `E` (a client-chosen CAS would break the version order) and
+/// `I` (the stale mark does not travel with replication).
+#[test]
+fn meta_e_and_i_are_refused_in_a_cluster() {
+    let c = TestCluster::start(2);
+    let mut a = c.client(0);
+    assert_eq!(a.line("set k 0 0 2\r\nv1"), "STORED\r\n");
+    let (_, cas) = gets(&mut a, "k").unwrap();
+    for req in [
+        "ms k 2 E12345\r\nv2",
+        "ms k 2 I\r\nv2",
+        "md k I",
+        "md k E99",
+    ] {
+        let reply = a.line(req);
+        assert!(
+            reply.starts_with("CLIENT_ERROR ")
+                && reply.contains("not allowed on a replicated node"),
+            "{req:?}: {reply:?}"
+        );
+    }
+    assert_eq!(
+        gets(&mut a, "k"),
+        Some(("v1".to_string(), cas)),
+        "nothing changed"
+    );
+}
+
 /// A write made on a node whose replication is held up, older than a delete made meanwhile
 /// elsewhere, arrives after the delete: it loses everywhere.
 #[test]

@@ -46,6 +46,18 @@ pub fn execute(
         client_error("E flag not allowed on a replicated node", out);
         return After::Continue;
     }
+    // Invalidation marks an item stale on this node only: the mark does not travel with
+    // replication, so peers would serve the item as fresh. Refused in a cluster, never
+    // silently half-applied (DESIGN.md section 2).
+    let invalidate = match &cmd {
+        MetaCommand::Set(s) => s.invalidate,
+        MetaCommand::Delete(d) => d.invalidate,
+        _ => false,
+    };
+    if invalidate && ctx.shared.replicated() {
+        client_error("I flag not allowed on a replicated node", out);
+        return After::Continue;
+    }
     match cmd {
         MetaCommand::Get(g) => get(ctx, &g, reply, out),
         MetaCommand::Set(s) => set(ctx, &s, reply, out),
