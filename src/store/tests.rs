@@ -7,7 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::clock::{Clock, ManualClock, NodeId, HLC_EPOCH_MS};
+use crate::clock::{Clock, Hlc, ManualClock, NodeId, HLC_EPOCH_MS};
 
 const T0: u64 = HLC_EPOCH_MS + 1_000_000_000;
 
