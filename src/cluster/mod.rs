@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::{Hlc, NodeId};
 use crate::config::ClusterConfig;
-use crate::replication::apply::ApplyStats;
+use crate::replication::apply::{apply_flush_state, ApplyStats};
 use crate::replication::frame::{Frame, Position, SnapBegin};
 use crate::replication::log::RunId;
 use crate::replication::transport::PeerEndpoint;
@@ -333,11 +333,13 @@ impl Cluster {
         )
     }
 
-    /// A snapshot's first frame arrived from `peer`: its flush barrier is taken on, and
-    /// when it is the initial sync's snapshot, its positions become ours.
+    /// A snapshot's first frame arrived from `peer`: its flushes are taken on (a set
+    /// union: a pending flush here stays), and when it is the initial sync's snapshot, its
+    /// positions become ours.
     fn snapshot_began(&self, peer: &str, begin: &SnapBegin) {
         let now = self.hlc.clock().now_secs();
-        self.store.merge_flush_state(begin.flush, now);
+        let flushes = apply_flush_state(&self.store, &self.hlc, &begin.flush, self.max_skew, now);
+        self.counters.add(&flushes);
         let actions = {
             let mut plan = self.plan();
             if plan.is_donor_snapshot(peer) {

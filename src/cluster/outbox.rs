@@ -10,9 +10,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::clock::{Version, HLC_EPOCH_MS};
+use crate::clock::HLC_EPOCH_MS;
 use crate::replication::log::{Entry, Lagged, Mutation, Op, ReplLog, RunId};
-use crate::store::Change;
+use crate::store::{Change, Flush};
 
 pub struct Outbox {
     log: Mutex<ReplLog>,
@@ -70,12 +70,12 @@ impl Outbox {
         });
     }
 
-    /// A local `flush_all` with its barrier version and the unix second it takes effect.
-    pub fn record_flush(&self, version: Version, at: u32) {
+    /// A local `flush_all`: its version and the unix millisecond it takes effect.
+    pub fn record_flush(&self, flush: Flush) {
         self.append(Mutation {
             key: Bytes::new(),
-            version,
-            op: Op::Flush { at },
+            version: flush.issued,
+            op: Op::Flush { at_ms: flush.at_ms },
         });
     }
 
@@ -144,7 +144,10 @@ mod tests {
             tokio::spawn(async move { outbox.wait_beyond(0).await })
         };
         tokio::task::yield_now().await;
-        outbox.record_flush(Version(5), 0);
+        outbox.record_flush(Flush {
+            issued: crate::clock::Version(5),
+            at_ms: 0,
+        });
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
             .expect("woken")
@@ -153,6 +156,6 @@ mod tests {
         outbox.wait_beyond(0).await;
         let e = outbox.read(0, usize::MAX).unwrap();
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].mutation.op, Op::Flush { at: 0 });
+        assert_eq!(e[0].mutation.op, Op::Flush { at_ms: 0 });
     }
 }

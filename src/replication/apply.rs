@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::log::{Entry, Mutation, Op};
 use crate::clock::Hlc;
-use crate::store::{Applied, Remote, Store, StoreError};
+use crate::store::{Applied, Flush, FlushMerge, FlushState, Remote, Store, StoreError};
 
 /// Outcomes of applying replicated mutations.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,32 @@ pub fn apply_mutations(
     stats
 }
 
+/// Takes on a snapshot's flushes. Each flush's version passes the skew guard and moves the
+/// clock like any write (local writes after it must be newer than its barrier); one too far
+/// ahead is refused and counted, as the snapshot's items are.
+pub fn apply_flush_state(
+    store: &Store,
+    hlc: &Hlc,
+    state: &FlushState,
+    max_skew: Duration,
+    now: u32,
+) -> ApplyStats {
+    let mut stats = ApplyStats::default();
+    let mut taken = FlushState::default();
+    for f in &state.flushes {
+        match hlc.observe(f.issued, max_skew) {
+            Ok(()) => taken.flushes.push(*f),
+            Err(skew) => {
+                tracing::warn!(error = %skew, "refusing a snapshot's flush issued by a clock ahead (counted in clock_skew_rejects)");
+                stats.clock_skew_rejects += 1;
+            }
+        }
+    }
+    store.merge_flush_state(&taken, now);
+    stats.accepted += taken.flushes.len() as u64;
+    stats
+}
+
 fn apply_one(
     store: &Store,
     hlc: &Hlc,
@@ -94,8 +120,12 @@ fn apply_one(
             store.apply(&m.key, &remote, now)
         }
         Op::Delete => store.apply(&m.key, &Remote::Delete { version: m.version }, now),
-        Op::Flush { at } => {
-            store.flush(m.version, *at, now);
+        Op::Flush { at_ms } => {
+            let flush = Flush {
+                issued: m.version,
+                at_ms: *at_ms,
+            };
+            store.flush(flush, FlushMerge::Union, now);
             Ok(Applied::Accepted)
         }
     };

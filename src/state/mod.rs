@@ -1,6 +1,6 @@
 //! `--state-file`: a node shutting down gracefully saves its whole store (items and
-//! tombstones with their versions), its flush barrier and how far it had applied each
-//! peer's replication log; the next start loads it. A restarted node then serves warm at
+//! tombstones with their versions), its flushes and how far it had applied each peer's
+//! replication log; the next start loads it. A restarted node then serves warm at
 //! once, and its peers need only send what it missed rather than a full snapshot.
 //!
 //! Saving is atomic: the file is written beside its final path as `PATH.tmp` (mode 0600:
@@ -188,7 +188,8 @@ fn write_temp(
     };
     let write_error = |e| StateError::io("write the temporary state file", tmp, e);
     // Taken before the walk: every entry exported is at least as new as this floor.
-    let mut enc = Encoder::new(header, store.flush_state(now)).map_err(unsavable)?;
+    let flush = store.flush_state(now);
+    let mut enc = Encoder::new(header, &flush).map_err(unsavable)?;
     let mut cursor = Some(ExportCursor::default());
     let mut refused = None;
     while let Some(at) = cursor {
@@ -222,7 +223,7 @@ pub struct Expect<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub header: StateHeader,
-    /// The flush barrier saved (now merged into the store).
+    /// The flushes saved (now merged into the store).
     pub flush: FlushState,
     /// Items and tombstones the store took.
     pub items: u64,
@@ -272,7 +273,7 @@ pub fn load(
     }
 
     // Everything is checked: from here on nothing can fail.
-    store.merge_flush_state(file.flush, now);
+    store.merge_flush_state(&file.flush, now);
     // Room for every entry up front: the tables do not grow step by step under the load.
     store.reserve_entries(file.items + file.tombstones);
     let parts = file.parts(loaders(file.items + file.tombstones));

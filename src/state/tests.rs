@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::*;
 use crate::clock::{ManualClock, NodeId, HLC_EPOCH_MS};
 use crate::replication::log::RunId;
-use crate::store::{Mutation, NewValue, Put, StoreConfig};
+use crate::store::{Flush, FlushMerge, Mutation, NewValue, Put, StoreConfig};
 use crate::testdir::TempDir;
 
 const START_MS: u64 = HLC_EPOCH_MS + 1_000_000_000;
@@ -71,15 +71,19 @@ fn delete(store: &Store, hlc: &Hlc, key: &str) {
         .unwrap();
 }
 
-/// A store with items (some soon expiring), tombstones and a flush barrier, saved at
-/// `path`; returns it and the second it was saved at.
+/// A store with items (some soon expiring), tombstones, a fired and a pending flush, saved
+/// at `path`; returns it and the second it was saved at.
 fn saved(path: &Path) -> (Store, u32) {
     let hlc = hlc(1, START_MS);
     let src = store();
     let now = hlc.clock().now_secs();
     set(&src, &hlc, "flushed", b"old", 0, 0);
-    src.flush(hlc.tick(), 0, now);
-    src.flush(hlc.tick(), now + 3600, now);
+    let flush = |at_ms| Flush {
+        issued: hlc.tick(),
+        at_ms,
+    };
+    src.flush(flush(0), FlushMerge::Union, now);
+    src.flush(flush(u64::from(now + 3600) * 1000), FlushMerge::Union, now);
     for i in 0..200u32 {
         let exptime = match i % 3 {
             0 => 0,
@@ -128,6 +132,7 @@ fn round_trip_keeps_entries_versions_flush_and_positions_and_moves_the_clock() {
     let loaded = load(&path, &EXPECT, &dst, &clock, now).unwrap();
     assert_eq!(loaded.header, header());
     assert_eq!(loaded.flush, src.flush_state(saved_at));
+    assert_eq!(loaded.flush.flushes.len(), 2, "one fired, one pending");
     assert_eq!(dst.flush_state(now), src.flush_state(now));
     assert_eq!((loaded.items, loaded.tombstones), (111, 24));
     assert_eq!(

@@ -30,14 +30,6 @@ pub struct ExportCursor {
     slot: usize,
 }
 
-/// The store's flush barrier: items older than `floor` are gone; a delayed flush may be
-/// pending (its version and the unix second it takes effect).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlushState {
-    pub floor: Version,
-    pub pending: Option<(Version, u32)>,
-}
-
 impl Store {
     /// Hands `f` the entries held (items and tombstones not yet dead) from `cursor` on,
     /// within one shard and up to about `max_bytes` of keys and values, under that shard's
@@ -78,27 +70,6 @@ impl Store {
             shard: cursor.shard + 1,
             slot: 0,
         })
-    }
-
-    /// The flush barrier, to send along with a snapshot: a peer that takes the snapshot
-    /// must also refuse the older writes this node's flushes refuse.
-    pub fn flush_state(&self, now: u32) -> FlushState {
-        let floor = Version(self.flush_floor(now));
-        let pending = lock(&self.pending).map(|p| (p.version, p.at));
-        FlushState { floor, pending }
-    }
-
-    /// Takes on a peer's flush barrier (the newer of the two wins).
-    pub fn merge_flush_state(&self, state: FlushState, now: u32) {
-        if state.floor != Version::NONE {
-            self.flush(state.floor, 0, now);
-        }
-        if let Some((version, at)) = state.pending {
-            let ours = lock(&self.pending).map(|p| p.version);
-            if ours.is_none_or(|v| v < version) {
-                self.flush(version, at, now);
-            }
-        }
     }
 
     /// Drops every item and tombstone, one shard at a time; returns how many there were.

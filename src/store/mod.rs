@@ -17,6 +17,7 @@
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
 mod export;
+mod flush;
 mod journal;
 mod merge;
 mod mutate;
@@ -30,7 +31,9 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::clock::Version;
-pub use export::{ExportCursor, Exported, FlushState};
+pub use export::{ExportCursor, Exported};
+use flush::FlushSet;
+pub use flush::{Flush, FlushMerge, FlushState, MAX_PENDING};
 pub use journal::{Change, Journal};
 pub use merge::{Applied, Remote};
 use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
@@ -184,24 +187,17 @@ pub struct ShardStats {
 
 pub type StoreStats = ShardStats;
 
-/// A delayed `flush_all`: items older than `version` die at `at`.
-#[derive(Debug, Clone, Copy)]
-struct PendingFlush {
-    version: Version,
-    at: u32,
-}
-
 pub struct Store {
     journal: std::sync::OnceLock<Journal>,
     shards: Box<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
     cfg: StoreConfig,
     used: AtomicUsize,
-    /// Items with a lower version are flushed.
+    /// Items with a lower version are flushed: `flushes`'s floor, read without its lock.
     flush_floor: AtomicU64,
-    /// Unix second at which `pending` becomes due; 0 when none is pending.
+    /// Unix second at which the next pending flush becomes due; 0 when none is pending.
     flush_due: AtomicU32,
-    pending: Mutex<Option<PendingFlush>>,
+    flushes: Mutex<FlushSet>,
     shard_shift: u32,
 }
 
@@ -224,7 +220,7 @@ impl Store {
             used: AtomicUsize::new(0),
             flush_floor: AtomicU64::new(0),
             flush_due: AtomicU32::new(0),
-            pending: Mutex::new(None),
+            flushes: Mutex::new(FlushSet::default()),
         }
     }
 
@@ -254,22 +250,6 @@ impl Store {
         let cas = if self.cfg.cas_enabled { 8 } else { 0 };
         let suffix = if flags == 0 { 0 } else { 4 };
         48 + cas + key_len + 1 + value_len + 2 + suffix
-    }
-
-    /// The version below which items are flushed, promoting a due delayed flush first.
-    fn flush_floor(&self, now: u32) -> u64 {
-        let due = self.flush_due.load(Ordering::Acquire);
-        if due != 0 && due <= now {
-            let mut pending = lock(&self.pending);
-            if let Some(p) = *pending {
-                if p.at <= now {
-                    self.flush_floor.fetch_max(p.version.0, Ordering::AcqRel);
-                    *pending = None;
-                    self.flush_due.store(0, Ordering::Release);
-                }
-            }
-        }
-        self.flush_floor.load(Ordering::Acquire)
     }
 
     /// Looks `key` up and hands the live item (or `None`) to `f` under the shard lock.
@@ -327,21 +307,6 @@ impl Store {
         let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now);
         self.used.fetch_sub(freed, Ordering::AcqRel);
         Found::Absent
-    }
-
-    /// `flush_all`: every item older than `version` is gone once `at` (unix seconds) has
-    /// come; `at <= now` means at once. A newer delayed flush replaces a pending one, as in
-    /// memcached, where only one flush time is kept.
-    pub fn flush(&self, version: Version, at: u32, now: u32) {
-        let mut pending = lock(&self.pending);
-        if at <= now {
-            self.flush_floor.fetch_max(version.0, Ordering::AcqRel);
-            *pending = None;
-            self.flush_due.store(0, Ordering::Release);
-        } else {
-            *pending = Some(PendingFlush { version, at });
-            self.flush_due.store(at, Ordering::Release);
-        }
     }
 
     /// Reclaims expired and flushed items in up to `budget` slots of every shard, one lock

@@ -48,6 +48,22 @@ fn get(s: &Store, now: u32, key: &[u8]) -> Option<(Vec<u8>, Version)> {
     s.read(key, now, true, |i| i.map(|i| (i.value.to_vec(), i.version)))
 }
 
+/// `flush_all` with no delay, as the dispatcher issues it.
+fn flush_now(hlc: &Hlc) -> Flush {
+    Flush {
+        issued: hlc.tick(),
+        at_ms: 0,
+    }
+}
+
+/// `flush_all` due at unix second `at`.
+fn flush_at(hlc: &Hlc, at: u32) -> Flush {
+    Flush {
+        issued: hlc.tick(),
+        at_ms: u64::from(at) * 1000,
+    }
+}
+
 #[test]
 fn set_get_delete() {
     let (s, hlc, clock) = store(64 << 20, true);
@@ -114,12 +130,12 @@ fn flush_now_and_delayed() {
     let (s, hlc, clock) = store(64 << 20, true);
     let now = clock.now_secs();
     set(&s, &hlc, now, b"old", b"1", 0).unwrap();
-    s.flush(hlc.tick(), now, now);
+    s.flush(flush_now(&hlc), FlushMerge::Replace, now);
     assert!(get(&s, now, b"old").is_none());
     set(&s, &hlc, now, b"new", b"2", 0).unwrap();
     assert!(get(&s, now, b"new").is_some());
     // Delayed: items written before the due second die when it comes.
-    s.flush(Version::at_unix_ms(u64::from(now + 5) * 1000), now + 5, now);
+    s.flush(flush_at(&hlc, now + 5), FlushMerge::Replace, now);
     assert!(get(&s, now + 4, b"new").is_some());
     assert!(get(&s, now + 5, b"new").is_none());
 }
@@ -300,7 +316,7 @@ fn flush_barrier_rejects_older_remote_writes() {
     let (s, hlc, clock) = cluster_store();
     let now = clock.now_secs();
     let before = hlc.tick();
-    s.flush(hlc.tick(), now, now);
+    s.flush(flush_now(&hlc), FlushMerge::Union, now);
     let late = Remote::Put {
         value: b"x",
         flags: 0,
@@ -315,6 +331,71 @@ fn flush_barrier_rejects_older_remote_writes() {
         version: hlc.tick(),
     };
     assert_eq!(s.apply(b"k", &after, now).unwrap(), Applied::Accepted);
+}
+
+/// Two delayed flushes reaching two replicas in opposite orders: each fires at its time on
+/// both, and the replicas hold the same at every moment (before, arrival order decided which
+/// one a replica kept).
+#[test]
+fn delayed_flushes_in_opposite_orders_converge() {
+    let (a, hlc, clock) = cluster_store();
+    let (b, _, _) = cluster_store();
+    let t = clock.now_secs();
+    let early = flush_at(&hlc, t + 5);
+    let late = flush_at(&hlc, t + 10);
+    let mut written = Vec::new();
+    for (i, at) in [t, t + 3, t + 7].into_iter().enumerate() {
+        let key = format!("k{i}");
+        written.push((key, at, Version::at_unix_ms(u64::from(at) * 1000 + 1)));
+    }
+    a.flush(early, FlushMerge::Union, t);
+    a.flush(late, FlushMerge::Union, t);
+    b.flush(late, FlushMerge::Union, t);
+    b.flush(early, FlushMerge::Union, t);
+    for now in t..t + 12 {
+        for (key, at, version) in &written {
+            if *at == now {
+                for s in [&a, &b] {
+                    let m = Remote::Put {
+                        value: b"v",
+                        flags: 0,
+                        exptime: 0,
+                        version: *version,
+                    };
+                    assert_eq!(s.apply(key.as_bytes(), &m, now), Ok(Applied::Accepted));
+                }
+            }
+        }
+        assert_eq!(a.state(now), b.state(now), "at t+{}", now - t);
+        assert_eq!(a.flush_state(now), b.flush_state(now));
+        let keys: Vec<_> = a.state(now).into_iter().map(|(k, ..)| k).collect();
+        let want: &[&[u8]] = match now - t {
+            0..3 => &[b"k0"],
+            3..5 => &[b"k0", b"k1"],
+            // The first flush removed k0 and k1, written before its time.
+            5..7 => &[],
+            7..10 => &[b"k2"],
+            // The second removed k2.
+            _ => &[],
+        };
+        assert_eq!(keys, want, "at t+{}", now - t);
+    }
+}
+
+/// A snapshot's (or a state file's) flushes join the ones pending here; before, a snapshot
+/// carrying any fired flush cancelled this node's pending one.
+#[test]
+fn a_snapshots_flushes_do_not_cancel_a_pending_flush() {
+    let (s, hlc, clock) = cluster_store();
+    let now = clock.now_secs();
+    set(&s, &hlc, now, b"k", b"v", 0).unwrap();
+    s.flush(flush_at(&hlc, now + 5), FlushMerge::Union, now);
+    let (donor, donor_hlc, _) = cluster_store();
+    donor.flush(flush_now(&donor_hlc), FlushMerge::Union, now);
+    s.merge_flush_state(&donor.flush_state(now), now);
+    assert_eq!(s.flush_state(now).flushes.len(), 2, "both kept");
+    assert!(get(&s, now + 4, b"k").is_some());
+    assert!(get(&s, now + 5, b"k").is_none(), "the pending flush fired");
 }
 
 fn remote_op() -> impl Strategy<Value = (u8, Option<Vec<u8>>, u64)> {
