@@ -109,6 +109,7 @@ pub struct ClusterCounters {
     pub accepted: AtomicU64,
     pub rejected_behind: AtomicU64,
     pub rejected_identical: AtomicU64,
+    pub refused_forgotten: AtomicU64,
     pub clock_skew_rejects: AtomicU64,
     pub not_stored: AtomicU64,
     /// Peers that fell off the replication log and need a resync.
@@ -124,6 +125,8 @@ impl ClusterCounters {
             .fetch_add(s.rejected_behind, Ordering::Relaxed);
         self.rejected_identical
             .fetch_add(s.rejected_identical, Ordering::Relaxed);
+        self.refused_forgotten
+            .fetch_add(s.refused_forgotten, Ordering::Relaxed);
         self.clock_skew_rejects
             .fetch_add(s.clock_skew_rejects, Ordering::Relaxed);
         self.not_stored.fetch_add(s.not_stored, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! Applying a peer's mutations: clock-skew guard, HLC observation, last-writer-wins merge,
 //! and the counters DESIGN.md section 1 names (Couchbase's conflict outcomes plus
-//! `clock_skew_rejects`).
+//! `clock_skew_rejects` and `repl_refused_forgotten`).
 
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ pub struct ApplyStats {
     pub accepted: u64,
     pub rejected_behind: u64,
     pub rejected_identical: u64,
+    /// Writes of keys held nothing for, no newer than what this node forgot of them.
+    pub refused_forgotten: u64,
     pub clock_skew_rejects: u64,
     /// Mutations the store could not hold (too large for this node's `-I`, or no memory
     /// with `-M`): the peer keeps them, this node does not.
@@ -25,6 +27,7 @@ impl ApplyStats {
         self.accepted += other.accepted;
         self.rejected_behind += other.rejected_behind;
         self.rejected_identical += other.rejected_identical;
+        self.refused_forgotten += other.refused_forgotten;
         self.clock_skew_rejects += other.clock_skew_rejects;
         self.not_stored += other.not_stored;
     }
@@ -133,6 +136,7 @@ fn apply_one(
         Ok(Applied::Accepted) => stats.accepted += 1,
         Ok(Applied::Behind) => stats.rejected_behind += 1,
         Ok(Applied::Identical) => stats.rejected_identical += 1,
+        Ok(Applied::Forgotten) => stats.refused_forgotten += 1,
         Ok(Applied::BadKey) | Err(StoreError::TooLarge | StoreError::OutOfMemory) => {
             stats.not_stored += 1
         }
@@ -189,6 +193,7 @@ mod tests {
                 accepted: 2,
                 rejected_behind: 1,
                 rejected_identical: 1,
+                refused_forgotten: 0,
                 clock_skew_rejects: 1,
                 not_stored: 0
             }

@@ -32,10 +32,12 @@ pub enum DecodeError {
 pub struct Decoded<'a> {
     pub header: StateHeader,
     pub flush: FlushState,
+    /// The highest version the store that saved it had forgotten.
+    pub forgotten: Version,
     pub items: u64,
     pub tombstones: u64,
-    /// The newest version anywhere in the file: entries and the flushes' own versions (not
-    /// their barriers, which may lie in the future).
+    /// The newest version anywhere in the file: entries, the flushes' own versions (not
+    /// their barriers, which may lie in the future) and the forgotten floor.
     pub max_version: Version,
     entries: &'a [u8],
     /// Where every [`CHECKPOINT`]th entry starts in `entries`, the first one included.
@@ -119,6 +121,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             })
             .collect::<Result<_, Short>>()?,
     };
+    let forgotten = Version(r.u64()?);
     let count = r.u32()? as usize;
     // A count the bytes left cannot hold is a lie, and must not size an allocation.
     if count > r.0.len() / MIN_POSITION_LEN {
@@ -138,7 +141,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let entries = r.0;
 
     let issued = flush.flushes.iter().map(|f| f.issued);
-    let mut max_version = issued.fold(Version::NONE, Version::max);
+    let mut max_version = issued.fold(forgotten, Version::max);
     let (mut items, mut tombstones) = (0u64, 0u64);
     let mut walk = Reader(entries);
     let mut checkpoints = Vec::new();
@@ -177,6 +180,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             positions,
         },
         flush,
+        forgotten,
         items,
         tombstones,
         max_version,
@@ -282,7 +286,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::format::tests::{encode, entry, fix_crc, flush, header};
+    use crate::state::format::tests::{encode, entry, fix_crc, flush, header, FORGOTTEN};
     use crate::state::format::Encoder;
 
     #[test]
@@ -296,11 +300,15 @@ mod tests {
         let d = decode(&file).unwrap();
         assert_eq!(d.header, header());
         assert_eq!(d.flush, flush());
+        assert_eq!(d.forgotten, FORGOTTEN);
         assert_eq!((d.items, d.tombstones), (2, 1));
-        assert_eq!(d.max_version, Version(300));
+        assert_eq!(
+            d.max_version, FORGOTTEN,
+            "the forgotten floor is above every entry"
+        );
         assert_eq!(d.entries().collect::<Vec<_>>(), entries);
 
-        let empty = Encoder::new(&header(), &FlushState::default()).unwrap();
+        let empty = Encoder::new(&header(), &FlushState::default(), Version::NONE).unwrap();
         let mut file = Vec::new();
         empty.finish(&mut file).unwrap();
         let d = decode(&file).unwrap();
@@ -376,7 +384,7 @@ mod tests {
         // The writer is trusted no further than the checksum: a lying count, key length or
         // kind is still caught.
         let at_flushes = PREAMBLE_LEN + 8 + 8 + 2 + 2;
-        let at_positions = at_flushes + 1 + 2 * FLUSH_LEN;
+        let at_positions = at_flushes + 1 + 2 * FLUSH_LEN + 8;
         let at_entry = at_positions + 4 + 2 + 2 + 8 + 8;
         for (offset, value, want) in [
             (at_positions, 0xff, "replication positions"),

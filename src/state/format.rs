@@ -8,6 +8,9 @@
 //! header   := cluster_id:u64 written_ms:u64 node:str16
 //!             flushes:u8 (issued:u64 at_ms:u64)*              (the flushes that still matter:
 //!                                                              fired or pending, by the store)
+//!             forgotten:u64                                   (the highest version the store
+//!                                                              forgot: refused at or below for
+//!                                                              keys held nothing for)
 //!             positions:u32 position*
 //! position := origin:str16 run_id:u64 seq:u64
 //! entry    := kind:u8 key_len:u8 key version:u64
@@ -27,12 +30,13 @@
 
 use std::io::{self, Write};
 
+use crate::clock::Version;
 use crate::key::MAX_KEY_LEN;
 use crate::store::{Exported, FlushState};
 
 pub const MAGIC: &[u8; 8] = b"MESHSTAT";
 /// The format this build writes and the only one it reads. 2: flushes as `(issued, at)`
-/// sets.
+/// sets, and the forgotten floor.
 pub const FORMAT: u32 = 2;
 pub(super) const END: &[u8; 4] = b"\0END";
 pub(super) const TRAILER_LEN: usize = 16;
@@ -49,8 +53,8 @@ pub(super) const FLUSH_LEN: usize = 8 + 8;
 /// record a snapshot's first frame carries.
 pub use crate::replication::frame::Position;
 
-/// Everything in a state file but the entries and the flushes (which [`save`] takes from
-/// the store itself).
+/// Everything in a state file but the entries, the flushes and the forgotten floor (which
+/// [`save`] takes from the store itself).
 ///
 /// [`save`]: super::save
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +111,11 @@ pub struct SaveStats {
 }
 
 impl Encoder {
-    pub fn new(header: &StateHeader, flush: &FlushState) -> Result<Self, EncodeError> {
+    pub fn new(
+        header: &StateHeader,
+        flush: &FlushState,
+        forgotten: Version,
+    ) -> Result<Self, EncodeError> {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&FORMAT.to_be_bytes());
@@ -120,6 +128,7 @@ impl Encoder {
             buf.extend_from_slice(&f.issued.0.to_be_bytes());
             buf.extend_from_slice(&f.at_ms.to_be_bytes());
         }
+        buf.extend_from_slice(&forgotten.0.to_be_bytes());
         let positions = header.positions.len();
         let count: u32 = length("the number of positions", positions, u32::MAX as usize)?;
         buf.extend_from_slice(&count.to_be_bytes());
@@ -205,7 +214,6 @@ fn put_str16(out: &mut Vec<u8>, what: &'static str, s: &str) -> Result<(), Encod
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::clock::Version;
     use crate::replication::log::RunId;
     use crate::store::Flush;
 
@@ -232,6 +240,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// The forgotten floor the test files carry.
+    pub(crate) const FORGOTTEN: Version = Version(400);
+
     pub(crate) fn entry(
         key: &'static [u8],
         value: Option<&'static [u8]>,
@@ -248,7 +259,7 @@ pub(crate) mod tests {
 
     pub(crate) fn encode(entries: &[Exported<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut enc = Encoder::new(&header(), &flush()).unwrap();
+        let mut enc = Encoder::new(&header(), &flush(), FORGOTTEN).unwrap();
         for (i, e) in entries.iter().enumerate() {
             enc.entry(e).unwrap();
             if i % 2 == 0 {
@@ -271,12 +282,12 @@ pub(crate) mod tests {
     fn names_and_keys_that_do_not_fit_are_refused_when_writing() {
         let mut h = header();
         h.node_name = "x".repeat(70_000);
-        let err = Encoder::new(&h, &flush()).err().unwrap();
+        let err = Encoder::new(&h, &flush(), FORGOTTEN).err().unwrap();
         assert_eq!(
             err.to_string(),
             "the node name's length (70000) is over the format's limit of 65535"
         );
-        let mut enc = Encoder::new(&header(), &flush()).unwrap();
+        let mut enc = Encoder::new(&header(), &flush(), FORGOTTEN).unwrap();
         let long = vec![b'k'; 251];
         for (key, want) in [(&long[..], "a key's length (251)"), (b"", "a key is empty")] {
             let e = Exported {

@@ -71,8 +71,8 @@ fn delete(store: &Store, hlc: &Hlc, key: &str) {
         .unwrap();
 }
 
-/// A store with items (some soon expiring), tombstones, a fired and a pending flush, saved
-/// at `path`; returns it and the second it was saved at.
+/// A store with items (some soon expiring), tombstones, a fired and a pending flush and a
+/// forgotten item, saved at `path`; returns it and the second it was saved at.
 fn saved(path: &Path) -> (Store, u32) {
     let hlc = hlc(1, START_MS);
     let src = store();
@@ -103,6 +103,10 @@ fn saved(path: &Path) -> (Store, u32) {
         delete(&src, &hlc, &format!("key{i}"));
     }
     delete(&src, &hlc, "never-held");
+    // Written last, expired and reclaimed: forgotten, so fenced, above every entry saved.
+    set(&src, &hlc, "forgotten", b"x", 0, now + 1);
+    assert!(src.read(b"forgotten", now + 1, false, |i| i.is_none()));
+    assert!(src.forgotten_floor() > src.state(now).iter().map(|e| e.2).max().unwrap());
     let stats = save(path, &header(), &src, now).unwrap();
     assert_eq!((stats.items, stats.tombstones), (177, 24));
     assert_eq!(stats.bytes, fs::metadata(path).unwrap().len());
@@ -134,6 +138,16 @@ fn round_trip_keeps_entries_versions_flush_and_positions_and_moves_the_clock() {
     assert_eq!(loaded.flush, src.flush_state(saved_at));
     assert_eq!(loaded.flush.flushes.len(), 2, "one fired, one pending");
     assert_eq!(dst.flush_state(now), src.flush_state(now));
+    // What the saving run forgot is still refused: the forgotten floor came along.
+    assert_eq!(loaded.forgotten, src.forgotten_floor());
+    assert_eq!(dst.forgotten_floor(), src.forgotten_floor());
+    let late = Remote::Put {
+        value: b"x",
+        flags: 0,
+        exptime: 0,
+        version: loaded.forgotten,
+    };
+    assert_eq!(dst.apply(b"forgotten", &late, now), Ok(Applied::Forgotten));
     assert_eq!((loaded.items, loaded.tombstones), (111, 24));
     assert_eq!(
         (loaded.expired, loaded.superseded, loaded.not_stored),
@@ -144,7 +158,7 @@ fn round_trip_keeps_entries_versions_flush_and_positions_and_moves_the_clock() {
     assert_eq!(dst.state(now), src.state(now));
     assert_eq!(sorted_dump(&dst, now), sorted_dump(&src, now));
     let newest = src.state(now).iter().map(|e| e.2).max().unwrap();
-    assert_eq!(loaded.max_version, newest);
+    assert_eq!(loaded.max_version, newest.max(loaded.forgotten));
     assert!(clock.tick() > newest);
 
     // Loading again changes nothing: every entry is the very write already held.

@@ -72,6 +72,23 @@ impl Store {
         })
     }
 
+    /// The highest version any shard has forgotten (its floor or an exact fence), for the
+    /// state file: a later run of this node must still refuse writes at or below it for
+    /// keys it holds nothing for. Exact fences cannot be saved (key hashes are seeded per
+    /// process), so they are folded into one floor; that refuses more after a restart
+    /// (absence, allowed) rather than take back an older version (regression, never).
+    pub fn forgotten_floor(&self) -> Version {
+        let highest = self.shards.iter().map(|s| lock(s).fences.highest());
+        Version(highest.max().unwrap_or(0))
+    }
+
+    /// Raises every shard's forgotten floor to at least `floor` (from a state file).
+    pub fn raise_forgotten_floor(&self, floor: Version) {
+        for shard in self.shards.iter() {
+            lock(shard).fences.raise_floor(floor.0);
+        }
+    }
+
     /// Drops every item and tombstone, one shard at a time; returns how many there were.
     /// For a node whose contents are too stale to keep (DESIGN.md section 2, tombstones).
     pub fn clear(&self) -> u64 {

@@ -7,16 +7,24 @@
 //! version from the hybrid logical clock *inside* the lock: versions of one key therefore
 //! increase in the order the writes happened, which last-writer-wins replication relies on.
 //!
-//! Memory: every entry is charged `key + value + ENTRY_OVERHEAD` against one global budget
+//! Memory: every item is charged `key + value + ENTRY_OVERHEAD` against one global budget
 //! (`-m`); when a write does not fit, the shard being written evicts by CLOCK (dead items first,
 //! then the least recently used as approximated by reference bits), then other shards are asked
 //! without waiting for their locks. With `-M` the write fails instead.
+//!
+//! In a cluster a delete leaves a tombstone, and whatever the store forgets (an item expired
+//! or evicted, a tombstone collected) leaves a fence ([`fence`]): both exist so that an older
+//! write arriving late is refused (DESIGN.md section 1). Tombstones and fences have a memory
+//! budget of their own, [`StoreConfig::tombstone_mem`], on top of `-m`: data never makes
+//! room for them and they never make room for data, so deletes cannot empty a small node and
+//! memory pressure cannot bring deletes back.
 //!
 //! Values are copied once, on insert, into an exact-sized allocation holding key and value:
 //! that is the one place where "compaction" happens, and it means a stored item never pins a
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
 mod export;
+mod fence;
 mod flush;
 mod journal;
 mod merge;
@@ -32,12 +40,13 @@ use std::hash::BuildHasher;
 
 use crate::clock::Version;
 pub use export::{ExportCursor, Exported};
+use fence::FENCE_COST;
 use flush::FlushSet;
 pub use flush::{Flush, FlushMerge, FlushState, MAX_PENDING};
 pub use journal::{Change, Journal};
 pub use merge::{Applied, Remote};
 use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
-pub use shard::{STALE, WIN_SENT};
+pub use shard::{STALE, TOMBSTONE_OVERHEAD, WIN_SENT};
 use write::Found;
 
 /// Bytes charged per entry beyond key and value: slot bookkeeping, allocator rounding and the
@@ -64,8 +73,12 @@ pub struct StoreConfig {
     pub cas_enabled: bool,
     pub shards: usize,
     /// Seconds a delete's tombstone is kept (`--tombstone-ttl`); 0 keeps none, which is
-    /// right for a standalone node, where no older write can arrive late.
+    /// right for a standalone node, where no older write can arrive late. It also turns
+    /// fences off: they exist for replicated writes only.
     pub tombstone_ttl: u32,
+    /// Bytes for tombstones and fences, on top of `mem_limit`; `None`:
+    /// [`StoreConfig::default_tombstone_mem`].
+    pub tombstone_mem: Option<usize>,
 }
 
 impl Default for StoreConfig {
@@ -77,7 +90,31 @@ impl Default for StoreConfig {
             cas_enabled: true,
             shards: 64,
             tombstone_ttl: 0,
+            tombstone_mem: None,
         }
+    }
+}
+
+/// The least memory for tombstones and fences, whatever `-m`.
+const MIN_TOMBSTONE_MEM: usize = 256 << 10;
+/// The least exact fences per shard (see [`fence`]): enough that evicting items written a
+/// moment ago does not lift a shard's floor to "now".
+const MIN_FENCES_PER_SHARD: usize = 64;
+
+impl StoreConfig {
+    /// An eighth of `-m`, at least 256 KB. Tombstones are a key and a version (about 80
+    /// bytes each), so the default 64 MB gives 6 MB of tombstones, ~75,000 deletes kept
+    /// whole, and 2 MB of exact fences, ~44,000 forgets remembered per key; past those, the
+    /// oldest become the forgotten floor, which refuses more (absence) but forgets nothing.
+    /// Taking the budget out of `-m` instead would shrink a small node's data to make room
+    /// for deletes; kept apart, `-m` still means what memcached means by it.
+    pub fn default_tombstone_mem(mem_limit: usize) -> usize {
+        (mem_limit / 8).max(MIN_TOMBSTONE_MEM)
+    }
+
+    fn tombstone_mem(&self) -> usize {
+        self.tombstone_mem
+            .unwrap_or_else(|| Self::default_tombstone_mem(self.mem_limit))
     }
 }
 
@@ -174,7 +211,16 @@ pub struct ShardStats {
     pub curr_items: u64,
     pub tombstones: u64,
     pub total_items: u64,
+    /// Bytes of items, charged against `-m`.
     pub bytes: usize,
+    /// Bytes of tombstones, charged against the tombstone budget.
+    pub tombstone_bytes: usize,
+    /// Tombstones collected before their time because the budget was full.
+    pub tombstones_collected: u64,
+    /// Exact fences held (filled in by [`Store::stats`]).
+    pub fences: u64,
+    /// The highest shard's forgotten floor (filled in by [`Store::stats`]).
+    pub forgotten_floor: u64,
     pub evictions: u64,
     pub evicted_unfetched: u64,
     pub evicted_nonzero: u64,
@@ -210,7 +256,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     pub fn new(cfg: StoreConfig) -> Self {
         let n = cfg.shards.max(1).next_power_of_two();
-        let shards = (0..n).map(|_| Mutex::new(Shard::default())).collect();
+        // A quarter of the budget for exact fences, the rest for tombstones; none of either
+        // on a standalone node.
+        let (tomb_budget, fence_cap) = if cfg.tombstone_ttl > 0 {
+            let mem = cfg.tombstone_mem();
+            let fences = (mem / 4 / FENCE_COST / n).max(MIN_FENCES_PER_SHARD);
+            (mem * 3 / 4 / n, fences)
+        } else {
+            (0, 0)
+        };
+        let shards = (0..n)
+            .map(|_| Mutex::new(Shard::new(tomb_budget, fence_cap)))
+            .collect();
         Self {
             journal: std::sync::OnceLock::new(),
             shards,
@@ -304,7 +361,7 @@ impl Store {
                 shard.stats.get_expired += 1;
             }
         }
-        let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now);
+        let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now, floor);
         self.used.fetch_sub(freed, Ordering::AcqRel);
         Found::Absent
     }
@@ -337,11 +394,16 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let mut total = StoreStats::default();
         for shard in self.shards.iter() {
-            let s = &lock(shard).stats;
+            let shard = lock(shard);
+            let s = &shard.stats;
             total.curr_items += s.curr_items;
             total.tombstones += s.tombstones;
             total.total_items += s.total_items;
             total.bytes += s.bytes;
+            total.tombstone_bytes += s.tombstone_bytes;
+            total.tombstones_collected += s.tombstones_collected;
+            total.fences += shard.fences.len() as u64;
+            total.forgotten_floor = total.forgotten_floor.max(shard.fences.floor());
             total.evictions += s.evictions;
             total.evicted_unfetched += s.evicted_unfetched;
             total.evicted_nonzero += s.evicted_nonzero;

@@ -1,5 +1,5 @@
 //! Store tests: semantics by example, and the store against a `HashMap` model with time
-//! advancing.
+//! advancing; what is forgotten still fences ([`forgetting`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -261,6 +261,8 @@ proptest! {
         prop_assert_eq!(dump, expect);
     }
 }
+
+mod forgetting;
 
 fn cluster_store() -> (Store, Hlc, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
