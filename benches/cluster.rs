@@ -11,6 +11,7 @@
 //!    network round trip that would add its own delay.
 //! 3. **CPU per replicated write**: utime + stime of B, from /proc, across a push of N sets to
 //!    A until B holds them all; A's, and a standalone node's for the same push, beside it.
+//! 4. **Wrong refusals at a small replica** under eviction: see `cluster/forgetting.rs`.
 //!
 //! Run: `cargo bench --bench cluster > cluster.md` (about 2.5 minutes). It needs
 //! `/usr/bin/memcached` and `taskset`; under `cargo test --benches` it exits at once.
@@ -20,21 +21,25 @@
 //! | `BENCH_QUICK` | unset | `1`: smoke-run defaults (0.25 s + 0.5 s cells, 1 round, 200 and 20k writes) |
 //! | `BENCH_SECS`, `BENCH_WARMUP_SECS` | `2`, `1` | measured and warm-up seconds per throughput cell |
 //! | `BENCH_ROUNDS` | `3` | throughput rounds; each number is the median over rounds |
-//! | `BENCH_ONLY` | `pinned,unpinned,propagation,cpu` | sections to run |
+//! | `BENCH_ONLY` | `pinned,unpinned,propagation,cpu,forgetting` | sections to run |
 //! | `BENCH_WORKLOADS` | `set,set-p32` | throughput workloads |
 //! | `BENCH_PROP_WRITES`, `BENCH_PROP_GAP_MS` | `2000`, `1` | propagation: writes, pause between them |
 //! | `BENCH_CPU_WRITES` | `200000` | CPU section: sets pushed |
+//! | `BENCH_FORGET_WRITES` | `1000000` | refusals section: new keys pushed |
 //! | `MESHCACHED_BIN`, `MEMCACHED_BIN` | the crate's binary, `/usr/bin/memcached` | servers |
 
 // Shared with versus_memcached; this target uses only part of them.
 #[path = "cluster/cpu.rs"]
 mod cpu;
+#[path = "cluster/forgetting.rs"]
+mod forgetting;
 #[allow(dead_code)]
 #[path = "cluster/pair.rs"]
 mod pair;
 #[path = "cluster/propagation.rs"]
 mod propagation;
 use cpu::*;
+use forgetting::*;
 use pair::*;
 use propagation::*;
 // Shared with the versus_memcached bench, which uses parts this one does not.
@@ -95,12 +100,13 @@ struct Options {
     warmup: Duration,
     measure: Duration,
     rounds: usize,
-    /// Any of `pinned`, `unpinned`, `propagation`, `cpu` (`BENCH_ONLY`).
+    /// Any of `pinned`, `unpinned`, `propagation`, `cpu`, `forgetting` (`BENCH_ONLY`).
     sections: Vec<&'static str>,
     workloads: Vec<&'static Workload>,
     prop_writes: u64,
     prop_gap: Duration,
     cpu_writes: u64,
+    forget_writes: u64,
     memcached: PathBuf,
     meshcached: PathBuf,
 }
@@ -136,7 +142,10 @@ impl Options {
             warmup: Duration::from_secs_f64(positive("BENCH_WARMUP_SECS", pick(1.0, 0.25))?),
             measure: Duration::from_secs_f64(positive("BENCH_SECS", pick(2.0, 0.5))?),
             rounds: count("BENCH_ROUNDS", 3, 1)? as usize,
-            sections: list("BENCH_ONLY", &["pinned", "unpinned", "propagation", "cpu"])?,
+            sections: list(
+                "BENCH_ONLY",
+                &["pinned", "unpinned", "propagation", "cpu", "forgetting"],
+            )?,
             workloads: WORKLOADS
                 .iter()
                 .filter(|w| workload_names.contains(&w.name))
@@ -144,6 +153,7 @@ impl Options {
             prop_writes: count("BENCH_PROP_WRITES", 2000, 200)?,
             prop_gap: Duration::from_secs_f64(number("BENCH_PROP_GAP_MS", 1.0)? / 1e3),
             cpu_writes: count("BENCH_CPU_WRITES", 200_000, 20_000)?,
+            forget_writes: count("BENCH_FORGET_WRITES", 1_000_000, 100_000)?,
             memcached: std::env::var_os("MEMCACHED_BIN")
                 .map_or_else(|| "/usr/bin/memcached".into(), PathBuf::from),
             meshcached: std::env::var_os("MESHCACHED_BIN")
@@ -573,6 +583,11 @@ fn main() -> Result<()> {
         None
     };
 
+    let refusals = opts
+        .runs("forgetting")
+        .then(|| measure_refusals(&rt, &opts, &certs))
+        .transpose()?;
+
     if !rows.is_empty() {
         print_throughput(&opts, &rows, &machine);
     }
@@ -581,6 +596,9 @@ fn main() -> Result<()> {
     }
     if let Some(c) = &cpu {
         print_cpu(c, &machine);
+    }
+    if let Some(r) = &refusals {
+        print_refusals(r, &machine);
     }
     Ok(())
 }

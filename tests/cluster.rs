@@ -438,6 +438,7 @@ fn malformed_frames_from_a_peer_close_only_that_connection() {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_millis() as u64,
+                run_floor: 0,
             }),
             &mut b,
         );

@@ -114,6 +114,20 @@ impl Pair {
         a_cpu: Option<usize>,
         b_cpu: Option<usize>,
     ) -> Result<Pair> {
+        Self::start_sized(opts, certs, tag, threads, (a_cpu, b_cpu), MEMORY_MB, &[])
+    }
+
+    /// [`Pair::start`] with B given `b_memory_mb` of `-m` (A keeps the bench's), and
+    /// `extra` flags for both nodes.
+    pub(crate) fn start_sized(
+        opts: &Options,
+        certs: &Certs,
+        tag: &str,
+        threads: usize,
+        (a_cpu, b_cpu): (Option<usize>, Option<usize>),
+        b_memory_mb: usize,
+        extra: &[&str],
+    ) -> Result<Pair> {
         let (a_name, b_name) = (format!("{tag}-a"), format!("{tag}-b"));
         let a_cluster = format!("127.0.0.1:{}", free_udp_port()?);
         let args = |name: &str, id: &str, listen: String| -> Result<Vec<String>> {
@@ -131,15 +145,22 @@ impl Pair {
             .map(String::from)
             .to_vec())
         };
-        let a_args = args(&a_name, "1", a_cluster.clone())?;
+        let mut a_args = args(&a_name, "1", a_cluster.clone())?;
+        a_args.extend(extra.iter().map(|s| s.to_string()));
         let b_cluster = format!("127.0.0.1:{}", free_udp_port()?);
         let mut b_args = args(&b_name, "2", b_cluster)?;
+        b_args.extend(extra.iter().map(|s| s.to_string()));
         b_args.extend(["--join".to_string(), a_cluster]);
         fn strs(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
         }
         let a = Server::start(&opts.launch(false, threads, a_cpu, &strs(&a_args)))?;
-        let b = Server::start(&opts.launch(false, threads, b_cpu, &strs(&b_args)))?;
+        let b_strs = strs(&b_args);
+        let b_launch = Launch {
+            memory_mb: b_memory_mb,
+            ..opts.launch(false, threads, b_cpu, &b_strs)
+        };
+        let b = Server::start(&b_launch)?;
         let mut pair = Pair {
             a_stats: StatsClient::connect(a.addr)?,
             b_stats: StatsClient::connect(b.addr)?,

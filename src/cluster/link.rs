@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::peers::{LinkMeta, Offer};
 use super::{recv, send, snapshot, Cluster, PeerCounters};
-use crate::clock::NodeId;
+use crate::clock::{NodeId, Version};
 use crate::replication::frame::{
     self, Frame, FrameError, Hello, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
 };
@@ -249,9 +249,13 @@ fn reconcile_if_due(cl: &Cluster, hello: &Hello, ctl: &mpsc::Sender<super::Ctl>)
         return;
     };
     let now_ms = cl.hlc.clock().now_ms();
-    let due = cl
-        .reconciler()
-        .link_up(&hello.name, hello.run_id, node_id, hello.wall_ms, now_ms);
+    let due = cl.reconciler().link_up(
+        &hello.name,
+        hello.run_id,
+        node_id,
+        Version(hello.run_floor),
+        now_ms,
+    );
     if let Some(token) = due {
         tracing::info!(node = %cl.name, peer = %hello.name, "apart from the peer for longer than --tombstone-ttl: reconciling (asking for its full snapshot; keys it deleted meanwhile are dropped here)");
         let _ = ctl.try_send(super::Ctl::Send(Frame::SnapshotRequest { token }));
@@ -317,6 +321,7 @@ async fn handshake(
         flags,
         load,
         wall_ms: cl.hlc.clock().now_ms(),
+        run_floor: cl.run_floor.0,
     });
     let mut out = BytesMut::new();
     frame::encode(&ours, &mut out);

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::{Hlc, NodeId};
 use crate::config::ClusterConfig;
-use crate::replication::apply::ApplyStats;
+use crate::replication::apply::{apply_flush_state, ApplyStats};
 use crate::replication::frame::{Frame, Position, SnapBegin};
 use crate::replication::log::RunId;
 use crate::replication::transport::PeerEndpoint;
@@ -141,6 +141,7 @@ pub struct ClusterCounters {
     pub accepted: AtomicU64,
     pub rejected_behind: AtomicU64,
     pub rejected_identical: AtomicU64,
+    pub refused_forgotten: AtomicU64,
     pub clock_skew_rejects: AtomicU64,
     pub not_stored: AtomicU64,
     /// Peers that fell off the replication log and need a resync.
@@ -156,6 +157,8 @@ impl ClusterCounters {
             .fetch_add(s.rejected_behind, Ordering::Relaxed);
         self.rejected_identical
             .fetch_add(s.rejected_identical, Ordering::Relaxed);
+        self.refused_forgotten
+            .fetch_add(s.refused_forgotten, Ordering::Relaxed);
         self.clock_skew_rejects
             .fetch_add(s.clock_skew_rejects, Ordering::Relaxed);
         self.not_stored.fetch_add(s.not_stored, Ordering::Relaxed);
@@ -191,6 +194,8 @@ pub struct Cluster {
     serving: AtomicU16,
     /// What this node knows of each peer's hold on its data, for reconciliation.
     reconciler: Mutex<reconcile::Reconciler>,
+    /// Every version this run issues is above this one (told to peers in the hello).
+    run_floor: crate::clock::Version,
     /// Each connected peer's sender, by name, with the connection's token.
     links: Mutex<HashMap<String, (u64, mpsc::Sender<Ctl>)>>,
 }
@@ -226,6 +231,7 @@ impl Cluster {
             join_timeout_ms,
         );
         let ready = plan.opened();
+        let run_floor = hlc.tick();
         let cluster = Arc::new(Cluster {
             name: config.node_name.clone(),
             node_id: config.node_id,
@@ -254,8 +260,8 @@ impl Cluster {
             reconciler: Mutex::new(reconcile::Reconciler::new(
                 config.node_id,
                 u64::from(config.tombstone_ttl) * 1000,
-                config.max_clock_skew.as_millis() as u64,
             )),
+            run_floor,
             sync_counters: SyncCounters::default(),
         });
         for p in positions.into_iter().flatten() {
@@ -369,11 +375,13 @@ impl Cluster {
         )
     }
 
-    /// A snapshot's first frame arrived from `peer`: its flush barrier is taken on, and
-    /// when it is the initial sync's snapshot, its positions become ours.
+    /// A snapshot's first frame arrived from `peer`: its flushes are taken on (a set
+    /// union: a pending flush here stays), and when it is the initial sync's snapshot, its
+    /// positions become ours.
     fn snapshot_began(&self, peer: &str, begin: &SnapBegin) {
         let now = self.hlc.clock().now_secs();
-        self.store.merge_flush_state(begin.flush, now);
+        let flushes = apply_flush_state(&self.store, &self.hlc, &begin.flush, self.max_skew, now);
+        self.counters.add(&flushes);
         let actions = {
             let mut plan = self.plan();
             if plan.is_donor_snapshot(peer) {

@@ -10,9 +10,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::clock::{Version, HLC_EPOCH_MS};
+use crate::clock::HLC_EPOCH_MS;
 use crate::replication::log::{Entry, Lagged, Mutation, Op, ReplLog, RunId};
-use crate::store::Change;
+use crate::store::{Change, Flush};
 
 pub struct Outbox {
     log: Mutex<ReplLog>,
@@ -70,12 +70,12 @@ impl Outbox {
         });
     }
 
-    /// A local `flush_all` with its barrier version and the unix second it takes effect.
-    pub fn record_flush(&self, version: Version, at: u32) {
+    /// A local `flush_all`: its version and the unix millisecond it takes effect.
+    pub fn record_flush(&self, flush: Flush) {
         self.append(Mutation {
             key: Bytes::new(),
-            version,
-            op: Op::Flush { at },
+            version: flush.issued,
+            op: Op::Flush { at_ms: flush.at_ms },
         });
     }
 
@@ -114,13 +114,30 @@ impl Outbox {
         (entry.seq == seq).then(|| entry.mutation.version.physical_ms() + HLC_EPOCH_MS)
     }
 
-    /// The version of entry `seq`, if still held. The log is in version order (the clock
-    /// ticks under the log's order), so every own write up to that version is at or before
-    /// `seq`.
-    pub fn entry_version(&self, seq: u64) -> Option<crate::clock::Version> {
+    /// A version such that every own write at or below it is at or before entry `seq` of
+    /// the log, if `seq` is still held. The log is in version order only nearly: a write
+    /// takes its version under its shard's lock and joins the log a moment later, so a few
+    /// writes made on other shards at the same moment (at most one per worker thread) can
+    /// follow `seq` with smaller versions. The lowest version among the entries that follow
+    /// closely covers them.
+    pub fn acked_bound(&self, seq: u64) -> Option<crate::clock::Version> {
+        const FOLLOWERS: usize = 64;
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = log.read(seq.checked_sub(1)?, 0).ok()?.into_iter().next()?;
-        (entry.seq == seq).then_some(entry.mutation.version)
+        let entries = log.read(seq.checked_sub(1)?, 0).ok()?;
+        let at = entries.first().filter(|e| e.seq == seq)?;
+        let mut bound = at.mutation.version;
+        // `read` with no byte budget yields one entry; the followers are read the same way.
+        let mut cursor = seq;
+        for _ in 0..FOLLOWERS {
+            let Some(next) = log.read(cursor, 0).ok().and_then(|v| v.into_iter().next()) else {
+                break;
+            };
+            if next.mutation.version < bound {
+                bound = crate::clock::Version(next.mutation.version.0.saturating_sub(1));
+            }
+            cursor = next.seq;
+        }
+        Some(bound)
     }
 
     /// Returns once an entry after `cursor` exists.
@@ -153,7 +170,10 @@ mod tests {
             tokio::spawn(async move { outbox.wait_beyond(0).await })
         };
         tokio::task::yield_now().await;
-        outbox.record_flush(Version(5), 0);
+        outbox.record_flush(Flush {
+            issued: crate::clock::Version(5),
+            at_ms: 0,
+        });
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
             .expect("woken")
@@ -162,6 +182,6 @@ mod tests {
         outbox.wait_beyond(0).await;
         let e = outbox.read(0, usize::MAX).unwrap();
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].mutation.op, Op::Flush { at: 0 });
+        assert_eq!(e[0].mutation.op, Op::Flush { at_ms: 0 });
     }
 }

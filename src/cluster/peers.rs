@@ -438,6 +438,7 @@ mod tests {
             flags: 0,
             load: 0,
             wall_ms: 0,
+            run_floor: 0,
         }
     }
 

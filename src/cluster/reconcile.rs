@@ -12,15 +12,17 @@
 //! always allowed, resurrection never).
 //!
 //! Which keys the peer provably held, for a peer whose run has not changed:
-//! - our own writes it acknowledged: versions of our origin up to the newest acknowledged
-//!   one, less [`APPEND_MARGIN_MS`]. The log is in version order only nearly: a write
-//!   takes its version under its shard's lock and joins the log a moment later, so two
-//!   writes on two shards may enter it in the other order. The margin covers that moment
-//!   many times over; a write made within it is kept (dropping fewer is the safe side);
-//! - its own writes of its current run: versions of its origin from its run's floor (its
-//!   wall time at its first hello plus the skew limit: an earlier run's versions are below
-//!   that, its clock never having run further ahead of its wall time) up to the newest of
-//!   its writes we had applied.
+//! - our own writes it acknowledged: versions of our origin up to the acknowledged log
+//!   entry's (less those of the few entries right after it, which may be smaller: see
+//!   [`crate::cluster::outbox::Outbox::acked_bound`]), less [`APPEND_MARGIN_MS`] for a
+//!   write that had taken its version but not yet joined the log when the acknowledgement
+//!   arrived (a write made within it is kept: dropping fewer is the safe side);
+//! - its own writes of its current run: versions of its origin above its run's floor (its
+//!   clock when the run began, past everything it loaded, which its hello tells) up to the
+//!   newest of its writes we had applied. (A node that crashed without a state file while
+//!   its clock ran ahead of its wall time, and restarted within that lead, could have
+//!   issued versions above its new floor in its old run: the one case where a key it never
+//!   had again counts as held.)
 //!
 //! The bounds are frozen when the snapshot is requested: every acknowledgement and live
 //! write received before the request was applied by the peer before the request reached
@@ -40,7 +42,7 @@ use crate::replication::log::RunId;
 
 /// How far below an acknowledged log entry's version our own writes count as acknowledged
 /// (see the module documentation).
-pub const APPEND_MARGIN_MS: u64 = 1_000;
+pub const APPEND_MARGIN_MS: u64 = 5;
 
 /// Bounds frozen when a reconciliation snapshot is requested: a key absent from the
 /// peer's snapshot is dropped iff [`Bounds::drops`] says so.
@@ -92,24 +94,22 @@ struct Known {
 pub struct Reconciler {
     us: NodeId,
     ttl_ms: u64,
-    skew_ms: u64,
     peers: HashMap<String, Known>,
     next_token: u64,
 }
 
 impl Reconciler {
-    pub fn new(us: NodeId, tombstone_ttl_ms: u64, max_skew_ms: u64) -> Self {
+    pub fn new(us: NodeId, tombstone_ttl_ms: u64) -> Self {
         Reconciler {
             us,
             ttl_ms: tombstone_ttl_ms,
-            skew_ms: max_skew_ms,
             peers: HashMap::new(),
             next_token: 1,
         }
     }
 
-    /// A link to `peer` (run `run`, node id `node_id`, whose hello said its wall clock was
-    /// `wall_ms`) is up. Returns the token of a reconciliation snapshot to request from it,
+    /// A link to `peer` (run `run`, node id `node_id`, whose versions of this run are above
+    /// `run_floor`) is up. Returns the token of a reconciliation snapshot to request from it,
     /// when one is due: the separation from the same run of the peer outlasted the
     /// tombstone TTL (or an earlier reconciliation with it did not complete).
     pub fn link_up(
@@ -117,14 +117,14 @@ impl Reconciler {
         peer: &str,
         run: RunId,
         node_id: NodeId,
-        wall_ms: u64,
+        run_floor: Version,
         now_ms: u64,
     ) -> Option<u64> {
         let known = match self.peers.get_mut(peer) {
             Some(k) if k.run == run => k,
             _ => {
                 // A new run of the peer (or a first contact): nothing known of it yet.
-                let floor = Version::at_unix_ms(wall_ms.saturating_add(self.skew_ms));
+                let floor = Version(run_floor.0.saturating_add(1));
                 self.peers.insert(
                     peer.to_string(),
                     Known {
@@ -214,6 +214,11 @@ mod tests {
     const C: u16 = 3;
     const TTL: u64 = 60_000;
     const SKEW: u64 = 5_000;
+
+    /// Node b's run floor: its clock when its run began.
+    fn floor() -> Version {
+        v(T0 + SKEW, B)
+    }
     const T0: u64 = HLC_EPOCH_MS + 1_000_000_000;
 
     fn v(ms: u64, node: u16) -> Version {
@@ -226,9 +231,9 @@ mod tests {
 
     /// Node a's reconciler with node b (run 7) known since T0.
     fn known_b() -> Reconciler {
-        let mut r = Reconciler::new(id(A), TTL, SKEW);
+        let mut r = Reconciler::new(id(A), TTL);
         assert_eq!(
-            r.link_up("b", RunId(7), id(B), T0, T0),
+            r.link_up("b", RunId(7), id(B), floor(), T0),
             None,
             "first contact"
         );
@@ -239,7 +244,10 @@ mod tests {
     fn a_separation_within_the_ttl_needs_no_reconciliation() {
         let mut r = known_b();
         r.link_down("b", T0 + 1_000);
-        assert_eq!(r.link_up("b", RunId(7), id(B), T0, T0 + 1_000 + TTL), None);
+        assert_eq!(
+            r.link_up("b", RunId(7), id(B), floor(), T0 + 1_000 + TTL),
+            None
+        );
     }
 
     #[test]
@@ -249,7 +257,7 @@ mod tests {
         r.applied("b", RunId(7), v(T0 + SKEW + 200, B));
         r.link_down("b", T0 + 1_000);
         let token = r
-            .link_up("b", RunId(7), id(B), T0, T0 + 2_000 + TTL)
+            .link_up("b", RunId(7), id(B), floor(), T0 + 2_000 + TTL)
             .expect("due");
         // Acknowledgements after the request do not widen the frozen bounds.
         r.acked("b", RunId(7), v(T0 + 900_000, A));
@@ -264,7 +272,7 @@ mod tests {
         r.done("b", token);
         r.link_down("b", T0 + 3_000 + TTL);
         assert_eq!(
-            r.link_up("b", RunId(7), id(B), T0, T0 + 3_001 + TTL),
+            r.link_up("b", RunId(7), id(B), floor(), T0 + 3_001 + TTL),
             None,
             "done"
         );
@@ -274,10 +282,10 @@ mod tests {
     fn an_interrupted_reconciliation_is_asked_for_again() {
         let mut r = known_b();
         r.link_down("b", T0 + 1_000);
-        let first = r.link_up("b", RunId(7), id(B), T0, T0 + 2_000 + TTL);
+        let first = r.link_up("b", RunId(7), id(B), floor(), T0 + 2_000 + TTL);
         assert!(first.is_some());
         r.link_down("b", T0 + 2_500 + TTL);
-        let second = r.link_up("b", RunId(7), id(B), T0, T0 + 2_600 + TTL);
+        let second = r.link_up("b", RunId(7), id(B), floor(), T0 + 2_600 + TTL);
         assert!(
             second.is_some() && second != first,
             "still due, a new token"
@@ -295,14 +303,20 @@ mod tests {
         r.acked("b", RunId(7), v(T0 + 100, A));
         r.link_down("b", T0 + 1_000);
         assert_eq!(
-            r.link_up("b", RunId(8), id(B), T0 + 5_000 + TTL, T0 + 5_000 + TTL),
+            r.link_up(
+                "b",
+                RunId(8),
+                id(B),
+                v(T0 + 5_000 + TTL, B),
+                T0 + 5_000 + TTL
+            ),
             None,
             "a new run of b"
         );
         r.acked("b", RunId(7), v(T0 + 200, A));
         r.link_down("b", T0 + 6_000 + TTL);
         let token = r
-            .link_up("b", RunId(8), id(B), T0, T0 + 7_000 + 2 * TTL)
+            .link_up("b", RunId(8), id(B), floor(), T0 + 7_000 + 2 * TTL)
             .expect("due");
         let bounds = r.snapshot_began("b", token).expect("ours");
         assert!(

@@ -43,10 +43,10 @@ pub async fn recv_loop(
                     };
                     // A peer sends only its own writes: a version of another origin on its
                     // stream would let it forge (or replay) anyone's writes.
-                    if let Some(e) = entries.iter().find(|e| {
-                        !matches!(e.mutation.op, Op::Flush { .. })
-                            && e.mutation.version.node() != their_node
-                    }) {
+                    if let Some(e) = entries
+                        .iter()
+                        .find(|e| e.mutation.version.node() != their_node)
+                    {
                         return Err(LinkError::Protocol(format!(
                             "a write of node id {} on the stream of node id {}",
                             e.mutation.version.node().get(),
@@ -70,7 +70,7 @@ pub async fn recv_loop(
                         // A peer cannot have more than we sent.
                         let seq = seq.min(counters.sent_seq.load(Ordering::Relaxed));
                         counters.acked_seq.fetch_max(seq, Ordering::Relaxed);
-                        if let Some(v) = cl.outbox.entry_version(seq) {
+                        if let Some(v) = cl.outbox.acked_bound(seq) {
                             cl.reconciler().acked(peer, their_run, v);
                         }
                     }

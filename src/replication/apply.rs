@@ -1,12 +1,12 @@
 //! Applying a peer's mutations: clock-skew guard, HLC observation, last-writer-wins merge,
 //! and the counters DESIGN.md section 1 names (Couchbase's conflict outcomes plus
-//! `clock_skew_rejects`).
+//! `clock_skew_rejects` and `repl_refused_forgotten`).
 
 use std::time::Duration;
 
 use super::log::{Entry, Mutation, Op};
 use crate::clock::Hlc;
-use crate::store::{Applied, Remote, Store, StoreError};
+use crate::store::{Applied, Flush, FlushMerge, FlushState, Remote, Store, StoreError};
 
 /// Outcomes of applying replicated mutations.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub struct ApplyStats {
     pub accepted: u64,
     pub rejected_behind: u64,
     pub rejected_identical: u64,
+    /// Writes of keys held nothing for, no newer than what this node forgot of them.
+    pub refused_forgotten: u64,
     pub clock_skew_rejects: u64,
     /// Mutations the store could not hold (too large for this node's `-I`, or no memory
     /// with `-M`): the peer keeps them, this node does not.
@@ -25,6 +27,7 @@ impl ApplyStats {
         self.accepted += other.accepted;
         self.rejected_behind += other.rejected_behind;
         self.rejected_identical += other.rejected_identical;
+        self.refused_forgotten += other.refused_forgotten;
         self.clock_skew_rejects += other.clock_skew_rejects;
         self.not_stored += other.not_stored;
     }
@@ -69,6 +72,32 @@ pub fn apply_mutations(
     (stats, mutations.len())
 }
 
+/// Takes on a snapshot's flushes. Each flush's version passes the skew guard and moves the
+/// clock like any write (local writes after it must be newer than its barrier); one too far
+/// ahead is refused and counted, as the snapshot's items are.
+pub fn apply_flush_state(
+    store: &Store,
+    hlc: &Hlc,
+    state: &FlushState,
+    max_skew: Duration,
+    now: u32,
+) -> ApplyStats {
+    let mut stats = ApplyStats::default();
+    let mut taken = FlushState::default();
+    for f in &state.flushes {
+        match hlc.observe(f.issued, max_skew) {
+            Ok(()) => taken.flushes.push(*f),
+            Err(skew) => {
+                tracing::warn!(error = %skew, "refusing a snapshot's flush issued by a clock ahead (counted in clock_skew_rejects)");
+                stats.clock_skew_rejects += 1;
+            }
+        }
+    }
+    store.merge_flush_state(&taken, now);
+    stats.accepted += taken.flushes.len() as u64;
+    stats
+}
+
 /// Applies one mutation; false when the clock-skew guard refused it (nothing changed).
 fn apply_one(
     store: &Store,
@@ -102,8 +131,12 @@ fn apply_one(
             store.apply(&m.key, &remote, now)
         }
         Op::Delete => store.apply(&m.key, &Remote::Delete { version: m.version }, now),
-        Op::Flush { at } => {
-            store.flush(m.version, *at, now);
+        Op::Flush { at_ms } => {
+            let flush = Flush {
+                issued: m.version,
+                at_ms: *at_ms,
+            };
+            store.flush(flush, FlushMerge::Union, now);
             Ok(Applied::Accepted)
         }
     };
@@ -111,6 +144,7 @@ fn apply_one(
         Ok(Applied::Accepted) => stats.accepted += 1,
         Ok(Applied::Behind) => stats.rejected_behind += 1,
         Ok(Applied::Identical) => stats.rejected_identical += 1,
+        Ok(Applied::Forgotten) => stats.refused_forgotten += 1,
         Ok(Applied::BadKey) | Err(StoreError::TooLarge | StoreError::OutOfMemory) => {
             stats.not_stored += 1
         }
@@ -170,6 +204,7 @@ mod tests {
                 accepted: 1,
                 rejected_behind: 1,
                 rejected_identical: 1,
+                refused_forgotten: 0,
                 clock_skew_rejects: 1,
                 not_stored: 0
             }

@@ -7,10 +7,12 @@
 //! entry  := seq:u64 version:u64 op:u8 key_len:u16 key
 //!           op 1 (put):    flags:u32 exptime:u32 value_len:u32 value
 //!           op 2 (delete): nothing more
-//!           op 3 (flush):  at:u32
+//!           op 4 (flush):  at_ms:u64   (version: the flush's issue; at_ms 0: at once)
+//!           op 3 (flush, as the previous release sent it, read only): at:u32 seconds,
+//!                          with the barrier itself as version
 //! Ack    := kind 2, run_id:u64 seq:u64      (highest sequence applied)
 //! Hello  := kind 3, name:str8 node_id:u16 run_id:u64 have_run:u64 have_seq:u64
-//!           flags:u8 load:u16 wall_ms:u64
+//!           flags:u8 load:u16 wall_ms:u64 run_floor:u64
 //!           (first frame on each live stream: who we are, and what we already applied
 //!           of the receiver's log: its run id and sequence, 0 and 0 for nothing; flags:
 //!           1 = ready (serving, a possible donor), 2 = defer (hold your stream until my
@@ -21,7 +23,7 @@
 //! str8   := len:u8 bytes (UTF-8)
 //! ```
 //!
-//! Kinds 5 to 11 are resync's, described in [`sync`].
+//! Kinds 5 to 12 are resync's, described in [`sync`].
 //!
 //! The protocol version travels in the QUIC ALPN, so frames carry none. [`decode`] is
 //! `Ok(None)` until a whole frame is buffered and consumes nothing until then; keys and
@@ -47,7 +49,10 @@ const HELLO: u8 = 3;
 const MEMBERS: u8 = 4;
 pub(crate) const PUT: u8 = 1;
 pub(crate) const DELETE: u8 = 2;
-const FLUSH: u8 = 3;
+/// A flush as the previous release wrote it (its barrier as version, `at` in seconds):
+/// still read, so that a node of that release can feed this one during an upgrade.
+const FLUSH_V1: u8 = 3;
+const FLUSH: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -89,6 +94,10 @@ pub struct Hello {
     /// clock is further off than `--max-clock-skew` is refused at once, naming the offset,
     /// instead of having its writes refused one by one (or refusing ours) for ever.
     pub wall_ms: u64,
+    /// Every version the sender issues in this run is above this one (its clock when the
+    /// run began, past everything it loaded): reconciliation knows from it which of the
+    /// sender's writes belong to its current run.
+    pub run_floor: u64,
 }
 
 /// A cluster member as gossiped: its name, node id and cluster address (`ip:port`).
@@ -227,6 +236,7 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             flags: r.u8()?,
             load: r.u16()?,
             wall_ms: r.u64()?,
+            run_floor: r.u64()?,
         }),
         MEMBERS => {
             let count = usize::from(r.u16()?);
@@ -256,7 +266,9 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
         sync::SYNCED => Frame::Synced {
             snapshots: r.u32()?,
         },
-        sync::SNAP_BEGIN => Frame::SnapBegin(sync::parse_snap_begin(&mut r)?),
+        kind @ (sync::SNAP_BEGIN | sync::SNAP_BEGIN_V1) => {
+            Frame::SnapBegin(sync::parse_snap_begin(&mut r, kind)?)
+        }
         sync::SNAP_ITEMS => Frame::SnapItems(sync::parse_snap_items(&mut r)?),
         sync::SNAP_END => Frame::SnapEnd {
             items: r.u64()?,
@@ -298,7 +310,11 @@ fn parse_mutation(r: &mut Reader, flush_allowed: bool) -> Result<Mutation, Frame
             }
         }
         DELETE => Op::Delete,
-        FLUSH if flush_allowed => Op::Flush { at: r.u32()? },
+        FLUSH if flush_allowed => Op::Flush { at_ms: r.u64()? },
+        // Its barrier `max(version, at)` is the version it carried, so it means the same.
+        FLUSH_V1 if flush_allowed => Op::Flush {
+            at_ms: u64::from(r.u32()?) * 1000,
+        },
         other => return Err(FrameError::UnknownOp(other)),
     };
     Ok(Mutation { key, version, op })
@@ -333,6 +349,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u8(h.flags);
             out.put_u16(h.load);
             out.put_u64(h.wall_ms);
+            out.put_u64(h.run_floor);
         }
         Frame::Members(members) => {
             out.put_u8(MEMBERS);
@@ -395,7 +412,7 @@ pub fn encode_batch_chunks(
                     + match &m.op {
                         Op::Put { value, .. } => 12 + value.len(),
                         Op::Delete => 0,
-                        Op::Flush { .. } => 4,
+                        Op::Flush { .. } => 8,
                     }
             })
             .sum::<usize>();
@@ -447,7 +464,7 @@ fn batch_into(
                 value(out, v);
             }
             Op::Delete => {}
-            Op::Flush { at } => out.put_u32(*at),
+            Op::Flush { at_ms } => out.put_u64(*at_ms),
         }
     }
 }

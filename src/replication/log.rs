@@ -31,9 +31,10 @@ pub enum Op {
         exptime: u32,
     },
     Delete,
-    /// `flush_all`: items older than the version are gone once unix second `at` comes.
+    /// `flush_all`, issued at the mutation's version: items older than its barrier are
+    /// gone from unix millisecond `at_ms` on (0: at once); see [`crate::store::Flush`].
     Flush {
-        at: u32,
+        at_ms: u64,
     },
 }
 

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use crate::clock::Version;
 use crate::key::Key;
 use crate::protocol::{self, Command, Invalid, Outcome, Reply, Request, StoreMode};
-use crate::store::{ItemRef, Mutation, NewValue, Put, StoreError};
+use crate::store::{Flush, FlushMerge, ItemRef, Mutation, NewValue, Put, StoreError};
 
 use super::stats::{Counter, LocalCounters};
 use super::Shared;
@@ -557,21 +557,24 @@ fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
         return Outcome::Invalid(Invalid::Client("flush_all not allowed"));
     }
     ctx.bump(Counter::CmdFlush);
-    let at = if delay > 0 {
-        ctx.expiry(delay)
+    // A delayed flush removes what was written before its time comes: its barrier is the
+    // first version of that second. Its own version is an ordinary one, so that peers take
+    // it however far ahead its time is (DESIGN.md section 2).
+    let at_ms = if delay > 0 {
+        u64::from(ctx.expiry(delay)) * 1000
     } else {
-        ctx.now
+        0
     };
-    let version = if at > ctx.now {
-        // A delayed flush removes what was written before its time comes: its barrier is
-        // the first version of that second.
-        Version::at_unix_ms(u64::from(at) * 1000)
-    } else {
-        shared.hlc.tick()
+    let flush = Flush {
+        issued: shared.hlc.tick(),
+        at_ms,
     };
-    shared.store.flush(version, at, ctx.now);
-    if let Some(cluster) = &shared.cluster {
-        cluster.outbox.record_flush(version, at);
+    match &shared.cluster {
+        Some(cluster) => {
+            shared.store.flush(flush, FlushMerge::Union, ctx.now);
+            cluster.outbox.record_flush(flush);
+        }
+        None => shared.store.flush(flush, FlushMerge::Replace, ctx.now),
     }
     Outcome::Ok
 }

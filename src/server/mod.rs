@@ -152,6 +152,7 @@ impl Server {
             shards: 64,
             // Standalone, a delete need not be remembered: no older write can arrive.
             tombstone_ttl: config.cluster.as_ref().map_or(0, |c| c.tombstone_ttl),
+            tombstone_mem: None,
         }));
         // Node id 0 for a standalone node (DESIGN.md section 1).
         let node_id = config

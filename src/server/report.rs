@@ -184,11 +184,24 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "repl_conflicts_rejected_identical",
         n(|c| &c.rejected_identical),
     );
+    push(
+        &mut s,
+        "repl_refused_forgotten",
+        n(|c| &c.refused_forgotten),
+    );
     push(&mut s, "repl_not_stored", n(|c| &c.not_stored));
     push(&mut s, "clock_skew_rejects", n(|c| &c.clock_skew_rejects));
     push(&mut s, "repl_resyncs_needed", n(|c| &c.resyncs_needed));
     push(&mut s, "peers_refused", n(|c| &c.peers_refused));
     push(&mut s, "tombstones", store.tombstones);
+    push(&mut s, "tombstone_bytes", store.tombstone_bytes);
+    push(
+        &mut s,
+        "tombstones_collected_early",
+        store.tombstones_collected,
+    );
+    push(&mut s, "forgotten_fences", store.fences);
+    push(&mut s, "forgotten_floor", store.forgotten_floor);
     push(
         &mut s,
         "peers_connected",

@@ -3,13 +3,13 @@
 //! applying them never stops half-way. The layout is in [`format`](super::format).
 
 use super::format::{
-    Position, StateHeader, END, FORMAT, ITEM, MAGIC, MIN_POSITION_LEN, PREAMBLE_LEN, TOMBSTONE,
-    TRAILER_LEN,
+    Position, StateHeader, END, FLUSH_LEN, FORMAT, ITEM, MAGIC, MIN_POSITION_LEN, PREAMBLE_LEN,
+    TOMBSTONE, TRAILER_LEN,
 };
 use crate::clock::Version;
 use crate::key::MAX_KEY_LEN;
 use crate::replication::log::RunId;
-use crate::store::{Exported, FlushState};
+use crate::store::{Exported, Flush, FlushState};
 
 /// What is wrong with a file's bytes. Nothing is applied anywhere before [`decode`] has
 /// returned `Ok`, so none of these leaves any state changed.
@@ -32,9 +32,12 @@ pub enum DecodeError {
 pub struct Decoded<'a> {
     pub header: StateHeader,
     pub flush: FlushState,
+    /// The highest version the store that saved it had forgotten.
+    pub forgotten: Version,
     pub items: u64,
     pub tombstones: u64,
-    /// The newest version anywhere in the file, flush barriers included.
+    /// The newest version anywhere in the file: entries, the flushes' own versions (not
+    /// their barriers, which may lie in the future) and the forgotten floor.
     pub max_version: Version,
     entries: &'a [u8],
     /// Where every [`CHECKPOINT`]th entry starts in `entries`, the first one included.
@@ -104,16 +107,21 @@ pub fn decode(data: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let cluster_id = r.u64()?;
     let written_ms = r.u64()?;
     let node_name = r.str16("node name")?;
-    let floor = Version(r.u64()?);
-    let pending = match r.u8()? {
-        0 => None,
-        1 => {
-            let version = Version(r.u64()?);
-            let at = r.u32()?;
-            Some((version, at))
-        }
-        other => return Err(malformed(format!("delayed-flush flag {other}"))),
+    let flushes = usize::from(r.u8()?);
+    if flushes > r.0.len() / FLUSH_LEN {
+        return Err(malformed(format!("{flushes} flushes")));
+    }
+    let flush = FlushState {
+        flushes: (0..flushes)
+            .map(|_| {
+                Ok(Flush {
+                    issued: Version(r.u64()?),
+                    at_ms: r.u64()?,
+                })
+            })
+            .collect::<Result<_, Short>>()?,
     };
+    let forgotten = Version(r.u64()?);
     let count = r.u32()? as usize;
     // A count the bytes left cannot hold is a lie, and must not size an allocation.
     if count > r.0.len() / MIN_POSITION_LEN {
@@ -132,7 +140,8 @@ pub fn decode(data: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     }
     let entries = r.0;
 
-    let mut max_version = floor.max(pending.map_or(Version::NONE, |(v, _)| v));
+    let issued = flush.flushes.iter().map(|f| f.issued);
+    let mut max_version = issued.fold(forgotten, Version::max);
     let (mut items, mut tombstones) = (0u64, 0u64);
     let mut walk = Reader(entries);
     let mut checkpoints = Vec::new();
@@ -170,7 +179,8 @@ pub fn decode(data: &[u8]) -> Result<Decoded<'_>, DecodeError> {
             written_ms,
             positions,
         },
-        flush: FlushState { floor, pending },
+        flush,
+        forgotten,
         items,
         tombstones,
         max_version,
@@ -276,7 +286,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::format::tests::{encode, entry, fix_crc, flush, header};
+    use crate::state::format::tests::{encode, entry, fix_crc, flush, header, FORGOTTEN};
     use crate::state::format::Encoder;
 
     #[test]
@@ -290,11 +300,15 @@ mod tests {
         let d = decode(&file).unwrap();
         assert_eq!(d.header, header());
         assert_eq!(d.flush, flush());
+        assert_eq!(d.forgotten, FORGOTTEN);
         assert_eq!((d.items, d.tombstones), (2, 1));
-        assert_eq!(d.max_version, Version(300));
+        assert_eq!(
+            d.max_version, FORGOTTEN,
+            "the forgotten floor is above every entry"
+        );
         assert_eq!(d.entries().collect::<Vec<_>>(), entries);
 
-        let empty = Encoder::new(&header(), FlushState::default()).unwrap();
+        let empty = Encoder::new(&header(), &FlushState::default(), Version::NONE).unwrap();
         let mut file = Vec::new();
         empty.finish(&mut file).unwrap();
         let d = decode(&file).unwrap();
@@ -369,7 +383,8 @@ mod tests {
 
         // The writer is trusted no further than the checksum: a lying count, key length or
         // kind is still caught.
-        let at_positions = PREAMBLE_LEN + 8 + 8 + 2 + 2 + 8 + 1 + 8 + 4;
+        let at_flushes = PREAMBLE_LEN + 8 + 8 + 2 + 2;
+        let at_positions = at_flushes + 1 + 2 * FLUSH_LEN + 8;
         let at_entry = at_positions + 4 + 2 + 2 + 8 + 8;
         for (offset, value, want) in [
             (at_positions, 0xff, "replication positions"),
@@ -377,7 +392,7 @@ mod tests {
             (at_entry + 1, 0, "a key of 0 bytes"),
             (at_entry + 1, 251, "a key of 251 bytes"),
             (file.len() - 5, 2, "the trailer counts 2 entries"),
-            (PREAMBLE_LEN + 16 + 4 + 8, 2, "delayed-flush flag 2"),
+            (at_flushes, 0xff, "255 flushes"),
         ] {
             let mut bad = file.clone();
             bad[offset] = value;

@@ -6,8 +6,11 @@
 //! file     := magic format:u32 header entry* trailer          (big-endian throughout)
 //! magic    := "MESHSTAT"
 //! header   := cluster_id:u64 written_ms:u64 node:str16
-//!             flush_floor:u64 pending:u8                      (0: no delayed flush, 1: one)
-//!             [pending_version:u64 pending_at:u32]            (only when pending = 1)
+//!             flushes:u8 (issued:u64 at_ms:u64)*              (the flushes that still matter:
+//!                                                              fired or pending, by the store)
+//!             forgotten:u64                                   (the highest version the store
+//!                                                              forgot: refused at or below for
+//!                                                              keys held nothing for)
 //!             positions:u32 position*
 //! position := origin:str16 run_id:u64 seq:u64
 //! entry    := kind:u8 key_len:u8 key version:u64
@@ -27,12 +30,14 @@
 
 use std::io::{self, Write};
 
+use crate::clock::Version;
 use crate::key::MAX_KEY_LEN;
 use crate::store::{Exported, FlushState};
 
 pub const MAGIC: &[u8; 8] = b"MESHSTAT";
-/// The format this build writes and the only one it reads.
-pub const FORMAT: u32 = 1;
+/// The format this build writes and the only one it reads. 2: flushes as `(issued, at)`
+/// sets, and the forgotten floor.
+pub const FORMAT: u32 = 2;
 pub(super) const END: &[u8; 4] = b"\0END";
 pub(super) const TRAILER_LEN: usize = 16;
 /// Magic and format version.
@@ -41,13 +46,15 @@ pub(super) const ITEM: u8 = 1;
 pub(super) const TOMBSTONE: u8 = 2;
 /// The smallest position: an empty origin, a run id and a sequence number.
 pub(super) const MIN_POSITION_LEN: usize = 2 + 8 + 8;
+/// A flush: its version and time.
+pub(super) const FLUSH_LEN: usize = 8 + 8;
 
 /// What this node had applied of one peer's replication log when it saved: the same
 /// record a snapshot's first frame carries.
 pub use crate::replication::frame::Position;
 
-/// Everything in a state file but the entries and the flush barrier (which [`save`]
-/// takes from the store itself).
+/// Everything in a state file but the entries, the flushes and the forgotten floor (which
+/// [`save`] takes from the store itself).
 ///
 /// [`save`]: super::save
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,22 +111,24 @@ pub struct SaveStats {
 }
 
 impl Encoder {
-    pub fn new(header: &StateHeader, flush: FlushState) -> Result<Self, EncodeError> {
+    pub fn new(
+        header: &StateHeader,
+        flush: &FlushState,
+        forgotten: Version,
+    ) -> Result<Self, EncodeError> {
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&FORMAT.to_be_bytes());
         buf.extend_from_slice(&header.cluster_id.to_be_bytes());
         buf.extend_from_slice(&header.written_ms.to_be_bytes());
         put_str16(&mut buf, "the node name's length", &header.node_name)?;
-        buf.extend_from_slice(&flush.floor.0.to_be_bytes());
-        match flush.pending {
-            None => buf.push(0),
-            Some((version, at)) => {
-                buf.push(1);
-                buf.extend_from_slice(&version.0.to_be_bytes());
-                buf.extend_from_slice(&at.to_be_bytes());
-            }
+        let flushes: u8 = length("the number of flushes", flush.flushes.len(), 255)?;
+        buf.push(flushes);
+        for f in &flush.flushes {
+            buf.extend_from_slice(&f.issued.0.to_be_bytes());
+            buf.extend_from_slice(&f.at_ms.to_be_bytes());
         }
+        buf.extend_from_slice(&forgotten.0.to_be_bytes());
         let positions = header.positions.len();
         let count: u32 = length("the number of positions", positions, u32::MAX as usize)?;
         buf.extend_from_slice(&count.to_be_bytes());
@@ -205,8 +214,8 @@ fn put_str16(out: &mut Vec<u8>, what: &'static str, s: &str) -> Result<(), Encod
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::clock::Version;
     use crate::replication::log::RunId;
+    use crate::store::Flush;
 
     pub(crate) fn header() -> StateHeader {
         StateHeader {
@@ -222,11 +231,17 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn flush() -> FlushState {
+        let flush = |issued, at_ms| Flush {
+            issued: Version(issued),
+            at_ms,
+        };
         FlushState {
-            floor: Version(5),
-            pending: Some((Version(77), 1_800_000_000)),
+            flushes: vec![flush(5, 0), flush(77, 1_800_000_000_000)],
         }
     }
+
+    /// The forgotten floor the test files carry.
+    pub(crate) const FORGOTTEN: Version = Version(400);
 
     pub(crate) fn entry(
         key: &'static [u8],
@@ -244,7 +259,7 @@ pub(crate) mod tests {
 
     pub(crate) fn encode(entries: &[Exported<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut enc = Encoder::new(&header(), flush()).unwrap();
+        let mut enc = Encoder::new(&header(), &flush(), FORGOTTEN).unwrap();
         for (i, e) in entries.iter().enumerate() {
             enc.entry(e).unwrap();
             if i % 2 == 0 {
@@ -267,12 +282,12 @@ pub(crate) mod tests {
     fn names_and_keys_that_do_not_fit_are_refused_when_writing() {
         let mut h = header();
         h.node_name = "x".repeat(70_000);
-        let err = Encoder::new(&h, flush()).err().unwrap();
+        let err = Encoder::new(&h, &flush(), FORGOTTEN).err().unwrap();
         assert_eq!(
             err.to_string(),
             "the node name's length (70000) is over the format's limit of 65535"
         );
-        let mut enc = Encoder::new(&header(), flush()).unwrap();
+        let mut enc = Encoder::new(&header(), &flush(), FORGOTTEN).unwrap();
         let long = vec![b'k'; 251];
         for (key, want) in [(&long[..], "a key's length (251)"), (b"", "a key is empty")] {
             let e = Exported {

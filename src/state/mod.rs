@@ -1,6 +1,6 @@
 //! `--state-file`: a node shutting down gracefully saves its whole store (items and
-//! tombstones with their versions), its flush barrier and how far it had applied each
-//! peer's replication log; the next start loads it. A restarted node then serves warm at
+//! tombstones with their versions), its flushes, the highest version it forgot, and how far
+//! it had applied each peer's replication log; the next start loads it. A restarted node then serves warm at
 //! once, and its peers need only send what it missed rather than a full snapshot.
 //!
 //! Saving is atomic: the file is written beside its final path as `PATH.tmp` (mode 0600:
@@ -227,7 +227,8 @@ fn write_temp(
     };
     let write_error = |e| StateError::io("write the temporary state file", tmp, e);
     // Taken before the walk: every entry exported is at least as new as this floor.
-    let mut enc = Encoder::new(header, store.flush_state(now)).map_err(unsavable)?;
+    let flush = store.flush_state(now);
+    let mut enc = Encoder::new(header, &flush, store.forgotten_floor()).map_err(unsavable)?;
     let mut cursor = Some(ExportCursor::default());
     let mut refused = None;
     while let Some(at) = cursor {
@@ -261,8 +262,10 @@ pub struct Expect<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub header: StateHeader,
-    /// The flush barrier saved (now merged into the store).
+    /// The flushes saved (now merged into the store).
     pub flush: FlushState,
+    /// The highest version the saving run forgot (now the store's forgotten floor).
+    pub forgotten: Version,
     /// Items and tombstones the store took.
     pub items: u64,
     pub tombstones: u64,
@@ -311,7 +314,7 @@ pub fn load(
     }
 
     // Everything is checked: from here on nothing can fail.
-    store.merge_flush_state(file.flush, now);
+    store.merge_flush_state(&file.flush, now);
     // Room for every entry up front: the tables do not grow step by step under the load.
     store.reserve_entries(file.items + file.tombstones);
     let parts = file.parts(loaders(file.items + file.tombstones));
@@ -337,12 +340,16 @@ pub fn load(
         }
         tally
     });
+    // Only now: the entries are what the saving run held, not what it forgot, and most of
+    // them are older than the newest thing it forgot.
+    store.raise_forgotten_floor(file.forgotten);
     // These are old versions, possibly ahead of a wall clock that went back across the
     // restart: no skew limit. With a limit of u64::MAX ms `observe` cannot refuse.
     let _ = hlc.observe(file.max_version, Duration::from_millis(u64::MAX));
     Ok(Loaded {
         header: file.header,
         flush: file.flush,
+        forgotten: file.forgotten,
         items: tally.items,
         tombstones: tally.tombstones,
         expired: tally.expired,
@@ -409,7 +416,7 @@ fn apply(store: &Store, entries: decode::Entries<'_>, now: u32) -> Tally {
         };
         match applied {
             Ok(Applied::Accepted) => *count += 1,
-            Ok(Applied::Behind | Applied::Identical) => t.superseded += 1,
+            Ok(Applied::Behind | Applied::Identical | Applied::Forgotten) => t.superseded += 1,
             // Keys were checked by the decoder; sizes and memory are this node's limits.
             Ok(Applied::BadKey) | Err(_) => t.not_stored += 1,
         }

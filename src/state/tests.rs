@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::*;
 use crate::clock::{ManualClock, NodeId, HLC_EPOCH_MS};
 use crate::replication::log::RunId;
-use crate::store::{Mutation, NewValue, Put, StoreConfig};
+use crate::store::{Flush, FlushMerge, Mutation, NewValue, Put, StoreConfig};
 use crate::testdir::TempDir;
 
 const START_MS: u64 = HLC_EPOCH_MS + 1_000_000_000;
@@ -71,15 +71,19 @@ fn delete(store: &Store, hlc: &Hlc, key: &str) {
         .unwrap();
 }
 
-/// A store with items (some soon expiring), tombstones and a flush barrier, saved at
-/// `path`; returns it and the second it was saved at.
+/// A store with items (some soon expiring), tombstones, a fired and a pending flush and a
+/// forgotten item, saved at `path`; returns it and the second it was saved at.
 fn saved(path: &Path) -> (Store, u32) {
     let hlc = hlc(1, START_MS);
     let src = store();
     let now = hlc.clock().now_secs();
     set(&src, &hlc, "flushed", b"old", 0, 0);
-    src.flush(hlc.tick(), 0, now);
-    src.flush(hlc.tick(), now + 3600, now);
+    let flush = |at_ms| Flush {
+        issued: hlc.tick(),
+        at_ms,
+    };
+    src.flush(flush(0), FlushMerge::Union, now);
+    src.flush(flush(u64::from(now + 3600) * 1000), FlushMerge::Union, now);
     for i in 0..200u32 {
         let exptime = match i % 3 {
             0 => 0,
@@ -99,6 +103,10 @@ fn saved(path: &Path) -> (Store, u32) {
         delete(&src, &hlc, &format!("key{i}"));
     }
     delete(&src, &hlc, "never-held");
+    // Written last, expired and reclaimed: forgotten, so fenced, above every entry saved.
+    set(&src, &hlc, "forgotten", b"x", 0, now + 1);
+    assert!(src.read(b"forgotten", now + 1, false, |i| i.is_none()));
+    assert!(src.forgotten_floor() > src.state(now).iter().map(|e| e.2).max().unwrap());
     let stats = save(path, &header(), &src, now).unwrap();
     assert_eq!((stats.items, stats.tombstones), (177, 24));
     assert_eq!(stats.bytes, fs::metadata(path).unwrap().len());
@@ -128,7 +136,18 @@ fn round_trip_keeps_entries_versions_flush_and_positions_and_moves_the_clock() {
     let loaded = load(&path, &EXPECT, &dst, &clock, now).unwrap();
     assert_eq!(loaded.header, header());
     assert_eq!(loaded.flush, src.flush_state(saved_at));
+    assert_eq!(loaded.flush.flushes.len(), 2, "one fired, one pending");
     assert_eq!(dst.flush_state(now), src.flush_state(now));
+    // What the saving run forgot is still refused: the forgotten floor came along.
+    assert_eq!(loaded.forgotten, src.forgotten_floor());
+    assert_eq!(dst.forgotten_floor(), src.forgotten_floor());
+    let late = Remote::Put {
+        value: b"x",
+        flags: 0,
+        exptime: 0,
+        version: loaded.forgotten,
+    };
+    assert_eq!(dst.apply(b"forgotten", &late, now), Ok(Applied::Forgotten));
     assert_eq!((loaded.items, loaded.tombstones), (111, 24));
     assert_eq!(
         (loaded.expired, loaded.superseded, loaded.not_stored),
@@ -139,7 +158,7 @@ fn round_trip_keeps_entries_versions_flush_and_positions_and_moves_the_clock() {
     assert_eq!(dst.state(now), src.state(now));
     assert_eq!(sorted_dump(&dst, now), sorted_dump(&src, now));
     let newest = src.state(now).iter().map(|e| e.2).max().unwrap();
-    assert_eq!(loaded.max_version, newest);
+    assert_eq!(loaded.max_version, newest.max(loaded.forgotten));
     assert!(clock.tick() > newest);
 
     // Loading again changes nothing: every entry is the very write already held.

@@ -31,14 +31,6 @@ pub struct ExportCursor {
     slot: usize,
 }
 
-/// The store's flush barrier: items older than `floor` are gone; a delayed flush may be
-/// pending (its version and the unix second it takes effect).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlushState {
-    pub floor: Version,
-    pub pending: Option<(Version, u32)>,
-}
-
 impl Store {
     /// Hands `f` the entries held (items and tombstones not yet dead) from `cursor` on,
     /// within one shard and up to about `max_bytes` of keys and values, under that shard's
@@ -81,24 +73,20 @@ impl Store {
         })
     }
 
-    /// The flush barrier, to send along with a snapshot: a peer that takes the snapshot
-    /// must also refuse the older writes this node's flushes refuse.
-    pub fn flush_state(&self, now: u32) -> FlushState {
-        let floor = Version(self.flush_floor(now));
-        let pending = lock(&self.pending).map(|p| (p.version, p.at));
-        FlushState { floor, pending }
+    /// The highest version any shard has forgotten (its floor or an exact fence), for the
+    /// state file: a later run of this node must still refuse writes at or below it for
+    /// keys it holds nothing for. Exact fences cannot be saved (key hashes are seeded per
+    /// process), so they are folded into one floor; that refuses more after a restart
+    /// (absence, allowed) rather than take back an older version (regression, never).
+    pub fn forgotten_floor(&self) -> Version {
+        let highest = self.shards.iter().map(|s| lock(s).fences.highest());
+        Version(highest.max().unwrap_or(0))
     }
 
-    /// Takes on a peer's flush barrier (the newer of the two wins).
-    pub fn merge_flush_state(&self, state: FlushState, now: u32) {
-        if state.floor != Version::NONE {
-            self.flush(state.floor, 0, now);
-        }
-        if let Some((version, at)) = state.pending {
-            let ours = lock(&self.pending).map(|p| p.version);
-            if ours.is_none_or(|v| v < version) {
-                self.flush(version, at, now);
-            }
+    /// Raises every shard's forgotten floor to at least `floor` (from a state file).
+    pub fn raise_forgotten_floor(&self, floor: Version) {
+        for shard in self.shards.iter() {
+            lock(shard).fences.raise_floor(floor.0);
         }
     }
 
@@ -120,7 +108,8 @@ impl Store {
                 let hash = self.hash(s.key());
                 debug_assert_eq!(self.shard_of(hash), i);
                 if drop(hash, Version(s.version)) {
-                    let freed = shard.remove_slot(idx as u32 - 1, hash, Removal::Reconciled, now);
+                    let freed =
+                        shard.remove_slot(idx as u32 - 1, hash, Removal::Reconciled, now, floor);
                     self.used.fetch_sub(freed, Ordering::AcqRel);
                     removed += 1;
                 }

@@ -1,4 +1,8 @@
 //! Last-writer-wins merge of mutations received from peers (DESIGN.md sections 1-2).
+//!
+//! A remote mutation is applied iff its version is above the key's fence: the version held
+//! for it (item or tombstone), the flush barrier, and, for a key held nothing for, what the
+//! shard forgot of it ([`super::fence`]).
 
 use super::write::{Found, SlotMeta, Slotted};
 use super::{lock, Store, StoreError};
@@ -30,8 +34,12 @@ impl Remote<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Accepted,
-    /// Older than what is held.
+    /// Older than what is held, or than a flush.
     Behind,
+    /// The key is held nothing for, and the write is no newer than what this node forgot of
+    /// it (an expired or evicted item, a collected tombstone): refused, so that it never
+    /// holds an older version than its peers (`repl_refused_forgotten`).
+    Forgotten,
     /// The very write already held.
     Identical,
     /// Refused: an empty or over-long key, which no client could have written.
@@ -40,8 +48,10 @@ pub enum Applied {
 
 impl Store {
     /// Applies a replicated mutation by last-writer-wins: it takes effect iff its version is
-    /// newer than what is held for the key (item, tombstone, or a flush covering it). Equal
-    /// versions are the same write. Hence order, duplication and redelivery do not matter.
+    /// newer than the key's fence (what is held for it, a flush covering it, or what was
+    /// forgotten of it). Equal versions are the same write. Hence order, duplication and
+    /// redelivery do not matter. A newer version this node cannot hold is an error, and the
+    /// key is then held nothing for and fenced at that version.
     pub fn apply(&self, key: &[u8], m: &Remote<'_>, now: u32) -> Result<Applied, StoreError> {
         // Keys from peers have not been through the protocol layer: a slot with an empty
         // key would look free, and lengths must fit the slot's u8.
@@ -64,6 +74,9 @@ impl Store {
         if version.0 < held.max(floor) {
             return Ok(Applied::Behind);
         }
+        if found == Found::Absent && version.0 <= shard.fences.fence(hash) {
+            return Ok(Applied::Forgotten);
+        }
         let mut at = Slotted {
             shard: &mut shard,
             shard_idx,
@@ -73,7 +86,7 @@ impl Store {
             floor,
             found,
         };
-        match *m {
+        let applied = match *m {
             Remote::Put {
                 value,
                 flags,
@@ -81,29 +94,27 @@ impl Store {
                 version,
             } => {
                 if self.too_large(key.len(), value.len(), flags) {
-                    return Err(StoreError::TooLarge);
-                }
-                if exptime != 0 && exptime <= now {
-                    self.delete_at(&mut at, version)?;
+                    Err(StoreError::TooLarge)
+                } else if exptime != 0 && exptime <= now {
+                    self.delete_at(&mut at, version).map(drop)
                 } else {
                     let mut data = Vec::with_capacity(key.len() + value.len());
                     data.extend_from_slice(key);
                     data.extend_from_slice(value);
-                    self.write_slot(
-                        &mut at,
-                        data,
-                        SlotMeta {
-                            version,
-                            exptime,
-                            flags,
-                            bits: 0,
-                        },
-                    )?;
+                    let meta = SlotMeta {
+                        version,
+                        exptime,
+                        flags,
+                        bits: 0,
+                    };
+                    self.write_slot(&mut at, data, meta)
                 }
             }
-            Remote::Delete { version } => {
-                self.delete_at(&mut at, version)?;
-            }
+            Remote::Delete { version } => self.delete_at(&mut at, version).map(drop),
+        };
+        if let Err(e) = applied {
+            self.forget_unholdable(&mut at, version);
+            return Err(e);
         }
         Ok(Applied::Accepted)
     }

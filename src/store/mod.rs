@@ -7,18 +7,28 @@
 //! version from the hybrid logical clock *inside* the lock: versions of one key therefore
 //! increase in the order the writes happened, which last-writer-wins replication relies on.
 //!
-//! Memory: every entry is charged `key + value + ENTRY_OVERHEAD` against one global budget
+//! Memory: every item is charged `key + value + ENTRY_OVERHEAD` against one global budget
 //! (`-m`); when a write does not fit, the shard being written evicts by CLOCK (dead items first,
 //! then the least recently used as approximated by reference bits), then other shards are asked
 //! without waiting for their locks. With `-M` the write fails instead.
+//!
+//! In a cluster a delete leaves a tombstone, and whatever the store forgets (an item expired
+//! or evicted, a tombstone collected) leaves a fence ([`fence`]): both exist so that an older
+//! write arriving late is refused (DESIGN.md section 1). Tombstones and fences have a memory
+//! budget of their own, [`StoreConfig::tombstone_mem`], on top of `-m`: data never makes
+//! room for them and they never make room for data, so deletes cannot empty a small node and
+//! memory pressure cannot bring deletes back.
 //!
 //! Values are copied once, on insert, into an exact-sized allocation holding key and value:
 //! that is the one place where "compaction" happens, and it means a stored item never pins a
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
 mod export;
+mod fence;
+mod flush;
 mod journal;
 mod merge;
+mod mutate;
 mod shard;
 mod write;
 
@@ -28,13 +38,16 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
-use crate::clock::{Hlc, Version};
-pub use export::{ExportCursor, Exported, FlushState};
+use crate::clock::Version;
+pub use export::{ExportCursor, Exported};
+use fence::FENCE_COST;
+use flush::FlushSet;
+pub use flush::{Flush, FlushMerge, FlushState, MAX_PENDING};
 pub use journal::{Change, Journal};
 pub use merge::{Applied, Remote};
 use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
-pub use shard::{STALE, WIN_SENT};
-use write::{Found, SlotMeta, Slotted};
+pub use shard::{STALE, TOMBSTONE_OVERHEAD, WIN_SENT};
+use write::Found;
 
 /// Bytes charged per entry beyond key and value: slot bookkeeping, allocator rounding and the
 /// hash table's share. Close to what one item really costs, so `-m` means what it says.
@@ -60,8 +73,12 @@ pub struct StoreConfig {
     pub cas_enabled: bool,
     pub shards: usize,
     /// Seconds a delete's tombstone is kept (`--tombstone-ttl`); 0 keeps none, which is
-    /// right for a standalone node, where no older write can arrive late.
+    /// right for a standalone node, where no older write can arrive late. It also turns
+    /// fences off: they exist for replicated writes only.
     pub tombstone_ttl: u32,
+    /// Bytes for tombstones and fences, on top of `mem_limit`; `None`:
+    /// [`StoreConfig::default_tombstone_mem`].
+    pub tombstone_mem: Option<usize>,
 }
 
 impl Default for StoreConfig {
@@ -73,7 +90,31 @@ impl Default for StoreConfig {
             cas_enabled: true,
             shards: 64,
             tombstone_ttl: 0,
+            tombstone_mem: None,
         }
+    }
+}
+
+/// The least memory for tombstones and fences, whatever `-m`.
+const MIN_TOMBSTONE_MEM: usize = 256 << 10;
+/// The least exact fences per shard (see [`fence`]): enough that evicting items written a
+/// moment ago does not lift a shard's floor to "now".
+const MIN_FENCES_PER_SHARD: usize = 64;
+
+impl StoreConfig {
+    /// An eighth of `-m`, at least 256 KB. Tombstones are a key and a version (about 80
+    /// bytes each), so the default 64 MB gives 6 MB of tombstones, ~75,000 deletes kept
+    /// whole, and 2 MB of exact fences, ~44,000 forgets remembered per key; past those, the
+    /// oldest become the forgotten floor, which refuses more (absence) but forgets nothing.
+    /// Taking the budget out of `-m` instead would shrink a small node's data to make room
+    /// for deletes; kept apart, `-m` still means what memcached means by it.
+    pub fn default_tombstone_mem(mem_limit: usize) -> usize {
+        (mem_limit / 8).max(MIN_TOMBSTONE_MEM)
+    }
+
+    fn tombstone_mem(&self) -> usize {
+        self.tombstone_mem
+            .unwrap_or_else(|| Self::default_tombstone_mem(self.mem_limit))
     }
 }
 
@@ -170,7 +211,16 @@ pub struct ShardStats {
     pub curr_items: u64,
     pub tombstones: u64,
     pub total_items: u64,
+    /// Bytes of items, charged against `-m`.
     pub bytes: usize,
+    /// Bytes of tombstones, charged against the tombstone budget.
+    pub tombstone_bytes: usize,
+    /// Tombstones collected before their time because the budget was full.
+    pub tombstones_collected: u64,
+    /// Exact fences held (filled in by [`Store::stats`]).
+    pub fences: u64,
+    /// The highest shard's forgotten floor (filled in by [`Store::stats`]).
+    pub forgotten_floor: u64,
     pub evictions: u64,
     pub evicted_unfetched: u64,
     pub evicted_nonzero: u64,
@@ -183,24 +233,17 @@ pub struct ShardStats {
 
 pub type StoreStats = ShardStats;
 
-/// A delayed `flush_all`: items older than `version` die at `at`.
-#[derive(Debug, Clone, Copy)]
-struct PendingFlush {
-    version: Version,
-    at: u32,
-}
-
 pub struct Store {
     journal: std::sync::OnceLock<Journal>,
     shards: Box<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
     cfg: StoreConfig,
     used: AtomicUsize,
-    /// Items with a lower version are flushed.
+    /// Items with a lower version are flushed: `flushes`'s floor, read without its lock.
     flush_floor: AtomicU64,
-    /// Unix second at which `pending` becomes due; 0 when none is pending.
+    /// Unix second at which the next pending flush becomes due; 0 when none is pending.
     flush_due: AtomicU32,
-    pending: Mutex<Option<PendingFlush>>,
+    flushes: Mutex<FlushSet>,
     shard_shift: u32,
 }
 
@@ -213,7 +256,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     pub fn new(cfg: StoreConfig) -> Self {
         let n = cfg.shards.max(1).next_power_of_two();
-        let shards = (0..n).map(|_| Mutex::new(Shard::default())).collect();
+        // A quarter of the budget for exact fences, the rest for tombstones; none of either
+        // on a standalone node.
+        let (tomb_budget, fence_cap) = if cfg.tombstone_ttl > 0 {
+            let mem = cfg.tombstone_mem();
+            let fences = (mem / 4 / FENCE_COST / n).max(MIN_FENCES_PER_SHARD);
+            (mem * 3 / 4 / n, fences)
+        } else {
+            (0, 0)
+        };
+        let shards = (0..n)
+            .map(|_| Mutex::new(Shard::new(tomb_budget, fence_cap)))
+            .collect();
         Self {
             journal: std::sync::OnceLock::new(),
             shards,
@@ -223,7 +277,7 @@ impl Store {
             used: AtomicUsize::new(0),
             flush_floor: AtomicU64::new(0),
             flush_due: AtomicU32::new(0),
-            pending: Mutex::new(None),
+            flushes: Mutex::new(FlushSet::default()),
         }
     }
 
@@ -253,22 +307,6 @@ impl Store {
         let cas = if self.cfg.cas_enabled { 8 } else { 0 };
         let suffix = if flags == 0 { 0 } else { 4 };
         48 + cas + key_len + 1 + value_len + 2 + suffix
-    }
-
-    /// The version below which items are flushed, promoting a due delayed flush first.
-    fn flush_floor(&self, now: u32) -> u64 {
-        let due = self.flush_due.load(Ordering::Acquire);
-        if due != 0 && due <= now {
-            let mut pending = lock(&self.pending);
-            if let Some(p) = *pending {
-                if p.at <= now {
-                    self.flush_floor.fetch_max(p.version.0, Ordering::AcqRel);
-                    *pending = None;
-                    self.flush_due.store(0, Ordering::Release);
-                }
-            }
-        }
-        self.flush_floor.load(Ordering::Acquire)
     }
 
     /// Looks `key` up and hands the live item (or `None`) to `f` under the shard lock.
@@ -323,183 +361,9 @@ impl Store {
                 shard.stats.get_expired += 1;
             }
         }
-        let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now);
+        let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now, floor);
         self.used.fetch_sub(freed, Ordering::AcqRel);
         Found::Absent
-    }
-
-    /// Runs `f` on the current item under the shard lock and applies what it decides.
-    /// Returns `f`'s result and the version of the key's resulting item
-    /// ([`Version::NONE`] when there is none).
-    pub fn mutate<'v, R>(
-        &self,
-        key: &[u8],
-        now: u32,
-        hlc: &Hlc,
-        f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R),
-    ) -> Result<(R, Version), StoreError> {
-        self.mutate_with(key, now, hlc, false, |cur| {
-            let (m, r) = f(cur);
-            (m, r, false)
-        })
-    }
-
-    /// [`Store::mutate`] for a read that may also write (meta `mg`: touch, auto-vivify,
-    /// recache tokens): a dead item found counts as a get miss, as with [`Store::read`], and
-    /// when `f` says so (its third result) the resulting item is marked accessed.
-    pub fn fetch_mutate<'v, R>(
-        &self,
-        key: &[u8],
-        now: u32,
-        hlc: &Hlc,
-        f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R, bool),
-    ) -> Result<(R, Version), StoreError> {
-        self.mutate_with(key, now, hlc, true, f)
-    }
-
-    fn mutate_with<'v, R>(
-        &self,
-        key: &[u8],
-        now: u32,
-        hlc: &Hlc,
-        count_miss: bool,
-        f: impl FnOnce(Option<ItemRef<'_>>) -> (Mutation<'v>, R, bool),
-    ) -> Result<(R, Version), StoreError> {
-        let hash = self.hash(key);
-        let floor = self.flush_floor(now);
-        let shard_idx = self.shard_of(hash);
-        let mut shard = lock(&self.shards[shard_idx]);
-        let found = self.find(&mut shard, hash, key, now, floor, count_miss);
-        let current = match found {
-            Found::Item(i) => Some(i),
-            _ => None,
-        };
-        let mut at = Slotted {
-            shard: &mut shard,
-            shard_idx,
-            hash,
-            key,
-            now,
-            floor,
-            found,
-        };
-        let (mutation, r, access) = f(current.map(|i| ItemRef::of(at.shard.slot(i))));
-        let version = match mutation {
-            Mutation::Keep => current.map_or(Version::NONE, |i| Version(at.shard.slot(i).version)),
-            Mutation::Delete | Mutation::DeleteMissing if current.is_some() => {
-                let v = self.delete_at(&mut at, hlc.tick())?;
-                self.journal(&at);
-                v
-            }
-            // A key not held here, and no tombstone for it either: with tombstones on, record
-            // (and journal) the delete, best effort: a node short of memory answers the
-            // client as if there were nothing to delete.
-            Mutation::DeleteMissing
-                if self.cfg.tombstone_ttl > 0 && matches!(at.found, Found::Absent) =>
-            {
-                if self.delete_at(&mut at, hlc.tick()).is_ok() {
-                    self.journal(&at);
-                }
-                Version::NONE
-            }
-            Mutation::Delete | Mutation::DeleteMissing => Version::NONE,
-            Mutation::Update {
-                exptime,
-                set_bits,
-                clear_bits,
-                bump,
-                version,
-            } => {
-                let Some(idx) = current else {
-                    return Ok((r, Version::NONE));
-                };
-                let new_version = if bump {
-                    version.unwrap_or_else(|| hlc.tick())
-                } else {
-                    Version::NONE
-                };
-                if exptime.is_some_and(|e| e != 0 && e <= now) {
-                    let v = if bump { new_version } else { hlc.tick() };
-                    self.delete_at(&mut at, v)?;
-                    self.journal(&at);
-                    return Ok((r, Version::NONE));
-                }
-                let slot = at.shard.slot_mut(idx);
-                if let Some(e) = exptime {
-                    slot.exptime = e;
-                }
-                slot.bits = (slot.bits | set_bits) & !clear_bits;
-                if bump {
-                    slot.version = new_version.0;
-                }
-                let v = Version(slot.version);
-                if bump {
-                    self.journal(&at);
-                }
-                v
-            }
-            Mutation::Put(put) => {
-                let old_value = current.map_or(&[][..], |i| at.shard.slot(i).value());
-                let parts: [&[u8]; 2] = match &put.value {
-                    NewValue::Bytes(v) => [v, &[]],
-                    NewValue::Owned(v) => [v, &[]],
-                    NewValue::Append(v) => [old_value, v],
-                    NewValue::Prepend(v) => [v, old_value],
-                };
-                let value_len = parts[0].len() + parts[1].len();
-                if self.too_large(key.len(), value_len, put.flags) {
-                    return Err(StoreError::TooLarge);
-                }
-                if put.exptime != 0 && put.exptime <= now {
-                    // Stored and immediately expired: the observable effect is that the key
-                    // is gone, but the write happened and has its version (memcached reports
-                    // its CAS).
-                    let v = put.version.unwrap_or_else(|| hlc.tick());
-                    if current.is_some() {
-                        self.delete_at(&mut at, v)?;
-                        self.journal(&at);
-                    }
-                    return Ok((r, v));
-                }
-                let mut data = Vec::with_capacity(key.len() + value_len);
-                data.extend_from_slice(key);
-                data.extend_from_slice(parts[0]);
-                data.extend_from_slice(parts[1]);
-                let version = put.version.unwrap_or_else(|| hlc.tick());
-                let meta = SlotMeta {
-                    version,
-                    exptime: put.exptime,
-                    flags: put.flags,
-                    bits: put.bits & (STALE | WIN_SENT),
-                };
-                self.write_slot(&mut at, data, meta)?;
-                self.journal(&at);
-                version
-            }
-        };
-        if access {
-            if let Found::Item(idx) = at.found {
-                let slot = at.shard.slot_mut(idx);
-                slot.bits |= REFERENCED | FETCHED;
-                slot.last_access = now;
-            }
-        }
-        Ok((r, version))
-    }
-
-    /// `flush_all`: every item older than `version` is gone once `at` (unix seconds) has
-    /// come; `at <= now` means at once. A newer delayed flush replaces a pending one, as in
-    /// memcached, where only one flush time is kept.
-    pub fn flush(&self, version: Version, at: u32, now: u32) {
-        let mut pending = lock(&self.pending);
-        if at <= now {
-            self.flush_floor.fetch_max(version.0, Ordering::AcqRel);
-            *pending = None;
-            self.flush_due.store(0, Ordering::Release);
-        } else {
-            *pending = Some(PendingFlush { version, at });
-            self.flush_due.store(at, Ordering::Release);
-        }
     }
 
     /// Reclaims expired and flushed items in up to `budget` slots of every shard, one lock
@@ -530,11 +394,16 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let mut total = StoreStats::default();
         for shard in self.shards.iter() {
-            let s = &lock(shard).stats;
+            let shard = lock(shard);
+            let s = &shard.stats;
             total.curr_items += s.curr_items;
             total.tombstones += s.tombstones;
             total.total_items += s.total_items;
             total.bytes += s.bytes;
+            total.tombstone_bytes += s.tombstone_bytes;
+            total.tombstones_collected += s.tombstones_collected;
+            total.fences += shard.fences.len() as u64;
+            total.forgotten_floor = total.forgotten_floor.max(shard.fences.floor());
             total.evictions += s.evictions;
             total.evicted_unfetched += s.evicted_unfetched;
             total.evicted_nonzero += s.evicted_nonzero;

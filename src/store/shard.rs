@@ -5,9 +5,19 @@
 //! stable order to sweep, eviction needs to find a victim without walking the hash table, and
 //! the slot keeps key and value in one exact-sized allocation (about 40 bytes of bookkeeping per
 //! item, comparable to memcached's item header).
+//!
+//! Tombstones live in the same table (one lookup finds whatever is held for a key) but not in
+//! the same budget: items are charged against `-m` and evicted by CLOCK; tombstones are
+//! charged against the shard's tombstone budget, never evicted for data, and collected
+//! oldest first, in creation order, when that budget is full or their time is up. Whatever
+//! the shard stops holding without a newer version in its place becomes a fence
+//! ([`Fences`]), so that it still refuses older writes of that key.
+
+use std::collections::VecDeque;
 
 use hashbrown::HashTable;
 
+use super::fence::Fences;
 use super::{entry_cost, ShardStats};
 
 pub(super) const REFERENCED: u8 = 1;
@@ -59,19 +69,23 @@ impl Slot {
 
     /// Keeps the counters of a slot's kind (item or tombstone) right.
     fn count(&self, stats: &mut ShardStats, sign: i64) {
-        let field = if self.is_tombstone() {
-            &mut stats.tombstones
+        let (count, bytes) = if self.is_tombstone() {
+            (&mut stats.tombstones, &mut stats.tombstone_bytes)
         } else {
-            &mut stats.curr_items
+            (&mut stats.curr_items, &mut stats.bytes)
         };
-        *field = field.wrapping_add_signed(sign);
-        stats.bytes = stats
-            .bytes
-            .wrapping_add_signed(sign as isize * self.cost() as isize);
+        *count = count.wrapping_add_signed(sign);
+        *bytes = bytes.wrapping_add_signed(sign as isize * self.cost() as isize);
     }
 
+    /// What the slot is charged: against `-m` for an item, against the shard's tombstone
+    /// budget for a tombstone (the key, and bookkeeping: no value, flags or access time).
     pub fn cost(&self) -> usize {
-        entry_cost(usize::from(self.key_len), self.value().len())
+        if self.is_tombstone() {
+            tombstone_cost(usize::from(self.key_len))
+        } else {
+            entry_cost(usize::from(self.key_len), self.value().len())
+        }
     }
 
     /// Dead items are invisible to clients and reclaimed by whoever finds them first. A
@@ -81,20 +95,34 @@ impl Slot {
     }
 }
 
-/// What happened to a slot removed by [`Shard::remove_slot`]; decides which counter moves.
+/// Bytes charged per tombstone beyond its key: the slot, the table's share and its place in
+/// the collection queue.
+pub const TOMBSTONE_OVERHEAD: usize = 64;
+
+pub fn tombstone_cost(key_len: usize) -> usize {
+    key_len + TOMBSTONE_OVERHEAD
+}
+
+/// What happened to a slot removed by [`Shard::remove_slot`]; decides which counter moves
+/// and whether the shard must remember the version it no longer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Removal {
-    /// A client deleted or replaced it.
+    /// A client deleted it on a standalone node (no tombstones, nothing to fence).
     Explicit,
-    /// Expired or flushed, found by a lookup or the sweeper.
+    /// Expired or flushed (or a tombstone whose time is up), found by a lookup or the
+    /// sweeper.
     Reclaimed,
     /// Pushed out for memory.
     Evicted,
+    /// A tombstone collected before its time, for the tombstone budget.
+    Collected,
+    /// An item whose newer version this node could not hold (too large here, or no memory
+    /// with `-M`): it must not keep serving the older one.
+    Superseded,
     /// Dropped by reconciliation: a peer's full snapshot showed it gone there.
     Reconciled,
 }
 
-#[derive(Default)]
 pub(super) struct Shard {
     table: HashTable<u32>,
     slots: Vec<Slot>,
@@ -102,10 +130,30 @@ pub(super) struct Shard {
     hand: usize,
     /// Where the sweeper resumes.
     sweep_at: usize,
+    /// Tombstones by creation, so oldest (and first due) first: `(slot, version)`; an entry
+    /// whose slot no longer holds that tombstone is stale and skipped.
+    tombs: VecDeque<(u32, u64)>,
+    /// Bytes of tombstones this shard may hold.
+    tomb_budget: usize,
+    pub fences: Fences,
     pub stats: ShardStats,
 }
 
 impl Shard {
+    pub fn new(tomb_budget: usize, fence_cap: usize) -> Self {
+        Self {
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            hand: 0,
+            sweep_at: 0,
+            tombs: VecDeque::new(),
+            tomb_budget,
+            fences: Fences::new(fence_cap),
+            stats: ShardStats::default(),
+        }
+    }
+
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         self.table
             .find(hash, |&i| self.slots[i as usize].key() == key)
@@ -126,6 +174,7 @@ impl Shard {
         if !slot.is_tombstone() {
             self.stats.total_items += 1;
         }
+        let tomb = slot.is_tombstone().then_some(slot.version);
         let idx = match self.free.pop() {
             Some(idx) => {
                 self.slots[idx as usize] = slot;
@@ -141,24 +190,42 @@ impl Shard {
         let slots = &self.slots;
         self.table
             .insert_unique(hash, idx, |&i| hasher(slots[i as usize].key()));
+        if let Some(version) = tomb {
+            self.queue_tombstone(idx, version);
+        }
         idx
     }
 
-    /// Removes the slot and returns the bytes it was charged.
-    pub fn remove_slot(&mut self, idx: u32, hash: u64, why: Removal, now: u32) -> usize {
+    /// Removes the slot; returns the bytes it was charged against `-m` (0 for a
+    /// tombstone, which is charged to the shard's own budget). A version the shard stops
+    /// holding becomes a fence, unless a flush covers it already (below `flush_floor`) or
+    /// nothing older can arrive (an explicit removal on a standalone node).
+    pub fn remove_slot(
+        &mut self,
+        idx: u32,
+        hash: u64,
+        why: Removal,
+        now: u32,
+        flush_floor: u64,
+    ) -> usize {
         if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
             entry.remove();
         }
         let slot = std::mem::replace(&mut self.slots[idx as usize], Slot::free());
         self.free.push(idx);
-        let cost = slot.cost();
         slot.count(&mut self.stats, -1);
+        if why != Removal::Explicit && slot.version >= flush_floor {
+            self.fences.forget(hash, slot.version);
+        }
         if slot.is_tombstone() {
-            return cost;
+            if why == Removal::Collected {
+                self.stats.tombstones_collected += 1;
+            }
+            return 0;
         }
         let unfetched = slot.bits & FETCHED == 0;
         match why {
-            Removal::Explicit | Removal::Reconciled => {}
+            Removal::Explicit | Removal::Collected | Removal::Superseded | Removal::Reconciled => {}
             Removal::Reclaimed => {
                 self.stats.reclaimed += 1;
                 if unfetched {
@@ -176,24 +243,27 @@ impl Shard {
                 self.stats.last_evicted_age = now.saturating_sub(slot.last_access);
             }
         }
-        cost
+        slot.cost()
     }
 
-    /// Puts `slot` where `idx` was (same key, so the table entry stays); returns the old
-    /// slot's cost.
-    pub fn replace(&mut self, idx: u32, slot: Slot) -> usize {
+    /// Puts `slot` where `idx` was (same key, so the table entry stays).
+    pub fn replace(&mut self, idx: u32, slot: Slot) {
         slot.count(&mut self.stats, 1);
         if !slot.is_tombstone() {
             self.stats.total_items += 1;
         }
+        let tomb = slot.is_tombstone().then_some(slot.version);
         let old = std::mem::replace(&mut self.slots[idx as usize], slot);
         old.count(&mut self.stats, -1);
-        old.cost()
+        if let Some(version) = tomb {
+            self.queue_tombstone(idx, version);
+        }
     }
 
-    /// Advances the CLOCK hand until it frees one slot other than `keep`; returns the bytes
+    /// Advances the CLOCK hand until it frees one item other than `keep`; returns the bytes
     /// freed, or `None` when the shard holds nothing evictable. Dead items go first at no cost
-    /// to the hit rate; live ones get a second chance when recently used.
+    /// to the hit rate; live ones get a second chance when recently used. Tombstones are not
+    /// data and are never pushed out for it (they have their own budget).
     pub fn evict_one(
         &mut self,
         keep: Option<u32>,
@@ -202,8 +272,9 @@ impl Shard {
         hasher: &impl Fn(&[u8]) -> u64,
     ) -> Option<usize> {
         let n = self.slots.len();
-        let held = self.stats.curr_items + self.stats.tombstones;
-        if held == 0 || (held == 1 && keep.is_some()) {
+        let keep_item = keep.filter(|&k| !self.slots[k as usize].is_tombstone());
+        let items = self.stats.curr_items;
+        if items == 0 || (items == 1 && keep_item.is_some()) {
             return None;
         }
         // Two full turns: the first may only clear reference bits.
@@ -214,7 +285,7 @@ impl Shard {
             let idx = self.hand as u32;
             self.hand += 1;
             let slot = &mut self.slots[idx as usize];
-            if slot.is_free() || Some(idx) == keep {
+            if slot.is_free() || slot.is_tombstone() || Some(idx) == keep {
                 continue;
             }
             let dead = slot.is_dead(now, flush_floor);
@@ -228,12 +299,13 @@ impl Shard {
             } else {
                 Removal::Evicted
             };
-            return Some(self.remove_slot(idx, hash, why, now));
+            return Some(self.remove_slot(idx, hash, why, now, flush_floor));
         }
         None
     }
 
-    /// Reclaims dead items among the next `budget` slots; returns the bytes freed.
+    /// Collects the tombstones whose time is up from the front of the queue, then reclaims
+    /// dead entries among the next `budget` slots; returns the bytes freed against `-m`.
     pub fn sweep(
         &mut self,
         budget: usize,
@@ -241,6 +313,15 @@ impl Shard {
         flush_floor: u64,
         hasher: &impl Fn(&[u8]) -> u64,
     ) -> usize {
+        for _ in 0..budget {
+            let Some(idx) = self.oldest_tombstone() else {
+                break;
+            };
+            if !self.slots[idx as usize].is_dead(now, flush_floor) {
+                break;
+            }
+            self.remove_tombstone(idx, Removal::Reclaimed, now, flush_floor, hasher);
+        }
         let mut freed = 0;
         for _ in 0..budget.min(self.slots.len()) {
             if self.sweep_at >= self.slots.len() {
@@ -251,10 +332,70 @@ impl Shard {
             let slot = &self.slots[idx as usize];
             if !slot.is_free() && slot.is_dead(now, flush_floor) {
                 let hash = hasher(slot.key());
-                freed += self.remove_slot(idx, hash, Removal::Reclaimed, now);
+                freed += self.remove_slot(idx, hash, Removal::Reclaimed, now, flush_floor);
             }
         }
         freed
+    }
+
+    /// Collects the oldest tombstones, other than `keep`, until the shard's tombstones fit
+    /// its budget. Each becomes a fence: the delete it recorded still refuses older writes.
+    pub fn collect_tombstones(
+        &mut self,
+        keep: u32,
+        now: u32,
+        flush_floor: u64,
+        hasher: &impl Fn(&[u8]) -> u64,
+    ) {
+        while self.stats.tombstone_bytes > self.tomb_budget {
+            match self.oldest_tombstone() {
+                Some(idx) if idx != keep => {
+                    self.remove_tombstone(idx, Removal::Collected, now, flush_floor, hasher)
+                }
+                // Only the one just written is left: a budget smaller than one tombstone
+                // still holds one.
+                _ => return,
+            }
+        }
+    }
+
+    fn remove_tombstone(
+        &mut self,
+        idx: u32,
+        why: Removal,
+        now: u32,
+        flush_floor: u64,
+        hasher: &impl Fn(&[u8]) -> u64,
+    ) {
+        let hash = hasher(self.slots[idx as usize].key());
+        self.remove_slot(idx, hash, why, now, flush_floor);
+        self.tombs.pop_front();
+    }
+
+    /// The slot of the oldest tombstone held, dropping stale queue entries on the way.
+    fn oldest_tombstone(&mut self) -> Option<u32> {
+        while let Some(&(idx, version)) = self.tombs.front() {
+            let s = &self.slots[idx as usize];
+            if s.is_tombstone() && s.version == version {
+                return Some(idx);
+            }
+            self.tombs.pop_front();
+        }
+        None
+    }
+
+    /// Puts a new tombstone at the back of the collection queue. Tombstones replaced or
+    /// reclaimed elsewhere leave stale entries behind; they are dropped before they can
+    /// outnumber the live ones.
+    fn queue_tombstone(&mut self, idx: u32, version: u64) {
+        self.tombs.push_back((idx, version));
+        if self.tombs.len() > 2 * self.stats.tombstones as usize + 64 {
+            let slots = &self.slots;
+            self.tombs.retain(|&(i, v)| {
+                let s = &slots[i as usize];
+                s.is_tombstone() && s.version == v
+            });
+        }
     }
 
     /// Every live slot, for `stats`-like walks and tests.
@@ -286,22 +427,25 @@ impl Shard {
             .reserve(more, |&i| hasher(slots[i as usize].key()));
     }
 
-    /// Empties the shard; returns the bytes its entries were charged.
+    /// Empties the shard; returns the bytes its items were charged against `-m`. Its
+    /// fences stay: what it forgot, it still must not take back.
     pub fn clear(&mut self) -> usize {
         let freed = self
             .slots
             .iter()
-            .filter(|s| !s.is_free())
+            .filter(|s| !s.is_free() && !s.is_tombstone())
             .map(Slot::cost)
             .sum();
         self.table.clear();
         self.slots.clear();
         self.free.clear();
+        self.tombs.clear();
         self.hand = 0;
         self.sweep_at = 0;
         self.stats.curr_items = 0;
         self.stats.tombstones = 0;
         self.stats.bytes = 0;
+        self.stats.tombstone_bytes = 0;
         freed
     }
 }

@@ -1,13 +1,10 @@
-//! Store tests: semantics by example, and the store against a `HashMap` model with time
-//! advancing.
+//! Store tests: semantics by example; the store against a `HashMap` model ([`model`]);
+//! replicas converging ([`convergence`]); what is forgotten still fences ([`forgetting`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use proptest::prelude::*;
-
 use super::*;
-use crate::clock::{Clock, ManualClock, NodeId, HLC_EPOCH_MS};
+use crate::clock::{Clock, Hlc, ManualClock, NodeId, HLC_EPOCH_MS};
 
 const T0: u64 = HLC_EPOCH_MS + 1_000_000_000;
 
@@ -46,6 +43,22 @@ fn set(
 
 fn get(s: &Store, now: u32, key: &[u8]) -> Option<(Vec<u8>, Version)> {
     s.read(key, now, true, |i| i.map(|i| (i.value.to_vec(), i.version)))
+}
+
+/// `flush_all` with no delay, as the dispatcher issues it.
+fn flush_now(hlc: &Hlc) -> Flush {
+    Flush {
+        issued: hlc.tick(),
+        at_ms: 0,
+    }
+}
+
+/// `flush_all` due at unix second `at`.
+fn flush_at(hlc: &Hlc, at: u32) -> Flush {
+    Flush {
+        issued: hlc.tick(),
+        at_ms: u64::from(at) * 1000,
+    }
 }
 
 #[test]
@@ -114,12 +127,12 @@ fn flush_now_and_delayed() {
     let (s, hlc, clock) = store(64 << 20, true);
     let now = clock.now_secs();
     set(&s, &hlc, now, b"old", b"1", 0).unwrap();
-    s.flush(hlc.tick(), now, now);
+    s.flush(flush_now(&hlc), FlushMerge::Replace, now);
     assert!(get(&s, now, b"old").is_none());
     set(&s, &hlc, now, b"new", b"2", 0).unwrap();
     assert!(get(&s, now, b"new").is_some());
     // Delayed: items written before the due second die when it comes.
-    s.flush(Version::at_unix_ms(u64::from(now + 5) * 1000), now + 5, now);
+    s.flush(flush_at(&hlc, now + 5), FlushMerge::Replace, now);
     assert!(get(&s, now + 4, b"new").is_some());
     assert!(get(&s, now + 5, b"new").is_none());
 }
@@ -179,72 +192,9 @@ fn too_large_matches_memcached_arithmetic() {
     );
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Set(u8, Vec<u8>, u8),
-    Delete(u8),
-    Append(u8, Vec<u8>),
-    Get(u8),
-    Advance(u8),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let key = 0u8..16;
-    let val = proptest::collection::vec(any::<u8>(), 0..40);
-    prop_oneof![
-        (key.clone(), val.clone(), 0u8..5).prop_map(|(k, v, t)| Op::Set(k, v, t)),
-        key.clone().prop_map(Op::Delete),
-        (key.clone(), val).prop_map(|(k, v)| Op::Append(k, v)),
-        key.prop_map(Op::Get),
-        (0u8..3).prop_map(Op::Advance),
-    ]
-}
-
-proptest! {
-    /// The store behaves like a HashMap of (value, expiry), with time advancing.
-    #[test]
-    fn matches_hashmap_model(ops in proptest::collection::vec(op(), 1..300)) {
-        let (s, hlc, clock) = store(64 << 20, true);
-        let mut model: HashMap<u8, (Vec<u8>, u32)> = HashMap::new();
-        for op in ops {
-            let now = clock.now_secs();
-            model.retain(|_, (_, e)| *e == 0 || *e > now);
-            match op {
-                Op::Set(k, v, ttl) => {
-                    let exptime = if ttl == 0 { 0 } else { now + u32::from(ttl) };
-                    set(&s, &hlc, now, &[k], &v, exptime).unwrap();
-                    model.insert(k, (v, exptime));
-                }
-                Op::Delete(k) => {
-                    s.mutate(&[k], now, &hlc, |_| (Mutation::Delete, ())).unwrap();
-                    model.remove(&k);
-                }
-                Op::Append(k, v) => {
-                    let exists = model.contains_key(&k);
-                    s.mutate(&[k], now, &hlc, |cur| match cur {
-                        Some(c) => (Mutation::Put(Put { value: NewValue::Append(&v), flags: 0, exptime: c.exptime, bits: 0, version: None }), ()),
-                        None => (Mutation::Keep, ()),
-                    }).unwrap();
-                    if exists {
-                        model.get_mut(&k).unwrap().0.extend_from_slice(&v);
-                    }
-                }
-                Op::Get(k) => {
-                    let got = get(&s, now, &[k]).map(|(v, _)| v);
-                    prop_assert_eq!(got, model.get(&k).map(|(v, _)| v.clone()));
-                }
-                Op::Advance(secs) => clock.advance(std::time::Duration::from_secs(u64::from(secs))),
-            }
-        }
-        let now = clock.now_secs();
-        model.retain(|_, (_, e)| *e == 0 || *e > now);
-        let mut dump: Vec<_> = s.dump(now).into_iter().map(|(k, v, ..)| (k[0], v)).collect();
-        dump.sort();
-        let mut expect: Vec<_> = model.into_iter().map(|(k, (v, _))| (k, v)).collect();
-        expect.sort();
-        prop_assert_eq!(dump, expect);
-    }
-}
+mod convergence;
+mod forgetting;
+mod model;
 
 fn cluster_store() -> (Store, Hlc, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
@@ -300,7 +250,7 @@ fn flush_barrier_rejects_older_remote_writes() {
     let (s, hlc, clock) = cluster_store();
     let now = clock.now_secs();
     let before = hlc.tick();
-    s.flush(hlc.tick(), now, now);
+    s.flush(flush_now(&hlc), FlushMerge::Union, now);
     let late = Remote::Put {
         value: b"x",
         flags: 0,
@@ -317,194 +267,69 @@ fn flush_barrier_rejects_older_remote_writes() {
     assert_eq!(s.apply(b"k", &after, now).unwrap(), Applied::Accepted);
 }
 
-fn remote_op() -> impl Strategy<Value = (u8, Option<Vec<u8>>, u64)> {
-    // Versions are drawn from a small range so that equal versions (the same write
-    // delivered twice) and conflicts on one key are common; a version's content is derived
-    // from it, since a version names one write.
-    (0u8..6, any::<bool>(), 1u64..40).prop_map(|(k, put, v)| {
-        let value = put.then(|| format!("{k}-{v}").into_bytes());
-        (k, value, v)
-    })
+/// Two delayed flushes reaching two replicas in opposite orders: each fires at its time on
+/// both, and the replicas hold the same at every moment (before, arrival order decided which
+/// one a replica kept).
+#[test]
+fn delayed_flushes_in_opposite_orders_converge() {
+    let (a, hlc, clock) = cluster_store();
+    let (b, _, _) = cluster_store();
+    let t = clock.now_secs();
+    let early = flush_at(&hlc, t + 5);
+    let late = flush_at(&hlc, t + 10);
+    let mut written = Vec::new();
+    for (i, at) in [t, t + 3, t + 7].into_iter().enumerate() {
+        let key = format!("k{i}");
+        written.push((key, at, Version::at_unix_ms(u64::from(at) * 1000 + 1)));
+    }
+    a.flush(early, FlushMerge::Union, t);
+    a.flush(late, FlushMerge::Union, t);
+    b.flush(late, FlushMerge::Union, t);
+    b.flush(early, FlushMerge::Union, t);
+    for now in t..t + 12 {
+        for (key, at, version) in &written {
+            if *at == now {
+                for s in [&a, &b] {
+                    let m = Remote::Put {
+                        value: b"v",
+                        flags: 0,
+                        exptime: 0,
+                        version: *version,
+                    };
+                    assert_eq!(s.apply(key.as_bytes(), &m, now), Ok(Applied::Accepted));
+                }
+            }
+        }
+        assert_eq!(a.state(now), b.state(now), "at t+{}", now - t);
+        assert_eq!(a.flush_state(now), b.flush_state(now));
+        let keys: Vec<_> = a.state(now).into_iter().map(|(k, ..)| k).collect();
+        let want: &[&[u8]] = match now - t {
+            0..3 => &[b"k0"],
+            3..5 => &[b"k0", b"k1"],
+            // The first flush removed k0 and k1, written before its time.
+            5..7 => &[],
+            7..10 => &[b"k2"],
+            // The second removed k2.
+            _ => &[],
+        };
+        assert_eq!(keys, want, "at t+{}", now - t);
+    }
 }
 
-fn replay(ops: &[(u8, Option<Vec<u8>>, u64)]) -> Vec<(Vec<u8>, Option<Vec<u8>>, Version)> {
-    let (s, _, clock) = cluster_store();
+/// A snapshot's (or a state file's) flushes join the ones pending here; before, a snapshot
+/// carrying any fired flush cancelled this node's pending one.
+#[test]
+fn a_snapshots_flushes_do_not_cancel_a_pending_flush() {
+    let (s, hlc, clock) = cluster_store();
     let now = clock.now_secs();
-    for (k, value, v) in ops {
-        // One write per version: a delete and a put never share a version.
-        let version = Version((v << 1 | u64::from(value.is_some())) << 10);
-        let m = match value {
-            Some(value) => Remote::Put {
-                value,
-                flags: 0,
-                exptime: 0,
-                version,
-            },
-            None => Remote::Delete { version },
-        };
-        s.apply(&[*k], &m, now).unwrap();
-    }
-    s.state(now)
-}
-
-proptest! {
-    /// Merge is commutative, associative and idempotent: any order, any grouping, any
-    /// duplication of the same mutations ends in the same state.
-    #[test]
-    fn merge_converges(ops in proptest::collection::vec(remote_op(), 0..60), seed in any::<u64>(), split in 0usize..60) {
-        let expect = replay(&ops);
-        // Another order (commutativity).
-        let mut shuffled = ops.clone();
-        let mut x = seed | 1;
-        for i in (1..shuffled.len()).rev() {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
-        }
-        prop_assert_eq!(&replay(&shuffled), &expect);
-        // Redelivery (idempotence).
-        let doubled: Vec<_> = ops.iter().chain(ops.iter()).cloned().collect();
-        prop_assert_eq!(&replay(&doubled), &expect);
-        // Grouping (associativity): apply a suffix's merged state after a prefix.
-        let cut = split.min(ops.len());
-        let (a, b) = ops.split_at(cut);
-        let merged_b: Vec<_> = replay(b)
-            .into_iter()
-            .map(|(k, v, ver)| (k[0], v, ver.0 >> 11))
-            .collect();
-        let regrouped: Vec<_> = a.iter().cloned().chain(merged_b).collect();
-        prop_assert_eq!(&replay(&regrouped), &expect);
-    }
-}
-
-type Journaled = std::sync::Mutex<Vec<(Vec<u8>, Option<(Vec<u8>, u32, u32)>, Version)>>;
-
-/// A cluster node's store whose journal is collected, for convergence tests.
-fn journaled_node(node: u16, clock: Arc<ManualClock>) -> (Store, Hlc, Arc<Journaled>) {
-    let hlc = Hlc::new(NodeId::new(node).unwrap(), clock);
-    let cfg = StoreConfig {
-        shards: 4,
-        tombstone_ttl: 600,
-        ..StoreConfig::default()
-    };
-    let store = Store::new(cfg);
-    let log: Arc<Journaled> = Arc::default();
-    let sink = log.clone();
-    let journal: Journal = Box::new(move |key, change| {
-        let entry = match change {
-            Change::Put {
-                value,
-                flags,
-                exptime,
-                version,
-            } => (
-                key.to_vec(),
-                Some((value.to_vec(), flags, exptime)),
-                version,
-            ),
-            Change::Delete { version } => (key.to_vec(), None, version),
-        };
-        sink.lock().unwrap().push(entry);
-    });
-    assert!(store.set_journal(journal).is_ok());
-    (store, hlc, log)
-}
-
-fn replay_onto(store: &Store, log: &Journaled, now: u32) {
-    for (key, put, version) in log.lock().unwrap().iter() {
-        let m = match put {
-            Some((value, flags, exptime)) => Remote::Put {
-                value,
-                flags: *flags,
-                exptime: *exptime,
-                version: *version,
-            },
-            None => Remote::Delete { version: *version },
-        };
-        store.apply(key, &m, now).unwrap();
-    }
-}
-
-#[derive(Debug, Clone)]
-enum LocalOp {
-    Set(u8, u8),
-    Append(u8, u8),
-    Delete(u8),
-    Touch(u8, u8),
-}
-
-fn local_op() -> impl Strategy<Value = (bool, LocalOp)> {
-    let op = prop_oneof![
-        (0u8..5, any::<u8>()).prop_map(|(k, v)| LocalOp::Set(k, v)),
-        (0u8..5, any::<u8>()).prop_map(|(k, v)| LocalOp::Append(k, v)),
-        (0u8..5).prop_map(LocalOp::Delete),
-        (0u8..5, 1u8..100).prop_map(|(k, t)| LocalOp::Touch(k, t)),
-    ];
-    (any::<bool>(), op)
-}
-
-fn run_local(s: &Store, hlc: &Hlc, now: u32, op: &LocalOp) {
-    let key = |k: u8| vec![b'k', k];
-    let _ = match *op {
-        LocalOp::Set(k, v) => s.mutate(&key(k), now, hlc, |_| {
-            let put = Put {
-                value: NewValue::Owned(vec![v]),
-                flags: 0,
-                exptime: 0,
-                bits: 0,
-                version: None,
-            };
-            (Mutation::Put(put), ())
-        }),
-        LocalOp::Append(k, v) => s.mutate(&key(k), now, hlc, |cur| match cur {
-            Some(c) => {
-                let put = Put {
-                    value: NewValue::Owned([c.value, &[v]].concat()),
-                    flags: c.flags,
-                    exptime: c.exptime,
-                    bits: 0,
-                    version: None,
-                };
-                (Mutation::Put(put), ())
-            }
-            None => (Mutation::Keep, ()),
-        }),
-        LocalOp::Delete(k) => s.mutate(&key(k), now, hlc, |_| (Mutation::Delete, ())),
-        LocalOp::Touch(k, t) => s.mutate(&key(k), now, hlc, |_| {
-            let m = Mutation::Update {
-                exptime: Some(now + u32::from(t)),
-                set_bits: 0,
-                clear_bits: 0,
-                bump: true,
-                version: None,
-            };
-            (m, ())
-        }),
-    };
-}
-
-proptest! {
-    /// Two nodes take writes independently; once each has applied the other's journal
-    /// (whole, in order, as the live stream delivers it) they hold the same items and
-    /// tombstones with the same versions: last-writer-wins converges.
-    #[test]
-    fn journals_exchanged_converge(ops in proptest::collection::vec(local_op(), 1..80)) {
-        let clock = Arc::new(ManualClock::new(T0));
-        let (a, hlc_a, log_a) = journaled_node(1, clock.clone());
-        let (b, hlc_b, log_b) = journaled_node(2, clock.clone());
-        let now = clock.now_secs();
-        for (i, (on_a, op)) in ops.iter().enumerate() {
-            if i % 7 == 0 {
-                clock.advance(std::time::Duration::from_millis(1));
-            }
-            if *on_a { run_local(&a, &hlc_a, now, op) } else { run_local(&b, &hlc_b, now, op) }
-        }
-        replay_onto(&b, &log_a, now);
-        replay_onto(&a, &log_b, now);
-        prop_assert_eq!(a.state(now), b.state(now));
-        // Redelivery changes nothing.
-        replay_onto(&b, &log_a, now);
-        prop_assert_eq!(a.state(now), b.state(now));
-    }
+    set(&s, &hlc, now, b"k", b"v", 0).unwrap();
+    s.flush(flush_at(&hlc, now + 5), FlushMerge::Union, now);
+    let (donor, donor_hlc, _) = cluster_store();
+    donor.flush(flush_now(&donor_hlc), FlushMerge::Union, now);
+    s.merge_flush_state(&donor.flush_state(now), now);
+    assert_eq!(s.flush_state(now).flushes.len(), 2, "both kept");
+    assert!(get(&s, now + 4, b"k").is_some());
+    assert!(get(&s, now + 5, b"k").is_none(), "the pending flush fired");
 }
 
 #[test]

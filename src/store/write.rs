@@ -47,7 +47,7 @@ impl Store {
             if let Found::Item(idx) | Found::Tombstone(idx) = at.found {
                 let freed = at
                     .shard
-                    .remove_slot(idx, at.hash, Removal::Explicit, at.now);
+                    .remove_slot(idx, at.hash, Removal::Explicit, at.now, at.floor);
                 self.used.fetch_sub(freed, Ordering::AcqRel);
                 at.found = Found::Absent;
             }
@@ -65,7 +65,9 @@ impl Store {
     }
 
     /// Stores `data` (key then value) with `meta` for the key `at` points to, over its
-    /// current slot if any, after making room for it.
+    /// current slot if any, after making room for it: an item in `-m` (evicting items if
+    /// need be), a tombstone in the shard's tombstone budget (collecting its oldest
+    /// tombstones if need be; it never fails).
     pub(super) fn write_slot(
         &self,
         at: &mut Slotted<'_, '_>,
@@ -73,23 +75,33 @@ impl Store {
         meta: SlotMeta,
     ) -> Result<(), StoreError> {
         let key_len = at.key.len();
-        let new_cost = entry_cost(key_len, data.len() - key_len);
+        let tombstone = meta.bits & TOMBSTONE != 0;
         let existing = match at.found {
             Found::Item(i) | Found::Tombstone(i) => Some(i),
             Found::Absent => None,
         };
-        let old_cost = existing.map_or(0, |i| at.shard.slot(i).cost());
-        if new_cost > old_cost {
+        // What is charged against `-m` before and after: only items are.
+        let old_data = match at.found {
+            Found::Item(i) => at.shard.slot(i).cost(),
+            _ => 0,
+        };
+        let new_data = if tombstone {
+            debug_assert_eq!(data.len(), key_len, "a tombstone holds its key only");
+            0
+        } else {
+            entry_cost(key_len, data.len() - key_len)
+        };
+        if new_data > old_data {
             self.reserve(
                 at.shard,
                 at.shard_idx,
-                new_cost - old_cost,
+                new_data - old_data,
                 existing,
                 at.now,
                 at.floor,
             )?;
         } else {
-            self.used.fetch_sub(old_cost - new_cost, Ordering::AcqRel);
+            self.used.fetch_sub(old_data - new_data, Ordering::AcqRel);
         }
         let slot = Slot {
             data: data.into_boxed_slice(),
@@ -101,23 +113,36 @@ impl Store {
             key_len: key_len as u8,
             bits: meta.bits,
         };
-        let tombstone = slot.is_tombstone();
+        let hasher = |k: &[u8]| self.hash(k);
         let idx = match existing {
             Some(idx) => {
                 at.shard.replace(idx, slot);
                 idx
             }
-            None => {
-                let hasher = |k: &[u8]| self.hash(k);
-                at.shard.insert(at.hash, slot, &hasher)
-            }
+            None => at.shard.insert(at.hash, slot, &hasher),
         };
-        at.found = if tombstone {
-            Found::Tombstone(idx)
+        if tombstone {
+            at.found = Found::Tombstone(idx);
+            at.shard.collect_tombstones(idx, at.now, at.floor, &hasher);
         } else {
-            Found::Item(idx)
-        };
+            at.found = Found::Item(idx);
+        }
         Ok(())
+    }
+
+    /// A newer version of the key `at` points to arrived and this node cannot hold it (too
+    /// large for its `-I`, or no memory with `-M`): whatever older it holds goes, and the
+    /// key is fenced at the newer version, so that this node never serves, nor later takes,
+    /// a version older than one its peers hold (absence is allowed, regression is not).
+    pub(super) fn forget_unholdable(&self, at: &mut Slotted<'_, '_>, version: Version) {
+        if let Found::Item(idx) | Found::Tombstone(idx) = at.found {
+            let freed = at
+                .shard
+                .remove_slot(idx, at.hash, Removal::Superseded, at.now, at.floor);
+            self.used.fetch_sub(freed, Ordering::AcqRel);
+            at.found = Found::Absent;
+        }
+        at.shard.fences.forget(at.hash, version.0);
     }
 
     /// Makes room for `need` more bytes, evicting if allowed.

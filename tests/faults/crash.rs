@@ -86,13 +86,16 @@ fn kill_9_under_write_load_converges() {
             std::thread::spawn(move || {
                 let mut written = Vec::new();
                 let mut round = 0;
+                // Paced (about 4,000 writes a second each), so that the restarted node's
+                // snapshot stays small on a loaded machine.
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let sets: Vec<(String, Vec<u8>)> = (0..200)
+                    let sets: Vec<(String, Vec<u8>)> = (0..100)
                         .map(|k| (format!("w{i}-{round}-{k}"), vec![b'x'; 100]))
                         .collect();
-                    pipelined_sets(&mut c, &sets, 200);
+                    pipelined_sets(&mut c, &sets, 100);
                     written.extend(sets.into_iter().map(|(k, _)| k));
                     round += 1;
+                    std::thread::sleep(Duration::from_millis(25));
                 }
                 written
             })

@@ -80,10 +80,23 @@ fn wait_agreement(nodes: &[&Proc], keys: &[String], want: usize, deadline: Durat
         let Some(why) = disagreement(nodes, &mut clients, keys, want) else {
             return;
         };
-        assert!(
-            Instant::now() < end,
-            "no agreement within {deadline:?}: {why}"
-        );
+        if Instant::now() >= end {
+            // What the nodes said about syncing, to tell why.
+            let said: Vec<String> = nodes
+                .iter()
+                .flat_map(|p| {
+                    p.log()
+                        .lines()
+                        .filter(|l| l.contains("snapshot") || l.contains("reconcil"))
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "no agreement within {deadline:?}: {why}\n{}",
+                said.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -8,12 +8,15 @@
 //!                                                token in its SnapBegin)
 //! Synced  := kind 8, snapshots:u32              (you have my log up to where your sync
 //!                                                began, and this many snapshots of mine)
-//! SnapBegin := kind 9, log_seq:u64 items:u64 floor:u64 pending_version:u64 pending_at:u32
+//! SnapBegin := kind 12, log_seq:u64 items:u64 flushes:u8 (issued:u64 at_ms:u64)*
 //!              count:u16 (origin:str8 run_id:u64 seq:u64)* token:u64
 //!              (first frame of a snapshot stream: the donor's own log position the walk
-//!              covers, about how many entries it holds, its flush barrier, what it had
-//!              applied of each origin's log when its walk began, and the token of the
-//!              request the walk began after, 0 for none)
+//!              covers, about how many entries it holds, the flushes that still matter to
+//!              it (fired or pending, see [`crate::store::Flush`]), what it had applied of
+//!              each origin's log when its walk began, and the token of the request the
+//!              walk began after, 0 for none)
+//! SnapBegin of the previous release, kind 9 (read only): log_seq:u64 items:u64 floor:u64
+//!              pending_version:u64 pending_at:u32 (seconds) count:u16 position*
 //! SnapItems := kind 10, count:u32 item*
 //! item    := version:u64 op:u8 key_len:u16 key   op 1 (put): flags:u32 exptime:u32
 //!                                                value_len:u32 value; op 2 (tombstone)
@@ -25,15 +28,17 @@ use bytes::{BufMut, BytesMut};
 use super::{parse_mutation, put_str8, FrameError, Reader, DELETE, PUT};
 use crate::clock::Version;
 use crate::replication::log::{Mutation, Op, RunId};
-use crate::store::{Exported, FlushState};
+use crate::store::{Exported, Flush, FlushState};
 
 pub(super) const STATUS: u8 = 5;
 pub(super) const START: u8 = 6;
 pub(super) const SNAP_REQUEST: u8 = 7;
 pub(super) const SYNCED: u8 = 8;
-pub(super) const SNAP_BEGIN: u8 = 9;
+/// The previous release's snapshot start (one floor, one pending flush): still read.
+pub(super) const SNAP_BEGIN_V1: u8 = 9;
 pub(super) const SNAP_ITEMS: u8 = 10;
 pub(super) const SNAP_END: u8 = 11;
+pub(super) const SNAP_BEGIN: u8 = 12;
 
 /// What a donor had applied of one origin's log when its snapshot walk began.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,10 +68,13 @@ pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
     out.put_u8(SNAP_BEGIN);
     out.put_u64(b.log_seq);
     out.put_u64(b.items);
-    out.put_u64(b.flush.floor.0);
-    let (pv, pat) = b.flush.pending.map_or((0, 0), |(v, at)| (v.0, at));
-    out.put_u64(pv);
-    out.put_u32(pat);
+    // A store holds at most MAX_PENDING + 1 flushes, well within a u8.
+    let flushes = &b.flush.flushes[..b.flush.flushes.len().min(usize::from(u8::MAX))];
+    out.put_u8(flushes.len() as u8);
+    for f in flushes {
+        out.put_u64(f.issued.0);
+        out.put_u64(f.at_ms);
+    }
     let positions = &b.positions[..b.positions.len().min(usize::from(u16::MAX))];
     out.put_u16(positions.len() as u16);
     for p in positions {
@@ -77,12 +85,22 @@ pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
     out.put_u64(b.token);
 }
 
-pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> {
+pub(super) fn parse_snap_begin(r: &mut Reader, kind: u8) -> Result<SnapBegin, FrameError> {
     let log_seq = r.u64()?;
     let items = r.u64()?;
-    let floor = Version(r.u64()?);
-    let pv = r.u64()?;
-    let pat = r.u32()?;
+    let flush = if kind == SNAP_BEGIN_V1 {
+        parse_flush_v1(r)?
+    } else {
+        let count = usize::from(r.u8()?);
+        let mut flushes = Vec::with_capacity(count);
+        for _ in 0..count {
+            flushes.push(Flush {
+                issued: Version(r.u64()?),
+                at_ms: r.u64()?,
+            });
+        }
+        FlushState { flushes }
+    };
     let count = usize::from(r.u16()?);
     // Each position takes at least 17 bytes.
     if count > r.bytes.len() / 17 {
@@ -96,17 +114,36 @@ pub(super) fn parse_snap_begin(r: &mut Reader) -> Result<SnapBegin, FrameError> 
             seq: r.u64()?,
         });
     }
-    let token = r.u64()?;
+    let token = if kind == SNAP_BEGIN_V1 { 0 } else { r.u64()? };
     Ok(SnapBegin {
         log_seq,
         items,
-        flush: FlushState {
-            floor,
-            pending: (pv != 0).then_some((Version(pv), pat)),
-        },
+        flush,
         positions,
         token,
     })
+}
+
+/// The previous release's flush barrier and pending flush, as flushes: the barrier is a
+/// flush in effect at once, and the pending one's barrier was its version.
+fn parse_flush_v1(r: &mut Reader) -> Result<FlushState, FrameError> {
+    let floor = r.u64()?;
+    let pending = r.u64()?;
+    let at = r.u32()?;
+    let mut flushes = Vec::new();
+    if floor != 0 {
+        flushes.push(Flush {
+            issued: Version(floor),
+            at_ms: 0,
+        });
+    }
+    if pending != 0 {
+        flushes.push(Flush {
+            issued: Version(pending),
+            at_ms: u64::from(at) * 1000,
+        });
+    }
+    Ok(FlushState { flushes })
 }
 
 /// Builds one `SnapItems` frame in place, entry by entry, straight from the store's walk

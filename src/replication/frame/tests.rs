@@ -1,6 +1,8 @@
-//! Frame codec tests: round trips split anywhere, chunked batches, garbage.
+//! Frame codec tests: round trips split anywhere, chunked batches, garbage, and the
+//! previous release's flush encodings.
 
 use super::*;
+use crate::store::{Flush, FlushState};
 use proptest::prelude::*;
 
 fn entry() -> impl Strategy<Value = Entry> {
@@ -23,7 +25,9 @@ fn entry() -> impl Strategy<Value = Entry> {
                     exptime,
                 },
                 1 => Op::Delete,
-                _ => Op::Flush { at: exptime },
+                _ => Op::Flush {
+                    at_ms: u64::from(exptime) * 1000 + u64::from(flags % 1000),
+                },
             };
             Entry {
                 seq,
@@ -64,6 +68,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     flags,
                     load,
                     wall_ms: n[3],
+                    run_floor: n[0] ^ n[3],
                 })
             }),
         proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u16>(), "[0-9.:]{0,21}"), 0..4)
@@ -84,16 +89,21 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|token| Frame::SnapshotRequest { token }),
         any::<u32>().prop_map(|snapshots| Frame::Synced { snapshots }),
         (
-            any::<[u64; 4]>(),
-            proptest::option::of((1u64.., any::<u32>())),
+            any::<[u64; 3]>(),
+            proptest::collection::vec(any::<(u64, u64)>(), 0..5),
             proptest::collection::vec(("[a-z0-9-]{0,20}", any::<u64>(), any::<u64>()), 0..3)
         )
-            .prop_map(|(n, pending, ps)| Frame::SnapBegin(SnapBegin {
+            .prop_map(|(n, flushes, ps)| Frame::SnapBegin(SnapBegin {
                 log_seq: n[0],
                 items: n[1],
-                flush: crate::store::FlushState {
-                    floor: Version(n[2]),
-                    pending: pending.map(|(v, at)| (Version(v), at)),
+                flush: FlushState {
+                    flushes: flushes
+                        .into_iter()
+                        .map(|(v, at_ms)| Flush {
+                            issued: Version(v),
+                            at_ms
+                        })
+                        .collect(),
                 },
                 positions: ps
                     .into_iter()
@@ -103,7 +113,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                         seq
                     })
                     .collect(),
-                token: n[3],
+                token: n[2],
             })),
         proptest::collection::vec(entry(), 0..4).prop_map(|es| Frame::SnapItems(
             es.into_iter()
@@ -252,4 +262,54 @@ fn snap_items_writer_matches_the_encoding() {
     encode(&Frame::SnapItems(items.clone()), &mut plain);
     assert_eq!(&built[..], &plain[..]);
     assert_eq!(decode(&mut built), Ok(Some(Frame::SnapItems(items))));
+}
+
+/// A node of the previous release sends a flush with its barrier as version and its time in
+/// seconds, and a snapshot start with one floor and one pending flush: both still read, as
+/// the flushes they meant (the barrier of each is the version it carried).
+#[test]
+fn the_previous_releases_flushes_still_decode() {
+    let mut batch = BytesMut::new();
+    batch.put_u32(1 + 8 + 4 + 8 + 8 + 1 + 2 + 4);
+    batch.put_u8(BATCH);
+    batch.put_u64(3);
+    batch.put_u32(1);
+    batch.put_u64(1); // seq
+    batch.put_u64(500); // version: the barrier
+    batch.put_u8(3); // FLUSH_V1
+    batch.put_u16(0);
+    batch.put_u32(1_800_000_000);
+    let Ok(Some(Frame::Batch { entries, .. })) = decode(&mut batch) else {
+        panic!("a batch");
+    };
+    assert_eq!(entries[0].mutation.version, Version(500));
+    assert_eq!(
+        entries[0].mutation.op,
+        Op::Flush {
+            at_ms: 1_800_000_000_000
+        }
+    );
+
+    let mut begin = BytesMut::new();
+    begin.put_u32(1 + 8 + 8 + 8 + 8 + 4 + 2);
+    begin.put_u8(9); // SNAP_BEGIN_V1
+    begin.put_u64(7);
+    begin.put_u64(100);
+    begin.put_u64(40); // floor
+    begin.put_u64(60); // pending version
+    begin.put_u32(1_800_000_000); // pending time, seconds
+    begin.put_u16(0);
+    let Ok(Some(Frame::SnapBegin(b))) = decode(&mut begin) else {
+        panic!("a snapshot start");
+    };
+    let flush = |v, at_ms| Flush {
+        issued: Version(v),
+        at_ms,
+    };
+    assert_eq!(
+        b.flush.flushes,
+        vec![flush(40, 0), flush(60, 1_800_000_000_000)]
+    );
+    assert_eq!(b.flush.flushes[0].barrier(), Version(40));
+    assert_eq!((b.log_seq, b.items), (7, 100));
 }
