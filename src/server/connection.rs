@@ -54,11 +54,17 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
     let _slot = Slot(&shared);
     let registered = match stream {
         Stream::Tcp(s) => match TcpStream::from_std(s) {
-            Ok(s) => Ok(run(&shared, s).await),
+            Ok(s) => {
+                run(&shared, s).await;
+                Ok(())
+            }
             Err(e) => Err(e),
         },
         Stream::Unix(s) => match UnixStream::from_std(s) {
-            Ok(s) => Ok(run(&shared, s).await),
+            Ok(s) => {
+                run(&shared, s).await;
+                Ok(())
+            }
             Err(e) => Err(e),
         },
     };
@@ -161,7 +167,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                         }
                         // Writing may have waited on a slow reader: time has moved.
                         now = shared.clock().now_secs();
-                        req = rest;
+                        req = *rest;
                     }
                 }
             }
