@@ -346,7 +346,7 @@ fn decode_set(
             return Some(error(BAD_FORMAT, 0));
         }
     };
-    let vlen = match flags::tokto32(&buf[tokens[2].clone()]) {
+    let vlen = match crate::protocol::numbers::tok_i32(&buf[tokens[2].clone()]) {
         Some(v) if (0..=i32::MAX - 2).contains(&v) => v as usize,
         _ => {
             consume_line(buf);
