@@ -63,7 +63,7 @@ fn opaque(o: &str) -> Ret {
 
 #[test]
 fn mg_flags() {
-    let (cmd, reply) = meta_cmd("mg foo s v t c f l h k Oab q u T30 N-1 R5 E77\r\n");
+    let (cmd, reply) = meta_cmd("mg foo s v t c f l h k Oab q u T30 N-1 R5 E77 C9\r\n");
     assert_eq!(
         cmd,
         MetaCommand::Get(MetaGet {
@@ -72,6 +72,7 @@ fn mg_flags() {
             vivify: Some(-1),
             recache: Some(5),
             no_bump: true,
+            compare_cas: Some(9),
             cas_in: Some(77),
         })
     );
