@@ -5,7 +5,8 @@
 //! operation itself.
 //!
 //! A key that is not printable is written only where it can be: meta (base64, `b`) and
-//! binary; text `delete` has no CAS, so a delete with one is meta and binary only.
+//! binary; text `delete` has no CAS, so a delete with one is meta and binary only. Writes
+//! may be quiet: text `noreply`, meta `q`, binary's quiet opcodes.
 
 use bytes::BytesMut;
 use meshcached::protocol::binary::consts::*;
@@ -25,6 +26,7 @@ pub enum Op {
         exptime: i64,
         value: Vec<u8>,
         cas: u64,
+        quiet: bool,
     },
     Get {
         key: Vec<u8>,
@@ -37,11 +39,13 @@ pub enum Op {
     Delete {
         key: Vec<u8>,
         cas: u64,
+        quiet: bool,
     },
     Arith {
         key: Vec<u8>,
         incr: bool,
         delta: u64,
+        quiet: bool,
     },
 }
 
@@ -66,6 +70,8 @@ fn op(input: &mut Input<'_>) -> (Op, bool) {
     let key = if key.is_empty() { b"k".to_vec() } else { key };
     // Binary expiry times are unsigned 32-bit; text and meta ones are C ints.
     let exptime = i64::from(input.u32() & 0x7fff_ffff);
+    // Text `noreply`, meta `q`, binary's quiet opcodes.
+    let quiet = input.bool();
     let op = match input.u8() % 11 {
         m @ 0..=4 => {
             let mode = MODES[usize::from(m)];
@@ -84,6 +90,7 @@ fn op(input: &mut Input<'_>) -> (Op, bool) {
                 exptime: if appending { 0 } else { exptime },
                 value: input.string(300).to_vec(),
                 cas,
+                quiet,
             }
         }
         5 => Op::Get { key, touch: None },
@@ -95,11 +102,13 @@ fn op(input: &mut Input<'_>) -> (Op, bool) {
         8 => Op::Delete {
             key,
             cas: if input.bool() { input.u64() } else { 0 },
+            quiet,
         },
         n => Op::Arith {
             key,
             incr: n == 9,
             delta: input.u64(),
+            quiet,
         },
     };
     (op, printable)
@@ -124,6 +133,7 @@ fn text(op: &Op) -> Option<Vec<u8>> {
             exptime,
             value,
             cas,
+            quiet,
             ..
         } => {
             let cmd = match (mode, cas) {
@@ -140,18 +150,29 @@ fn text(op: &Op) -> Option<Vec<u8>> {
             } else {
                 format!(" {cas}")
             };
+            let noreply = if *quiet { " noreply" } else { "" };
+            let len = value.len();
             let mut line =
-                format!("{cmd} {key} {flags} {exptime} {}{cas}\r\n", value.len()).into_bytes();
+                format!("{cmd} {key} {flags} {exptime} {len}{cas}{noreply}\r\n").into_bytes();
             line.extend_from_slice(value);
             line
         }
         Op::Get { touch: None, .. } => format!("get {key}").into_bytes(),
         Op::Get { touch: Some(t), .. } => format!("gat {t} {key}").into_bytes(),
         Op::Touch { exptime, .. } => format!("touch {key} {exptime}").into_bytes(),
-        Op::Delete { cas: 0, .. } => format!("delete {key}").into_bytes(),
+        Op::Delete {
+            cas: 0,
+            quiet: false,
+            ..
+        } => format!("delete {key}").into_bytes(),
+        Op::Delete { cas: 0, .. } => format!("delete {key} noreply").into_bytes(),
         Op::Delete { .. } => return None,
-        Op::Arith { incr, delta, .. } => {
-            format!("{} {key} {delta}", if *incr { "incr" } else { "decr" }).into_bytes()
+        Op::Arith {
+            incr, delta, quiet, ..
+        } => {
+            let cmd = if *incr { "incr" } else { "decr" };
+            let noreply = if *quiet { " noreply" } else { "" };
+            format!("{cmd} {key} {delta}{noreply}").into_bytes()
         }
     };
     out.extend_from_slice(b"\r\n");
@@ -192,6 +213,7 @@ fn meta(op: &Op, printable: bool) -> Vec<u8> {
             exptime,
             value,
             cas,
+            quiet,
             ..
         } => {
             let m = match mode {
@@ -206,8 +228,9 @@ fn meta(op: &Op, printable: bool) -> Vec<u8> {
             } else {
                 format!(" C{cas}")
             };
+            let q = if *quiet { " q" } else { "" };
             let mut line = format!(
-                "ms {key} {} F{flags} T{exptime} M{m}{cas}{b}\r\n",
+                "ms {key} {} F{flags} T{exptime} M{m}{cas}{b}{q}\r\n",
                 value.len()
             )
             .into_bytes();
@@ -217,11 +240,21 @@ fn meta(op: &Op, printable: bool) -> Vec<u8> {
         Op::Get { touch: None, .. } => format!("mg {key} v{b}").into_bytes(),
         Op::Get { touch: Some(t), .. } => format!("mg {key} v T{t}{b}").into_bytes(),
         Op::Touch { exptime, .. } => format!("mg {key} T{exptime}{b}").into_bytes(),
-        Op::Delete { cas: 0, .. } => format!("md {key}{b}").into_bytes(),
-        Op::Delete { cas, .. } => format!("md {key} C{cas}{b}").into_bytes(),
-        Op::Arith { incr, delta, .. } => {
+        Op::Delete { cas, quiet, .. } => {
+            let c = if *cas == 0 {
+                String::new()
+            } else {
+                format!(" C{cas}")
+            };
+            let q = if *quiet { " q" } else { "" };
+            format!("md {key}{c}{b}{q}").into_bytes()
+        }
+        Op::Arith {
+            incr, delta, quiet, ..
+        } => {
             let m = if *incr { 'I' } else { 'D' };
-            format!("ma {key} D{delta} M{m}{b}").into_bytes()
+            let q = if *quiet { " q" } else { "" };
+            format!("ma {key} D{delta} M{m}{b}{q}").into_bytes()
         }
     };
     out.extend_from_slice(b"\r\n");
@@ -230,6 +263,12 @@ fn meta(op: &Op, printable: bool) -> Vec<u8> {
 
 fn binary(op: &Op) -> Vec<u8> {
     let key = key_of(op);
+    let quiet = matches!(
+        op,
+        Op::Store { quiet: true, .. }
+            | Op::Delete { quiet: true, .. }
+            | Op::Arith { quiet: true, .. }
+    );
     let (opcode, extras, value, cas): (u8, Vec<u8>, &[u8], u64) = match op {
         Op::Store {
             mode,
@@ -263,6 +302,7 @@ fn binary(op: &Op) -> Vec<u8> {
             (opcode, extras, &[], 0)
         }
     };
+    let opcode = if quiet { quiet_opcode(opcode) } else { opcode };
     let mut out = vec![REQUEST_MAGIC, opcode];
     out.extend_from_slice(&(key.len() as u16).to_be_bytes());
     out.push(extras.len() as u8);
@@ -277,12 +317,37 @@ fn binary(op: &Op) -> Vec<u8> {
     out
 }
 
+/// The quiet variant of a binary opcode.
+fn quiet_opcode(opcode: u8) -> u8 {
+    match opcode {
+        SET => SETQ,
+        ADD => ADDQ,
+        REPLACE => REPLACEQ,
+        APPEND => APPENDQ,
+        PREPEND => PREPENDQ,
+        DELETE => DELETEQ,
+        INCREMENT => INCREMENTQ,
+        DECREMENT => DECREMENTQ,
+        other => other,
+    }
+}
+
+/// Whether a request's answer is to be left out on success.
+fn quiet_reply(reply: &Reply) -> bool {
+    match reply {
+        Reply::Text { noreply } => *noreply,
+        Reply::Meta(m) => m.quiet,
+        Reply::Binary(b) => b.quiet,
+    }
+}
+
 /// The operation a decoded request stands for, in the terms of [`Op`].
 pub fn meaning(req: &Request) -> Option<Op> {
     let opcode = match &req.reply {
         Reply::Binary(b) => Some(b.opcode),
         _ => None,
     };
+    let quiet = quiet_reply(&req.reply);
     Some(match &req.command {
         Command::Store {
             mode,
@@ -305,6 +370,7 @@ pub fn meaning(req: &Request) -> Option<Op> {
                 exptime: if appending { 0 } else { *exptime },
                 value: value.to_vec(),
                 cas: *cas,
+                quiet,
             }
         }
         Command::Get { keys, touch, .. } if keys.len() == 1 => {
@@ -324,6 +390,7 @@ pub fn meaning(req: &Request) -> Option<Op> {
         Command::Delete { key, cas } => Op::Delete {
             key: key.as_bytes().to_vec(),
             cas: *cas,
+            quiet,
         },
         Command::Arith {
             key,
@@ -335,6 +402,7 @@ pub fn meaning(req: &Request) -> Option<Op> {
             key: key.as_bytes().to_vec(),
             incr: *incr,
             delta: *delta,
+            quiet,
         },
         Command::Meta(m) => meta_meaning(m, &req.reply)?,
         _ => return None,
@@ -343,6 +411,7 @@ pub fn meaning(req: &Request) -> Option<Op> {
 
 fn meta_meaning(m: &MetaCommand, reply: &Reply) -> Option<Op> {
     let value = matches!(reply, Reply::Meta(r) if r.value);
+    let quiet = quiet_reply(reply);
     Some(match m {
         MetaCommand::Set(s) => {
             let appending = matches!(s.mode, StoreMode::Append | StoreMode::Prepend);
@@ -353,6 +422,7 @@ fn meta_meaning(m: &MetaCommand, reply: &Reply) -> Option<Op> {
                 exptime: if appending { 0 } else { s.exptime },
                 value: s.value.as_ref()?.to_vec(),
                 cas: s.compare_cas.unwrap_or(0),
+                quiet,
             }
         }
         MetaCommand::Get(MetaGet { key, touch, .. }) => match (touch, value) {
@@ -369,11 +439,13 @@ fn meta_meaning(m: &MetaCommand, reply: &Reply) -> Option<Op> {
         MetaCommand::Delete(d) => Op::Delete {
             key: d.key.as_bytes().to_vec(),
             cas: d.compare_cas.unwrap_or(0),
+            quiet,
         },
         MetaCommand::Arith(a) => Op::Arith {
             key: a.key.as_bytes().to_vec(),
             incr: a.incr,
             delta: a.delta,
+            quiet,
         },
         _ => return None,
     })
