@@ -93,3 +93,54 @@ impl ClientDecoder {
         Ok(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Command, Invalid};
+
+    #[test]
+    fn the_first_byte_fixes_the_dialect_for_the_connection() {
+        let mut d = ClientDecoder::new(1024);
+        let mut buf = BytesMut::new();
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert_eq!(d.dialect(), None);
+        buf.extend_from_slice(b"mn\r\n");
+        assert!(d.decode(&mut buf).unwrap().is_some());
+        assert_eq!(d.dialect(), Some(Dialect::Text));
+        // A later 0x80 is text too: an unknown command, not a binary header.
+        buf.extend_from_slice(b"\x80x\r\n");
+        let req = d.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(req.command, Command::Invalid(Invalid::Unknown));
+
+        let mut d = ClientDecoder::new(1024);
+        let mut buf = BytesMut::from(&b"\x80\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"[..]);
+        assert_eq!(d.decode(&mut buf).unwrap().unwrap().command, Command::Noop);
+        assert_eq!(d.dialect(), Some(Dialect::Binary));
+        // Text on a binary connection: a bad magic byte once a header's worth has come.
+        buf.extend_from_slice(b"get k\r\n");
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(b"get a-longer-key\r\n");
+        assert!(matches!(d.decode(&mut buf), Err(StreamError::Binary(_))));
+    }
+
+    #[test]
+    fn a_refused_data_block_is_discarded_as_it_arrives() {
+        let mut d = ClientDecoder::new(4);
+        let mut buf = BytesMut::from(&b"set k 0 0 10\r\nabc"[..]);
+        let req = d.decode(&mut buf).unwrap().unwrap();
+        assert!(matches!(req.command, Command::TooLarge { .. }));
+        assert_eq!(d.swallowing(), 12, "10 bytes and their \\r\\n");
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert!(buf.is_empty(), "the block's first bytes are gone");
+        assert_eq!(d.swallowing(), 9);
+        buf.extend_from_slice(b"defghij\r\nmn\r\n");
+        let req = d.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            req.command,
+            Command::Meta(crate::protocol::meta::MetaCommand::Noop)
+        );
+        assert_eq!(d.swallowing(), 0);
+        assert!(buf.is_empty());
+    }
+}
