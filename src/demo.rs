@@ -4,7 +4,7 @@
 //! and serves until Ctrl-C.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -85,7 +85,7 @@ fn node_args(args: &DemoArgs, i: u16, dir: &Path) -> Vec<String> {
     argv
 }
 
-fn run(args: &DemoArgs, dir: &PathBuf) -> Result<(), String> {
+fn run(args: &DemoArgs, dir: &Path) -> Result<(), String> {
     if u32::from(args.base_port) + u32::from(args.nodes) > 65536
         || u32::from(args.base_cluster_port) + u32::from(args.nodes) > 65536
     {
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn node_flags_are_valid() {
         let args = DemoArgs::try_parse_from(["demo", "--nodes", "3"]).unwrap();
-        let dir = PathBuf::from("/tmp/x");
+        let dir = std::path::PathBuf::from("/tmp/x");
         for i in 1..=3 {
             let parsed = Args::try_parse_from(node_args(&args, i, &dir)).unwrap();
             let c = Config::from_args(&parsed).unwrap();

@@ -13,7 +13,8 @@
 //!                receiver ─► replication::apply (skew guard, HLC observe, LWW) ─► its store
 //! ```
 //!
-//! The client path: a connection reads bytes, a dialect decoder turns them into a
+//! The client path: a connection reads bytes, its [`protocol::stream::ClientDecoder`]
+//! (dialect, refused data blocks; sans-IO) has the dialect's decoder turn them into a
 //! [`protocol::Request`], the dispatcher runs memcached's semantics against the [`store`]
 //! under one shard lock, and the dialect's encoder writes the answer. Requests on one
 //! connection are answered in order; pipelining is just more requests in the read buffer.

@@ -183,14 +183,16 @@ fn unix_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// memcached closes a connection whose line runs past 2048 bytes without a newline (other
+/// than a multi-key get), without a reply; so do we.
 #[test]
-fn overlong_line_is_answered_then_closed() {
+fn overlong_line_closes_without_a_reply() {
     let node = Node::start(&[]);
     let mut c = node.client();
     c.send(&vec![b'x'; 5000]);
     let mut got = String::new();
     c.stream.read_to_string(&mut got).unwrap();
-    assert_eq!(got, "CLIENT_ERROR line too long\r\n");
+    assert_eq!(got, "");
     // The server is fine.
     assert!(node.client().line("version").starts_with("VERSION "));
 }

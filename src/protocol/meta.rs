@@ -92,6 +92,8 @@ pub struct MetaGet {
     pub recache: Option<i64>,
     /// `u`: do not count this as an access.
     pub no_bump: bool,
+    /// `C`: the client's copy has this CAS; when it is the item's, `v` sends no value.
+    pub compare_cas: Option<u64>,
     /// `E`: CAS for an item this command creates or changes.
     pub cas_in: Option<u64>,
 }
@@ -273,6 +275,7 @@ fn decode_line(line: &Bytes, content_end: usize, cmd: u8) -> Request {
             vivify: f.vivify,
             recache: f.recache,
             no_bump: f.no_update,
+            compare_cas: f.compare_cas,
             cas_in: f.cas_in,
         }),
         b'd' => MetaCommand::Delete(MetaDelete {
@@ -346,7 +349,7 @@ fn decode_set(
             return Some(error(BAD_FORMAT, 0));
         }
     };
-    let vlen = match flags::tokto32(&buf[tokens[2].clone()]) {
+    let vlen = match crate::protocol::numbers::tok_i32(&buf[tokens[2].clone()]) {
         Some(v) if (0..=i32::MAX - 2).contains(&v) => v as usize,
         _ => {
             consume_line(buf);

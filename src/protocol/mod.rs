@@ -10,6 +10,8 @@
 
 pub mod binary;
 pub mod meta;
+pub mod numbers;
+pub mod stream;
 pub mod text;
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +33,7 @@ pub enum StoreMode {
 }
 
 /// A command in memcached's terms, independent of the dialect it arrived in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// get/gets (text), get/getk/getq/getkq (binary); with `touch`, gat/gats. `cas`: the
     /// text reply carries CAS values (gets, gats); binary replies always do.
@@ -103,14 +105,14 @@ pub enum Invalid {
 }
 
 /// How to answer: dialect plus per-dialect options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Text { noreply: bool },
     Meta(meta::MetaReply),
     Binary(binary::BinReply),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub command: Command,
     pub reply: Reply,
@@ -192,8 +194,9 @@ pub fn encode_end(reply: &Reply, out: &mut BytesMut) {
     }
 }
 
-/// Parses a decimal unsigned number the way memcached's `safe_strtoull` does: digits only,
-/// no sign, no overflow.
+/// Parses a stored decimal number for incr/decr: digits only, no sign, no overflow (the
+/// dispatcher trims what memcached's `safe_strtoull` would skip). Request lines use
+/// [`numbers`] instead.
 pub fn parse_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 20 {
         return None;
@@ -206,25 +209,6 @@ pub fn parse_u64(b: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
     Some(n)
-}
-
-/// `safe_strtoul` for 32-bit fields (flags).
-pub fn parse_u32(b: &[u8]) -> Option<u32> {
-    parse_u64(b).and_then(|n| u32::try_from(n).ok())
-}
-
-/// `safe_strtol`: an optional minus sign, then digits, within i32 (memcached's exptime and
-/// value lengths are C ints).
-pub fn parse_i32(b: &[u8]) -> Option<i64> {
-    let (neg, digits) = match b.first() {
-        Some(b'-') => (true, &b[1..]),
-        _ => (false, b),
-    };
-    let n = i64::try_from(parse_u64(digits)?).ok()?;
-    let n = if neg { n.checked_neg()? } else { n };
-    (i64::from(i32::MIN)..=i64::from(i32::MAX))
-        .contains(&n)
-        .then_some(n)
 }
 
 /// Appends the decimal form of `n`.
@@ -253,12 +237,6 @@ mod tests {
         assert_eq!(parse_u64(b"18446744073709551616"), None);
         assert_eq!(parse_u64(b"-1"), None);
         assert_eq!(parse_u64(b""), None);
-        assert_eq!(parse_u32(b"4294967296"), None);
-        assert_eq!(parse_i32(b"-5"), Some(-5));
-        assert_eq!(parse_i32(b"2147483648"), None);
-        assert_eq!(parse_i32(b"-9223372036854775808"), None);
-        assert_eq!(parse_i32(b"-18446744073709551615"), None);
-        assert_eq!(parse_i32(b"18446744073709551615"), None);
         let mut out = BytesMut::new();
         put_u64(&mut out, 0);
         out.extend_from_slice(b" ");

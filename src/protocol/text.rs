@@ -9,22 +9,30 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{meta, parse_i32, parse_u32, parse_u64, put_u64, Command, Invalid, Outcome, Reply};
+use super::numbers::{strtol32, strtoul_u32, tok_i32, tok_u32, tok_u64};
+use super::{meta, put_u64, Command, Invalid, Outcome, Reply};
 use super::{Request, StoreMode};
-use crate::key::Key;
+use crate::key::{Key, MAX_KEY_LEN};
 use crate::store::ItemRef;
 
-/// The longest command line memcached reads before giving up on it (its read buffer).
+/// The longest unterminated line memcached keeps waiting on: past it, anything but a
+/// multi-key get closes the connection without a reply.
 pub const MAX_LINE: usize = 2048;
-/// Multi-key gets may be longer than [`MAX_LINE`] (memcached grows its buffer for them); this
-/// bounds what one connection can make us buffer.
+/// Multi-key gets may be longer than [`MAX_LINE`] (memcached grows its buffer for them
+/// without bound); this bounds what one connection can make us buffer.
 pub const MAX_GET_LINE: usize = 1 << 20;
+/// Past this many leading spaces a long line is not taken for a get (memcached's rule).
+const MAX_GET_INDENT: usize = 100;
 
-/// Decoding problems that end the connection.
+/// Decoding problems that end the connection without a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
     #[error(transparent)]
     Meta(#[from] meta::MetaError),
+    /// memcached closes a connection whose line passes [`MAX_LINE`] bytes without a
+    /// newline (unless it is a get, which may run to [`MAX_GET_LINE`] here), silently.
+    #[error("{len} bytes without a newline, over the {limit}-byte line limit")]
+    LineTooLong { len: usize, limit: usize },
 }
 
 const BAD_FORMAT: Invalid = Invalid::Client("bad command line format");
@@ -72,17 +80,20 @@ pub fn decode_from(
     let from = (*scanned).min(buf.len());
     let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| i + from) else {
         *scanned = buf.len();
-        let limit = if is_get_line(buf) {
-            MAX_GET_LINE
-        } else {
-            MAX_LINE
-        };
-        if buf.len() > limit {
-            // Nothing sensible can follow an unterminated line this long: answer and close.
-            let mut req = invalid(Invalid::Client("line too long"));
-            req.close = true;
-            buf.clear();
-            return Ok(Some(req));
+        // Decided on the bytes alone, so however the line arrives (whole or a byte at a
+        // time) the outcome is the same once it passes MAX_LINE.
+        if buf.len() > MAX_LINE {
+            let limit = if is_get_line(buf) {
+                MAX_GET_LINE
+            } else {
+                MAX_LINE
+            };
+            if buf.len() > limit {
+                return Err(TextError::LineTooLong {
+                    len: buf.len(),
+                    limit,
+                });
+            }
         }
         return Ok(None);
     };
@@ -144,11 +155,12 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
+/// memcached's test for a long line it keeps reading: `get ` or `gets ` after at most 100
+/// spaces (not `gat`: memcached closes on a long gat line too).
 fn is_get_line(buf: &[u8]) -> bool {
-    let trimmed = &buf[buf.iter().take_while(|&&b| b == b' ').count()..];
-    [&b"get "[..], b"gets ", b"gat ", b"gats "]
-        .iter()
-        .any(|p| trimmed.starts_with(p))
+    let indent = buf.iter().take_while(|&&b| b == b' ').count();
+    let trimmed = &buf[indent..];
+    indent <= MAX_GET_INDENT && (trimmed.starts_with(b"get ") || trimmed.starts_with(b"gets "))
 }
 
 fn is_meta(line: &[u8]) -> bool {
@@ -166,8 +178,11 @@ fn noreply(line: &[u8], tokens: &[Range<usize>]) -> bool {
 }
 
 /// A storage command: `<cmd> <key> <flags> <exptime> <bytes> [<cas>] [noreply]`. As in
-/// 1.6.45, once the length parses the data block is always read, even when another token
-/// is bad (so it is never mistaken for a command); extra tokens are ignored.
+/// 1.6.45, a line with fewer tokens or a data length that is not a number in
+/// `0..=INT_MAX-2` is malformed (answered even with `noreply`, which is only looked at
+/// later) and has no data block; once the length parses, the data block is always read,
+/// even when another token is bad (so it is never mistaken for a command); extra tokens
+/// are ignored. Client flags and exptime are still read with C's `strtoul`/`strtol`.
 fn decode_storage(
     buf: &mut BytesMut,
     nl: usize,
@@ -176,22 +191,28 @@ fn decode_storage(
     max_value: usize,
 ) -> Option<Request> {
     let line = &buf[..nl];
-    let nr = noreply(line, tokens);
     let tok = |i: usize| tokens.get(i).map(|r| &line[r.clone()]);
-    let Some(vlen) = tok(4).and_then(parse_i32).filter(|v| *v >= 0) else {
+    let max_len = i32::MAX - 2;
+    let Some(vlen) = tok(4)
+        .and_then(tok_i32)
+        .filter(|v| (0..=max_len).contains(v))
+    else {
         buf.advance_to(nl + 1);
-        return Some(text(Command::Invalid(BAD_FORMAT), nr));
+        return Some(invalid(BAD_FORMAT));
     };
+    let nr = noreply(line, tokens);
     let vlen = vlen as usize;
     let key_tok = tokens[1].clone();
-    let flags = tok(2).and_then(parse_u32);
-    let exptime = tok(3).and_then(parse_i32);
+    let flags = tok(2).and_then(strtoul_u32);
+    let exptime = tok(3).and_then(strtol32).map(i64::from);
     let cas = if mode == StoreMode::Cas {
-        tok(5).and_then(parse_u64)
+        tok(5).and_then(tok_u64)
     } else {
         Some(0)
     };
-    let valid = flags.is_some() && exptime.is_some() && cas.is_some();
+    // memcached checks the key's length first, then the numbers; all are the same error.
+    let valid =
+        key_tok.len() <= MAX_KEY_LEN && flags.is_some() && exptime.is_some() && cas.is_some();
     if vlen > max_value {
         // Cannot be stored whatever the key: answer now and skip the data as it comes.
         let line = buf.split_to(nl + 1).freeze();
@@ -246,8 +267,13 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
     let bad = |nr| text(Command::Invalid(BAD_FORMAT), nr);
     match tok(0) {
         b"get" | b"gets" if n >= 2 => get(line, &tokens[1..], None, tok(0) == b"gets"),
-        b"gat" | b"gats" if n >= 3 => match parse_i32(tok(1)) {
-            Some(exptime) => get(line, &tokens[2..], Some(exptime), tok(0) == b"gats"),
+        b"gat" | b"gats" if n >= 3 => match tok_i32(tok(1)) {
+            Some(exptime) => get(
+                line,
+                &tokens[2..],
+                Some(i64::from(exptime)),
+                tok(0) == b"gats",
+            ),
             None => invalid(Invalid::Client("invalid exptime argument")),
         },
         b"delete" if n >= 2 => {
@@ -271,7 +297,7 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
         }
         b"incr" | b"decr" if n >= 3 => {
             let Ok(key) = key_at(1) else { return bad(nr) };
-            match parse_u64(tok(2)) {
+            match tok_u64(tok(2)) {
                 Some(delta) => {
                     let incr = tok(0) == b"incr";
                     text(
@@ -293,8 +319,14 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
         }
         b"touch" if n >= 3 => {
             let Ok(key) = key_at(1) else { return bad(nr) };
-            match parse_i32(tok(2)) {
-                Some(exptime) => text(Command::Touch { key, exptime }, nr),
+            match tok_i32(tok(2)) {
+                Some(exptime) => text(
+                    Command::Touch {
+                        key,
+                        exptime: i64::from(exptime),
+                    },
+                    nr,
+                ),
                 None => text(
                     Command::Invalid(Invalid::Client("invalid exptime argument")),
                     nr,
@@ -305,8 +337,8 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             let delay = if n == if nr { 2 } else { 1 } {
                 0
             } else {
-                match parse_i32(tok(1)) {
-                    Some(d) => d,
+                match tok_i32(tok(1)) {
+                    Some(d) => i64::from(d),
                     None => {
                         return text(
                             Command::Invalid(Invalid::Client("invalid exptime argument")),
@@ -319,7 +351,7 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
         }
         // memcached ignores anything after `version` and `quit`.
         b"version" => text(Command::Version, false),
-        b"verbosity" if n >= 2 => match parse_u32(tok(1)) {
+        b"verbosity" if n >= 2 => match tok_u32(tok(1)) {
             Some(_) => text(Command::Verbosity, nr),
             None => bad(nr),
         },

@@ -9,14 +9,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::dispatch::{self, After, Ctx};
 use super::stats::{Counter, LocalCounters};
 use super::Shared;
-use crate::protocol::{binary, text, Request};
+use crate::protocol::stream::ClientDecoder;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// An idle connection's buffers are given back once they grew past this (a large value
@@ -54,24 +54,23 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
     let _slot = Slot(&shared);
     let registered = match stream {
         Stream::Tcp(s) => match TcpStream::from_std(s) {
-            Ok(s) => Ok(run(&shared, s).await),
+            Ok(s) => {
+                run(&shared, s).await;
+                Ok(())
+            }
             Err(e) => Err(e),
         },
         Stream::Unix(s) => match UnixStream::from_std(s) {
-            Ok(s) => Ok(run(&shared, s).await),
+            Ok(s) => {
+                run(&shared, s).await;
+                Ok(())
+            }
             Err(e) => Err(e),
         },
     };
     if let Err(e) = registered {
         tracing::warn!(error = %e, "cannot register a client socket");
     }
-}
-
-/// The dialect of a connection is fixed by its first byte, as in memcached.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    Text,
-    Binary,
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) {
@@ -83,10 +82,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
     // unregister a waiter on every request.
     let stopping = shutdown.wait_for(|s| *s);
     tokio::pin!(stopping);
-    let mut dialect = None;
-    let mut swallow = 0usize;
-    let mut scanned = 0usize;
-    let max_value = shared.config.max_item_size;
+    let mut decoder = ClientDecoder::new(shared.config.max_item_size);
     loop {
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -110,37 +106,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
         let mut now = shared.clock().now_secs();
         let mut close = false;
         loop {
-            if swallow > 0 {
-                let n = swallow.min(rbuf.len());
-                rbuf.advance(n);
-                swallow -= n;
-                if swallow > 0 {
-                    break;
-                }
-            }
-            let Some(&first) = rbuf.first() else { break };
-            let d = *dialect.get_or_insert(if first == 0x80 {
-                Dialect::Binary
-            } else {
-                Dialect::Text
-            });
-            let decoded: Result<Option<Request>, String> = match d {
-                Dialect::Text => {
-                    text::decode_from(&mut rbuf, max_value, &mut scanned).map_err(|e| e.to_string())
-                }
-                Dialect::Binary => binary::decode(&mut rbuf, max_value).map_err(|e| e.to_string()),
-            };
-            let req = match decoded {
+            let req = match decoder.decode(&mut rbuf) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(e) => {
+                    // memcached closes without a word here (an over-long line, a bad
+                    // binary magic byte); the reason is only worth a debug line.
                     tracing::debug!(error = %e, "closing connection on a protocol error");
                     close = true;
                     break;
                 }
             };
-            scanned = 0;
-            swallow = req.swallow;
             let mut req = req;
             loop {
                 let mut ctx = Ctx {
@@ -161,7 +137,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                         }
                         // Writing may have waited on a slow reader: time has moved.
                         now = shared.clock().now_secs();
-                        req = rest;
+                        req = *rest;
                     }
                 }
             }

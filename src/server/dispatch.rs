@@ -25,7 +25,7 @@ pub enum After {
     /// The answer so far passed [`ANSWER_CHUNK`] bytes: write it out, then run this, the
     /// rest of the request (a multi-key get), so that one request cannot make the server
     /// buffer without bound.
-    More(Request),
+    More(Box<Request>),
 }
 
 /// How much answer a connection may hold before writing it out.
@@ -100,12 +100,12 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
                     touch,
                     cas,
                 };
-                return After::More(Request {
+                return After::More(Box::new(Request {
                     command,
                     reply,
                     close: req.close,
                     swallow: 0,
-                });
+                }));
             }
             protocol::encode_end(&reply, out);
             None

@@ -133,12 +133,20 @@ fn get(ctx: &mut Ctx<'_>, g: &MetaGet, reply: &MetaReply, out: &mut BytesMut) {
                 (None, Some(_)) => (&[][..], 0, 0, Version::NONE, now, false, 0),
                 (None, None) => return (Mutation::Keep, GetResult::Miss, false),
             };
+            let held = version;
             // New versions are taken now, so that `c` shows them wherever it stands.
             let version = if created || (touch.is_some() && replicated) {
                 g.cas_in.map_or_else(|| hlc.tick(), Version)
             } else {
                 version
             };
+            // `C`: the client's copy is current if its CAS is the one the item had when it
+            // was found (or was created with), so the value is not sent again.
+            let compared = if created { version } else { held };
+            let current = g
+                .compare_cas
+                .is_some_and(|c| c == if cas_on { compared.0 } else { 0 });
+            let send_value = reply.value && !current;
             let mut view = HitView {
                 key: g.key.as_bytes(),
                 value,
@@ -149,7 +157,7 @@ fn get(ctx: &mut Ctx<'_>, g: &MetaGet, reply: &MetaReply, out: &mut BytesMut) {
                 fetched,
                 now,
             };
-            if reply.value {
+            if send_value {
                 out.extend_from_slice(b"VA ");
                 put_u64(out, value.len() as u64);
             } else {
@@ -211,7 +219,7 @@ fn get(ctx: &mut Ctx<'_>, g: &MetaGet, reply: &MetaReply, out: &mut BytesMut) {
                 out.extend_from_slice(b" W");
             }
             out.extend_from_slice(b"\r\n");
-            if reply.value {
+            if send_value {
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");
             }

@@ -28,7 +28,8 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
         Some(b"settings") => Outcome::Stats(settings(ctx)),
         Some(b"items") => Outcome::Stats(items(ctx)),
         Some(b"slabs") => Outcome::Stats(slabs(ctx)),
-        Some(b"sizes") => Outcome::Stats(Vec::new()),
+        // memcached without `-o track_sizes`, which meshcached has no counterpart for.
+        Some(b"sizes") => Outcome::Stats(vec![("sizes_status".into(), "disabled".into())]),
         Some(b"conns") => Outcome::Stats(Vec::new()),
         Some(b"replication") => Outcome::Stats(replication(ctx)),
         Some(b"reset") => {

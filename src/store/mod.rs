@@ -233,6 +233,9 @@ pub struct ShardStats {
 
 pub type StoreStats = ShardStats;
 
+/// One live item as [`Store::dump`] copies it: key, value, flags, exptime, version.
+pub type DumpedItem = (Vec<u8>, Vec<u8>, u32, u32, Version);
+
 pub struct Store {
     journal: std::sync::OnceLock<Journal>,
     shards: Box<[Mutex<Shard>]>,
@@ -418,7 +421,7 @@ impl Store {
 
     /// Every live item as (key, value, flags, exptime, version), in no particular order. For
     /// tests and debugging: it copies the whole store.
-    pub fn dump(&self, now: u32) -> Vec<(Vec<u8>, Vec<u8>, u32, u32, Version)> {
+    pub fn dump(&self, now: u32) -> Vec<DumpedItem> {
         let floor = self.flush_floor(now);
         let mut out = Vec::new();
         for shard in self.shards.iter() {

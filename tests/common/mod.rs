@@ -210,7 +210,7 @@ impl Client {
     /// Reads to end of stream; true if the server closed the connection.
     pub fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.stream.read_to_end(&mut rest), Ok(_))
+        self.stream.read_to_end(&mut rest).is_ok()
     }
 }
 

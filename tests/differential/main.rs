@@ -106,6 +106,7 @@ scripts! {
     text_arith,
     text_delete_touch,
     text_errors,
+    text_admin,
     text_limits,
     text_misc,
     text_nocas,

@@ -210,7 +210,7 @@ fn parse_step_head(line: &str) -> Result<StepKind, String> {
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("odd number of hex digits: {text}"));
     }
     (0..digits.len())

@@ -465,7 +465,7 @@ fn outcomes() {
 #[test]
 fn a_bad_header_is_answered_before_its_key_arrives() {
     // GET with keylen 65535: refused on the 24-byte header alone.
-    let mut header = vec![0u8; 24];
+    let mut header = [0u8; 24];
     header[0] = 0x80;
     header[2] = 0xff;
     header[3] = 0xff;

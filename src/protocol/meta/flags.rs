@@ -1,10 +1,13 @@
 //! Meta request lines as memcached 1.6.45 reads them: its tokenizer, its flag pre-parse and
-//! its number rules (C's `strtol` family), so that odd input gets the same answer.
+//! its number rules (mcmc's strict converters, see `numbers`), so that odd input gets the
+//! same answer.
 //!
 //! Everything here works on the undecoded line (`&[u8]`, offsets into it), so that the
 //! decoder can look at a line without consuming it.
 
 use std::ops::Range;
+
+use crate::protocol::numbers::{tok_i32, tok_u32, tok_u64};
 
 /// memcached's tokenizer keeps at most this many tokens (`MCMC_PARSER_MAX_TOKENS - 1`);
 /// whatever follows the last one is ignored.
@@ -91,6 +94,19 @@ pub struct Flags {
     pub rets: Vec<RetToken>,
 }
 
+/// A flag's numeric argument (`mcmc_token_get_flag_arg_*`): a flag alone has none.
+fn num_i32(arg: &[u8]) -> Option<i32> {
+    (!arg.is_empty()).then(|| tok_i32(arg)).flatten()
+}
+
+fn num_u32(arg: &[u8]) -> Option<u32> {
+    (!arg.is_empty()).then(|| tok_u32(arg)).flatten()
+}
+
+fn num_u64(arg: &[u8]) -> Option<u64> {
+    (!arg.is_empty()).then(|| tok_u64(arg)).flatten()
+}
+
 /// memcached's `_meta_flag_preparse`: flags start at token `start`; `line` is the whole
 /// line including its terminator. Errors are `CLIENT_ERROR` messages.
 pub fn preparse(line: &[u8], tokens: &[Range<usize>], start: usize) -> Result<Flags, &'static str> {
@@ -130,9 +146,9 @@ pub fn preparse(line: &[u8], tokens: &[Range<usize>], start: usize) -> Result<Fl
             return Err("duplicate flag");
         }
         seen[usize::from(o)] = true;
-        // The number parsers read on past the token, as memcached's do, up to the end of
-        // the line.
-        let rest = &line[tok.start + 1..];
+        // A flag's argument is the rest of its token; 1.6.45 reads numbers in it with
+        // mcmc's strict converters, and a flag with no argument has no number.
+        let arg = &line[tok.start + 1..tok.end];
         match o {
             b'b' => {
                 match base64_decode(&line[key.clone()]) {
@@ -141,7 +157,7 @@ pub fn preparse(line: &[u8], tokens: &[Range<usize>], start: usize) -> Result<Fl
                 }
                 f.base64 = true;
             }
-            b'N' | b'T' | b'R' => match strtol32(rest) {
+            b'N' | b'T' | b'R' => match num_i32(arg) {
                 Some(n) => {
                     let n = Some(i64::from(n));
                     let ret = match o {
@@ -177,25 +193,26 @@ pub fn preparse(line: &[u8], tokens: &[Range<usize>], start: usize) -> Result<Fl
             b'x' => f.remove_value = true,
             b'I' => f.stale = true,
             // A bad client flags token keeps the default message.
-            b'F' => match strtoull(rest) {
-                Some(n) => f.client_flags = n as u32,
+            b'F' => match num_u32(arg) {
+                Some(n) => f.client_flags = n,
                 None => error = Some(error.unwrap_or(BAD_FORMAT)),
             },
-            b'C' => match strtoull(rest) {
+            b'C' => match num_u64(arg) {
                 Some(n) => f.compare_cas = Some(n),
                 None => error = Some(BAD_TOKEN),
             },
-            b'E' => match strtoull(rest) {
+            b'E' => match num_u64(arg) {
                 Some(n) => f.cas_in = Some(n),
                 None => error = Some(BAD_TOKEN),
             },
-            // The line always goes on past the token (at least its '\n').
-            b'M' => f.mode = rest.first().copied(),
-            b'J' => match strtoull(rest) {
+            // memcached reads the byte after `M` whatever it is: with no argument that is
+            // the space or line end after the token.
+            b'M' => f.mode = line.get(tok.start + 1).copied(),
+            b'J' => match num_u64(arg) {
                 Some(n) => f.initial = n,
                 None => error = Some("invalid numeric initial value"),
             },
-            b'D' => match strtoull(rest) {
+            b'D' => match num_u64(arg) {
                 Some(n) => f.delta = n,
                 None => error = Some("invalid numeric delta value"),
             },
@@ -206,98 +223,6 @@ pub fn preparse(line: &[u8], tokens: &[Range<usize>], start: usize) -> Result<Fl
         Some(e) => Err(e),
         None => Ok(f),
     }
-}
-
-/// C's `isspace`.
-fn is_space(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
-/// The common part of `strtol`/`strtoull`: leading whitespace, a sign, decimal digits.
-/// Returns (negative, magnitude or `None` on u64 overflow, index after the digits), or
-/// `None` when there are no digits. memcached's `safe_*` wrappers then demand that a space
-/// (or the end) follows.
-fn scan(s: &[u8]) -> Option<(bool, Option<u64>, usize)> {
-    let mut i = s.iter().take_while(|&&c| is_space(c)).count();
-    let neg = match s.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
-    let digits = s[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-    if digits == 0 {
-        return None;
-    }
-    let mut n: Option<u64> = Some(0);
-    for &c in &s[i..i + digits] {
-        n = n
-            .and_then(|n| n.checked_mul(10))
-            .and_then(|n| n.checked_add(u64::from(c - b'0')));
-    }
-    let end = i + digits;
-    if s.get(end).is_some_and(|&c| !is_space(c)) {
-        return None;
-    }
-    Some((neg, n, end))
-}
-
-/// `safe_strtol`: a C `long`, then silently truncated to the 32-bit destination.
-pub fn strtol32(s: &[u8]) -> Option<i32> {
-    let (neg, n, _) = scan(s)?;
-    let n = n?;
-    let v: i64 = if neg {
-        if n > 1 << 63 {
-            return None;
-        }
-        0i64.wrapping_sub(n as i64)
-    } else {
-        i64::try_from(n).ok()?
-    };
-    Some(v as i32)
-}
-
-/// `safe_strtoull` (and `safe_strtoul`, the same on 64-bit): negative numbers wrap, and are
-/// refused only when the result looks negative and a '-' appears in what follows.
-pub fn strtoull(s: &[u8]) -> Option<u64> {
-    let (neg, n, _) = scan(s)?;
-    let n = n?;
-    let v = if neg { 0u64.wrapping_sub(n) } else { n };
-    if (v as i64) < 0 && s.contains(&b'-') {
-        return None;
-    }
-    Some(v)
-}
-
-/// mcmc's strict `tokto32`, used for the data length of `ms`: digits only, an optional
-/// leading '-', at most 11 characters.
-pub fn tokto32(t: &[u8]) -> Option<i32> {
-    if t.len() > 11 {
-        return None;
-    }
-    let (neg, digits) = match t.first() {
-        Some(b'-') => (true, &t[1..]),
-        _ => (false, t),
-    };
-    let mut sum: i32 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        let d = i32::from(c - b'0');
-        sum = sum.checked_mul(10)?;
-        sum = if neg {
-            sum.checked_sub(d)?
-        } else {
-            sum.checked_add(d)?
-        };
-    }
-    Some(sum)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

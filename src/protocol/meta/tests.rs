@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 
-use super::flags::{base64_encode, strtol32, strtoull, tokenize, tokto32};
+use super::flags::{base64_encode, tokenize};
 use super::*;
 use crate::protocol::text;
 
@@ -63,7 +63,7 @@ fn opaque(o: &str) -> Ret {
 
 #[test]
 fn mg_flags() {
-    let (cmd, reply) = meta_cmd("mg foo s v t c f l h k Oab q u T30 N-1 R5 E77\r\n");
+    let (cmd, reply) = meta_cmd("mg foo s v t c f l h k Oab q u T30 N-1 R5 E77 C9\r\n");
     assert_eq!(
         cmd,
         MetaCommand::Get(MetaGet {
@@ -72,6 +72,7 @@ fn mg_flags() {
             vivify: Some(-1),
             recache: Some(5),
             no_bump: true,
+            compare_cas: Some(9),
             cas_in: Some(77),
         })
     );
@@ -362,38 +363,6 @@ fn line_errors() {
         one("mg foo s v t c f l h k O1 q u T1 N1 R1 E1 P L x\r\n").command,
         Command::Meta(_)
     ));
-}
-
-#[test]
-fn numbers_follow_c() {
-    assert_eq!(strtol32(b"30 "), Some(30));
-    assert_eq!(strtol32(b"+5\r\n"), Some(5));
-    assert_eq!(strtol32(b"-1\n"), Some(-1));
-    assert_eq!(strtol32(b" 7 v"), Some(7), "strtol skips leading space");
-    assert_eq!(strtol32(b"\r\n"), None);
-    assert_eq!(strtol32(b"5x"), None);
-    // A C long, then truncated to 32 bits.
-    assert_eq!(strtol32(b"4294967296 "), Some(0));
-    assert_eq!(strtol32(b"2147483648 "), Some(i32::MIN));
-    assert_eq!(strtol32(b"9223372036854775808 "), None);
-    assert_eq!(strtol32(b"-9223372036854775808 "), Some(0));
-    assert_eq!(strtoull(b"18446744073709551615 "), Some(u64::MAX));
-    assert_eq!(strtoull(b"18446744073709551616 "), None);
-    assert_eq!(strtoull(b"-1 "), None);
-    assert_eq!(strtoull(b"-0 "), Some(0));
-    assert_eq!(strtoull(b"-18446744073709551615 "), Some(1));
-    assert_eq!(
-        strtoull(b"9223372036854775808 x-y"),
-        None,
-        "looks negative, '-' follows"
-    );
-    assert_eq!(strtoull(b"9223372036854775808 "), Some(1 << 63));
-    assert_eq!(tokto32(b"2147483647"), Some(i32::MAX));
-    assert_eq!(tokto32(b"2147483648"), None);
-    assert_eq!(tokto32(b"-2147483648"), Some(i32::MIN));
-    assert_eq!(tokto32(b"-"), Some(0));
-    assert_eq!(tokto32(b"+1"), None);
-    assert_eq!(tokto32(b"000000000001"), None, "longer than 11 characters");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::*;
 fn decode_all(input: &[u8]) -> Vec<String> {
     let mut buf = BytesMut::from(input);
     let mut out = Vec::new();
-    while let Some(req) = decode(&mut buf, 1 << 20).expect("text decode") {
+    while let Ok(Some(req)) = decode(&mut buf, 1 << 20) {
         out.push(format!(
             "{:?}|{:?}|{}|{}",
             req.command, req.reply, req.close, req.swallow
@@ -110,11 +110,34 @@ fn oversized_value_is_swallowed_not_buffered() {
 }
 
 #[test]
-fn overlong_line_is_answered_and_closes() {
-    let mut buf = BytesMut::from(&vec![b'a'; MAX_LINE + 1][..]);
-    let req = decode(&mut buf, 1 << 20).unwrap().unwrap();
-    assert!(req.close);
-    // A long multi-get is fine.
+fn overlong_line_closes_without_an_answer() {
+    let too_long = |line: &[u8]| {
+        let mut buf = BytesMut::from(line);
+        decode(&mut buf, 1 << 20)
+    };
+    let err = |len, limit| Err(TextError::LineTooLong { len, limit });
+    assert_eq!(too_long(&[b'a'; MAX_LINE + 1]), err(MAX_LINE + 1, MAX_LINE));
+    assert_eq!(
+        too_long(&[b'a'; MAX_LINE]),
+        Ok(None),
+        "at the limit: waiting"
+    );
+    // gat is not a get for this rule, and neither is a get after more than 100 spaces.
+    let mut gat = b"gat 0 ".to_vec();
+    gat.resize(MAX_LINE + 1, b'k');
+    assert_eq!(too_long(&gat), err(MAX_LINE + 1, MAX_LINE));
+    let mut indented = vec![b' '; 101];
+    indented.extend_from_slice(b"get ");
+    indented.resize(MAX_LINE + 1, b'k');
+    assert_eq!(too_long(&indented), err(MAX_LINE + 1, MAX_LINE));
+    // An unterminated get may run to MAX_GET_LINE.
+    let mut get = vec![b' '; 100];
+    get.extend_from_slice(b"gets ");
+    get.resize(MAX_GET_LINE, b'k');
+    assert_eq!(too_long(&get), Ok(None));
+    get.push(b'k');
+    assert_eq!(too_long(&get), err(MAX_GET_LINE + 1, MAX_GET_LINE));
+    // A long multi-get that is terminated is fine.
     let mut line = b"get".to_vec();
     for i in 0..1000 {
         line.extend_from_slice(format!(" key{i}").as_bytes());
@@ -125,6 +148,38 @@ fn overlong_line_is_answered_and_closes() {
         Command::Get { keys, .. } => assert_eq!(keys.len(), 1000),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn data_length_past_int_max_minus_2_is_a_bad_line_without_a_block() {
+    for line in [
+        &b"set k 0 0 2147483646\r\n"[..],
+        b"set k 0 0 2147483647 noreply\r\n",
+        b"set k 0 0 +1\r\n",
+        b"set k 0 0 000000000001\r\n",
+        b"set k noreply\r\n",
+    ] {
+        let mut buf = BytesMut::from(line);
+        let req = decode(&mut buf, 1 << 20).unwrap().unwrap();
+        let shown = matches!(req.reply, Reply::Text { noreply: false });
+        assert!(
+            matches!(req.command, Command::Invalid(BAD_FORMAT)) && shown && req.swallow == 0,
+            "{line:?}: {req:?}"
+        );
+        assert!(buf.is_empty());
+    }
+    // INT_MAX - 2 itself is a length: too large here, and its block is swallowed.
+    let mut buf = BytesMut::from(&b"set k 0 0 2147483645\r\n"[..]);
+    let req = decode(&mut buf, 1 << 20).unwrap().unwrap();
+    assert!(matches!(req.command, Command::TooLarge { .. }));
+    assert_eq!(req.swallow, 2_147_483_647);
+}
+
+#[test]
+fn storage_flags_and_exptime_are_read_like_strtoul() {
+    let r = decode_all(b"set k +5 4294967297 1\r\nx\r\nset k 4294967296 +1 1\r\nx\r\n");
+    assert!(r[0].contains("flags: 5, exptime: 1,"), "{}", r[0]);
+    assert!(r[1].contains("flags: 0, exptime: 1,"), "{}", r[1]);
 }
 
 #[test]

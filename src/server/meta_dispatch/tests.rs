@@ -138,6 +138,33 @@ fn get_flags_quiet_and_misses() {
 }
 
 #[test]
+fn conditional_value_fetch() {
+    let s = TestServer::start(|_| {});
+    let mut c = s.client();
+    c.q("ms k 2 T100\nhi");
+    let cas = c.cas("k");
+    // The client's copy is current: HD, no value; other flags as usual.
+    assert_eq!(c.q(&format!("mg k C{cas} v s")), "HD s2");
+    assert_eq!(c.q(&format!("mg k C{cas} v c")), format!("HD c{cas}"));
+    assert_eq!(c.q(&format!("mg k C{} v s", cas + 1)), "VA 2 s2|hi");
+    // Without v nothing changes, and T applies whether or not the CAS matches.
+    assert_eq!(c.q(&format!("mg k C{cas} t")), "HD t100");
+    assert_eq!(c.q(&format!("mg k C{cas} v T300 t")), "HD t300");
+    // A miss is a miss; an item N creates is compared with the CAS it was created with.
+    assert_eq!(c.q("mg nope C1 v"), "EN");
+    assert_eq!(c.q("mg viv N30 E77 C77 v s"), "HD s0 W");
+}
+
+#[test]
+fn conditional_value_fetch_with_cas_off() {
+    let s = TestServer::start(|c| c.cas_enabled = false);
+    let mut c = s.client();
+    c.q("ms k 2\nhi");
+    assert_eq!(c.q("mg k C0 v"), "HD", "every CAS shows as 0");
+    assert_eq!(c.q("mg k C1 v"), "VA 2|hi");
+}
+
+#[test]
 fn hit_before_last_access_and_no_bump() {
     let s = TestServer::start(|_| {});
     let mut c = s.client();
