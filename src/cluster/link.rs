@@ -186,9 +186,9 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     );
     cl.act(actions);
     cl.sync_step();
-    reconcile_if_due(&cl, &hello, &ctl_tx);
     // Checked in the handshake.
     let their_node = NodeId::new(hello.node_id).unwrap_or_default();
+    reconcile_if_due(&cl, &hello, their_node, &ctl_tx);
     let position = (!peer_defers).then_some(send::Position {
         run: hello.have_run,
         seq: hello.have_seq,
@@ -244,10 +244,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
 
 /// Asks the peer for a full snapshot to reconcile with, when this node was apart from the
 /// same run of it for longer than the tombstone TTL (see [`super::reconcile`]).
-fn reconcile_if_due(cl: &Cluster, hello: &Hello, ctl: &mpsc::Sender<super::Ctl>) {
-    let Some(node_id) = NodeId::new(hello.node_id) else {
-        return;
-    };
+fn reconcile_if_due(cl: &Cluster, hello: &Hello, node_id: NodeId, ctl: &mpsc::Sender<super::Ctl>) {
     let now_ms = cl.hlc.clock().now_ms();
     let due = cl.reconciler().link_up(
         &hello.name,

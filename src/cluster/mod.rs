@@ -390,19 +390,12 @@ impl Cluster {
                 // the other peers resending from there is harmless.
                 // Only for members: a peer cannot make us keep positions (and counters)
                 // for names it invents.
-                let table = self.table();
-                let members: Vec<&str> = begin
-                    .positions
-                    .iter()
-                    .map(|p| p.origin.as_str())
-                    .filter(|o| table.peer(o).is_some())
-                    .collect();
-                drop(table);
-                for p in begin
-                    .positions
-                    .iter()
-                    .filter(|p| members.contains(&p.origin.as_str()))
-                {
+                let members: Vec<_> = {
+                    let table = self.table();
+                    let known = |p: &&Position| table.peer(&p.origin).is_some();
+                    begin.positions.iter().filter(known).collect()
+                };
+                for p in members {
                     if p.origin != self.name && p.origin != peer {
                         self.peer_counters(&p.origin).set_have(p.run_id, p.seq);
                     }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::clock::HLC_EPOCH_MS;
+use crate::clock::{Version, HLC_EPOCH_MS};
 use crate::replication::log::{Entry, Lagged, Mutation, Op, ReplLog, RunId};
 use crate::store::{Change, Flush};
 
@@ -110,8 +110,8 @@ impl Outbox {
     /// The physical time (ms since the unix epoch) of entry `seq`, if still held; for lag.
     pub fn entry_ms(&self, seq: u64) -> Option<u64> {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = log.read(seq.checked_sub(1)?, 0).ok()?.into_iter().next()?;
-        (entry.seq == seq).then(|| entry.mutation.version.physical_ms() + HLC_EPOCH_MS)
+        let entry = held(&log, seq)?;
+        Some(entry.mutation.version.physical_ms() + HLC_EPOCH_MS)
     }
 
     /// A version such that every own write at or below it is at or before entry `seq` of
@@ -120,23 +120,15 @@ impl Outbox {
     /// writes made on other shards at the same moment (at most one per worker thread) can
     /// follow `seq` with smaller versions. The lowest version among the entries that follow
     /// closely covers them.
-    pub fn acked_bound(&self, seq: u64) -> Option<crate::clock::Version> {
+    pub fn acked_bound(&self, seq: u64) -> Option<Version> {
         const FOLLOWERS: usize = 64;
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let entries = log.read(seq.checked_sub(1)?, 0).ok()?;
-        let at = entries.first().filter(|e| e.seq == seq)?;
-        let mut bound = at.mutation.version;
-        // `read` with no byte budget yields one entry; the followers are read the same way.
-        let mut cursor = seq;
-        for _ in 0..FOLLOWERS {
-            let Some(next) = log.read(cursor, 0).ok().and_then(|v| v.into_iter().next()) else {
-                break;
-            };
-            if next.mutation.version < bound {
-                bound = crate::clock::Version(next.mutation.version.0.saturating_sub(1));
-            }
-            cursor = next.seq;
-        }
+        let at = held(&log, seq)?;
+        let followers = std::iter::successors(next_after(&log, seq), |e| next_after(&log, e.seq));
+        let bound = followers
+            .take(FOLLOWERS)
+            .map(|e| Version(e.mutation.version.0.saturating_sub(1)))
+            .fold(at.mutation.version, Version::min);
         Some(bound)
     }
 
@@ -153,6 +145,17 @@ impl Outbox {
             notified.await;
         }
     }
+}
+
+/// The entry right after `cursor`, if the log holds one (`read` with no byte budget yields
+/// a single entry).
+fn next_after(log: &ReplLog, cursor: u64) -> Option<Entry> {
+    log.read(cursor, 0).ok()?.into_iter().next()
+}
+
+/// Entry `seq`, if the log still holds it.
+fn held(log: &ReplLog, seq: u64) -> Option<Entry> {
+    next_after(log, seq.checked_sub(1)?).filter(|e| e.seq == seq)
 }
 
 #[cfg(test)]

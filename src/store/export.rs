@@ -96,8 +96,8 @@ impl Store {
     /// reconciles for itself. Returns how many items were removed.
     pub fn forget_where(&self, now: u32, mut drop: impl FnMut(u64, Version) -> bool) -> u64 {
         let mut removed = 0;
+        let floor = self.flush_floor(now);
         for (i, shard) in self.shards.iter().enumerate() {
-            let floor = self.flush_floor(now);
             let mut shard = lock(shard);
             let mut idx = 0;
             while let Some(s) = shard.slot_at(idx) {
