@@ -50,7 +50,7 @@ pub async fn accept_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
 pub async fn dial_loop(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>) {
     loop {
         let now = cl.hlc.clock().now_ms();
-        let due = cl.table().due(now);
+        let due = cl.core().table_mut().due(now);
         for dial in due {
             tokio::spawn(dial_one(cl.clone(), endpoint.clone(), dial));
         }
@@ -81,16 +81,16 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
                 if pc.name == cl.name {
                     tracing::debug!(%addr, "seed address is this node itself");
                     pc.conn
-                        .close(link::CLOSE_REFUSED.into(), b"connected to itself");
-                    cl.table().seed_is_self(*index);
+                        .close(super::core::CLOSE_REFUSED.into(), b"connected to itself");
+                    cl.core().table_mut().seed_is_self(*index);
                     DialEnd::Failed
                 } else {
-                    cl.table().seed_named(*index, &pc.name);
+                    cl.core().table_mut().seed_named(*index, &pc.name);
                     registered(link::run(cl.clone(), pc, true).await)
                 }
             }
             Err((e, unanswered)) => {
-                if cl.table().seed_failed(*index, e.clone()) {
+                if cl.core().table_mut().seed_failed(*index, e.clone()) {
                     tracing::warn!(node = %cl.name, peer = %addr, "cannot reach peer (retrying): {e}");
                 }
                 if unanswered {
@@ -102,7 +102,7 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
         },
     };
     let now = cl.hlc.clock().now_ms();
-    cl.table().dial_ended(&dial, outcome, now);
+    cl.core().table_mut().dial_ended(&dial, outcome, now);
     cl.dial_wake.notify_one();
 }
 

@@ -1,34 +1,22 @@
 //! One peer connection, from hello to close: each side opens a unidirectional stream and
-//! writes its [`Hello`] first, reads the peer's, registers the connection in the peer table
-//! (which may prefer another connection to the same peer), then runs three loops until one
-//! fails: the sender ([`super::send`]) streams this node's log from the peer's position
-//! (and snapshots when the log does not reach back that far), the receiver
-//! ([`super::recv`]) applies the peer's batches, and the snapshot receiver
-//! ([`super::snapshot`]) applies the snapshots the peer streams on streams of their own.
+//! writes its [`Hello`] first, reads the peer's, hands it to the core (which checks it and
+//! may prefer another connection to the same peer), then runs the four stream loops of
+//! [`super::streams`] until one fails, and tells the core the link is down.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::{mpsc, Notify};
 
-use super::peers::{LinkMeta, Offer};
-use super::{recv, send, snapshot, Cluster, PeerCounters};
-use crate::clock::{NodeId, Version};
-use crate::replication::frame::{
-    self, Frame, FrameError, Hello, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
+use super::core::{
+    Connection, PeerError, Refusal, CLOSE_DUPLICATE, CLOSE_LEAVING, CLOSE_PROTOCOL, CLOSE_REFUSED,
 };
+use super::{streams, Cluster};
+use crate::replication::frame::{self, Frame, FrameError, Hello};
 use crate::replication::transport::PeerConn;
 
 /// How long a peer has to send its hello once connected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Application close codes on peer connections.
-pub const CLOSE_DUPLICATE: u32 = 2;
-pub const CLOSE_REFUSED: u32 = 3;
-pub const CLOSE_PROTOCOL: u32 = 4;
-/// The peer is shutting down gracefully: not a failure.
-pub const CLOSE_LEAVING: u32 = 5;
 
 /// Why a link ended, for the "peer down" log line.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +29,12 @@ pub enum LinkError {
     Read(#[from] quinn::ReadError),
     #[error("malformed frame from the peer: {0}")]
     Frame(#[from] FrameError),
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    #[error("{0}")]
+    Peer(#[from] PeerError),
     #[error("the peer closed its stream")]
     StreamEnded,
     #[error("no hello within {HELLO_TIMEOUT:?}")]
     HelloTimeout,
-    #[error("{0}")]
-    Clock(String),
 }
 
 /// Whether a peer's clock is too far from ours to replicate with: its hello's wall time
@@ -87,16 +73,9 @@ pub fn clock_refusal(
 pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     let conn = pc.conn.clone();
     let addr = conn.remote_address();
-    let token = cl.token();
-    let counters = cl.peer_counters(&pc.name);
-    let (hello, deferred, send, recv, buf) = match handshake(&cl, &pc, &counters).await {
+    let link = cl.new_link_id();
+    let (ours, theirs, send, recv, buf) = match handshake(&cl, &pc).await {
         Ok(parts) => parts,
-        Err(LinkError::Clock(why)) => {
-            cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(node = %cl.name, peer = %pc.name, %addr, "refusing peer: {why}");
-            conn.close(CLOSE_REFUSED.into(), why.as_bytes());
-            return false;
-        }
         Err(e) => {
             match conn.close_reason() {
                 // The peer refused us (a node id clash, say) and said why: that must be seen.
@@ -113,149 +92,81 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
             return false;
         }
     };
-    let now_ms = cl.hlc.clock().now_ms();
-    let meta = LinkMeta {
+    let node_id = theirs.node_id;
+    // Registered before the core hears of it, so that its events can name it.
+    cl.conns().insert(link, conn.clone());
+    let now_ms = cl.now_ms();
+    let conn_info = Connection {
+        link,
+        cert_name: &pc.name,
         dialed_by_me,
         addr,
-        run_id: hello.run_id,
-        token,
     };
-    let offer = cl.table().offer(&hello, meta, conn.clone(), now_ms);
-    let (replacing, restarted) = match offer {
-        Offer::Keep {
-            replaced,
-            restarted,
-        } => match replaced {
-            Some(old) => {
-                old.close(CLOSE_DUPLICATE.into(), b"replaced by a newer connection");
-                (true, restarted)
-            }
-            None => (false, false),
-        },
-        Offer::Duplicate => {
-            conn.close(CLOSE_DUPLICATE.into(), b"duplicate connection");
-            return false;
-        }
-        Offer::ToSelf => {
-            if hello.run_id != cl.outbox.run_id() {
-                tracing::error!(node = %cl.name, %addr, "another running node uses this node's name; every node needs its own name and certificate");
-            }
-            conn.close(CLOSE_REFUSED.into(), b"connected to itself");
-            return false;
-        }
-        Offer::IdClash { id, holder } => {
-            cl.counters.peers_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(node = %cl.name, peer = %hello.name, %addr, "refusing peer: node id {id} is already taken by {holder:?}; give each node a distinct --node-id");
-            let reason = format!("node id {id} is already taken by {holder}");
-            conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+    let up = cl.with(|c| c.link_up(conn_info, &ours, theirs, now_ms));
+    let up = match up {
+        Ok(up) => up,
+        Err(refusal) => {
+            cl.conns().remove(&link);
+            log_refusal(&cl, &pc.name, addr, &refusal);
+            conn.close(refusal.code().into(), refusal.reason().as_bytes());
             return false;
         }
     };
-    cl.members.send_modify(|v| *v += 1);
-    // The peer asks us to hold our stream until it has chosen a donor.
-    let peer_defers = hello.flags & HELLO_DEFER != 0;
-    if restarted {
-        tracing::info!(node = %cl.name, peer = %hello.name, %addr, "peer restarted; up again");
-    } else if replacing {
-        tracing::debug!(node = %cl.name, peer = %hello.name, %addr, "peer connection replaced (simultaneous dial)");
+    if up.restarted {
+        tracing::info!(node = %cl.name, peer = %up.peer, %addr, "peer restarted; up again");
+    } else if up.replaced.is_some() {
+        tracing::debug!(node = %cl.name, peer = %up.peer, %addr, "peer connection replaced (simultaneous dial)");
     } else {
-        tracing::info!(node = %cl.name, peer = %hello.name, %addr, node_id = hello.node_id, "peer up");
+        tracing::info!(node = %cl.name, peer = %up.peer, %addr, node_id, "peer up");
     }
-    // What the peer has of our log is what its hello says, nothing of an earlier run.
-    let acked = if hello.have_run == cl.outbox.run_id() {
-        hello.have_seq.min(cl.outbox.last_seq())
-    } else {
-        0
-    };
-    counters.acked_seq.store(acked, Ordering::Relaxed);
-    counters.sent_seq.store(acked, Ordering::Relaxed);
-    // This link's own wake-up for acknowledgements: a replaced link's sender must not take
-    // the new one's.
-    let applied = Notify::new();
-    let (ctl_tx, ctl_rx) = mpsc::channel(super::CTL_QUEUE);
-    cl.links
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(hello.name.clone(), (token, ctl_tx.clone()));
-    let actions = cl.plan().up(
-        &hello.name,
-        hello.flags & HELLO_READY != 0,
-        hello.load,
-        peer_defers,
-        deferred,
-    );
-    cl.act(actions);
-    cl.sync_step();
-    // Checked in the handshake.
-    let their_node = NodeId::new(hello.node_id).unwrap_or_default();
-    reconcile_if_due(&cl, &hello, their_node, &ctl_tx);
-    let position = (!peer_defers).then_some(send::Position {
-        run: hello.have_run,
-        seq: hello.have_seq,
-        empty: hello.flags & HELLO_EMPTY != 0,
-    });
-    let link = send::Link {
-        cl: &cl,
-        peer: &hello.name,
-        conn: &conn,
-        counters: &counters,
-        applied: &applied,
-    };
+    let counters = cl.core().peer_counters(&up.peer);
     let reason = tokio::select! {
-        r = send::send_loop(&link, send, ctl_rx, position) => r,
-        r = recv::recv_loop(&cl, &hello.name, &counters, &applied, &ctl_tx, recv, buf, hello.run_id, their_node) => r,
-        r = snapshot::receive_snapshots(&cl, &hello.name, hello.run_id, &conn) => r,
+        r = streams::send_live(&cl, link, &counters, send) => r,
+        r = streams::recv_live(&cl, link, &counters, recv, buf) => r,
+        r = streams::send_snapshots(&cl, link, &conn) => r,
+        r = streams::recv_snapshots(&cl, link, &conn) => r,
     };
-    {
-        let mut links = cl.links.lock().unwrap_or_else(|e| e.into_inner());
-        if links.get(&hello.name).is_some_and(|(t, _)| *t == token) {
-            links.remove(&hello.name);
-        }
-    }
+    cl.conns().remove(&link);
     let (reason, ending) = match reason {
         Ok(()) => ("closed".to_string(), Ending::Failed),
         Err(e) => describe(&e, &conn),
     };
-    let now_ms = cl.hlc.clock().now_ms();
-    let was_registered = cl.table().down(&hello.name, token, now_ms);
-    if was_registered {
-        cl.reconciler().link_down(&hello.name, now_ms);
-        cl.plan().down(&hello.name);
-        cl.sync_step();
-        if let Some(p) = cl.table().peer_mut(&hello.name) {
-            p.needs_resync = false;
-        }
+    let now_ms = cl.now_ms();
+    if cl.with(|c| c.link_down(link, now_ms)) {
+        let peer = &up.peer;
         match ending {
             Ending::Replaced => {
-                tracing::debug!(node = %cl.name, peer = %hello.name, %addr, "peer connection closed: {reason}")
+                tracing::debug!(node = %cl.name, %peer, %addr, "peer connection closed: {reason}")
             }
             Ending::Left => {
-                tracing::info!(node = %cl.name, peer = %hello.name, %addr, "peer left: {reason}")
+                tracing::info!(node = %cl.name, %peer, %addr, "peer left: {reason}")
             }
             Ending::Failed => {
-                tracing::warn!(node = %cl.name, peer = %hello.name, %addr, "peer down: {reason}")
+                tracing::warn!(node = %cl.name, %peer, %addr, "peer down: {reason}")
             }
         }
-        cl.dial_wake.notify_one();
     }
     conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
     true
 }
 
-/// Asks the peer for a full snapshot to reconcile with, when this node was apart from the
-/// same run of it for longer than the tombstone TTL (see [`super::reconcile`]).
-fn reconcile_if_due(cl: &Cluster, hello: &Hello, node_id: NodeId, ctl: &mpsc::Sender<super::Ctl>) {
-    let now_ms = cl.hlc.clock().now_ms();
-    let due = cl.reconciler().link_up(
-        &hello.name,
-        hello.run_id,
-        node_id,
-        Version(hello.run_floor),
-        now_ms,
-    );
-    if let Some(token) = due {
-        tracing::info!(node = %cl.name, peer = %hello.name, "apart from the peer for longer than --tombstone-ttl: reconciling (asking for its full snapshot; keys it deleted meanwhile are dropped here)");
-        let _ = ctl.try_send(super::Ctl::Send(Frame::SnapshotRequest { token }));
+fn log_refusal(cl: &Cluster, peer: &str, addr: std::net::SocketAddr, refusal: &Refusal) {
+    match refusal {
+        Refusal::Clock(why) => {
+            tracing::error!(node = %cl.name, %peer, %addr, "refusing peer: {why}")
+        }
+        Refusal::Protocol(why) => {
+            tracing::warn!(node = %cl.name, %peer, %addr, "refusing peer: {why}")
+        }
+        Refusal::Duplicate => {}
+        Refusal::ToSelf { imposter } => {
+            if *imposter {
+                tracing::error!(node = %cl.name, %addr, "another running node uses this node's name; every node needs its own name and certificate");
+            }
+        }
+        Refusal::IdClash { id, holder } => {
+            tracing::error!(node = %cl.name, %peer, %addr, "refusing peer: node id {id} is already taken by {holder:?}; give each node a distinct --node-id");
+        }
     }
 }
 
@@ -287,41 +198,15 @@ fn describe(e: &LinkError, conn: &quinn::Connection) -> (String, Ending) {
     }
 }
 
-/// The peer's hello, whether ours asked it to hold its stream, and the live streams.
-type Handshake = (Hello, bool, quinn::SendStream, quinn::RecvStream, BytesMut);
+/// Our hello, the peer's, and the live streams.
+type Handshake = (Hello, Hello, quinn::SendStream, quinn::RecvStream, BytesMut);
 
-/// Sends our hello and reads the peer's; the peer's name must be its certificate's.
-async fn handshake(
-    cl: &Cluster,
-    pc: &PeerConn,
-    counters: &PeerCounters,
-) -> Result<Handshake, LinkError> {
-    let deferred = cl.plan().defer();
-    let (ready, load) = cl.status_now();
-    let (have_run, have_seq) = counters.have();
-    let mut flags = 0;
-    if ready {
-        flags |= HELLO_READY;
-    }
-    if deferred {
-        flags |= HELLO_DEFER;
-    }
-    if cl.store.is_empty() {
-        flags |= HELLO_EMPTY;
-    }
-    let ours = Frame::Hello(Hello {
-        name: cl.name.clone(),
-        node_id: cl.node_id.get(),
-        run_id: cl.outbox.run_id(),
-        have_run,
-        have_seq,
-        flags,
-        load,
-        wall_ms: cl.hlc.clock().now_ms(),
-        run_floor: cl.run_floor.0,
-    });
+/// Sends our hello and reads the peer's (the core checks it).
+async fn handshake(cl: &Cluster, pc: &PeerConn) -> Result<Handshake, LinkError> {
+    let now_ms = cl.now_ms();
+    let ours = cl.core().hello(&pc.name, now_ms);
     let mut out = BytesMut::new();
-    frame::encode(&ours, &mut out);
+    frame::encode(&Frame::Hello(ours.clone()), &mut out);
     let mut send = pc.conn.open_uni().await?;
     send.write_all(&out).await?;
     let read_hello = async {
@@ -340,30 +225,12 @@ async fn handshake(
     let (first, recv, buf) = tokio::time::timeout(HELLO_TIMEOUT, read_hello)
         .await
         .map_err(|_| LinkError::HelloTimeout)??;
-    let Frame::Hello(hello) = first else {
-        return Err(LinkError::Protocol("the first frame is not a hello".into()));
+    let Frame::Hello(theirs) = first else {
+        return Err(LinkError::Peer(PeerError::Protocol(
+            "the first frame is not a hello".into(),
+        )));
     };
-    let now_ms = cl.hlc.clock().now_ms();
-    if let Some(why) = clock_refusal(&pc.name, &cl.name, hello.wall_ms, now_ms, cl.max_skew) {
-        return Err(LinkError::Clock(why));
-    }
-    if NodeId::new(hello.node_id).is_none() {
-        return Err(LinkError::Protocol(format!(
-            "node id {} does not fit in 10 bits",
-            hello.node_id
-        )));
-    }
-    if hello.name != pc.name {
-        return Err(LinkError::Protocol(format!(
-            "the peer calls itself {:?} but its certificate names {:?}",
-            hello.name, pc.name
-        )));
-    }
-    if counters.have().0 != hello.run_id {
-        // A new run of the peer: nothing of it applied yet.
-        counters.set_have(hello.run_id, 0);
-    }
-    Ok((hello, deferred, send, recv, buf))
+    Ok((ours, theirs, send, recv, buf))
 }
 
 #[cfg(test)]

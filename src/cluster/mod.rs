@@ -1,5 +1,5 @@
-//! The cluster: membership bookkeeping, one authenticated QUIC connection per peer, and on
-//! it the live replication stream in each direction (DESIGN.md sections 4, 5 and 7).
+//! The cluster: one authenticated QUIC connection per peer, and on it the live replication
+//! stream in each direction, snapshots, and the member list (DESIGN.md sections 4-6).
 //!
 //! ```text
 //!  client write ─► store (shard lock) ─► journal ─► Outbox (ReplLog ring, seq numbers)
@@ -14,190 +14,66 @@
 //! Each node sends only its own writes, to every peer directly (a full mesh): a write
 //! reaches every node in one hop, and no node relays another's.
 //!
-//! All of it runs on one dedicated runtime thread, apart from the client workers: the
-//! client path only appends to the outbox. The sans-IO parts are [`peers::PeerTable`]
-//! (members, the one-connection-per-pair rule, dial backoff) and the replication log; the
-//! tasks in [`link`] and [`dial`] move bytes.
+//! Every decision lives in the sans-IO [`core::Replica`] (with [`peers::PeerTable`],
+//! [`sync::SyncPlan`], [`send::SendPlan`] and [`reconcile`]); this module is its async
+//! shell: [`Cluster`] holds the core behind one lock, and the tasks in [`link`], [`streams`]
+//! and [`dial`] only move bytes between QUIC and the core and fire its timers. All of them
+//! run on one dedicated runtime thread, apart from the client workers: the client path
+//! only appends to the outbox.
 
+pub mod core;
+pub mod counters;
 mod dial;
 mod link;
 pub mod outbox;
 pub mod peers;
-mod reconcile;
-mod recv;
+pub mod reconcile;
 mod report;
-mod send;
-mod snapshot;
+pub mod send;
+mod streams;
 pub mod sync;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
+use self::core::{Event, LinkId, Replica, ReplicaConfig};
 use crate::clock::{Hlc, NodeId};
 use crate::config::ClusterConfig;
-use crate::replication::apply::{apply_flush_state, ApplyStats};
-use crate::replication::frame::{Frame, Position, SnapBegin};
+use crate::replication::frame::Position;
 use crate::replication::log::RunId;
 use crate::replication::transport::PeerEndpoint;
 use crate::store::Store;
+pub use counters::{ClusterCounters, PeerCounters, SyncCounters};
 use outbox::Outbox;
-use peers::PeerTable;
 pub use report::{PeerReport, Report};
-use sync::{Action, Phase, ReadyReason, SyncPlan};
+use sync::Phase;
 
-/// Per-peer figures that outlive any one connection, updated by its link's tasks without
-/// taking the table lock.
-#[derive(Default)]
-pub struct PeerCounters {
-    /// Our log's last sequence sent to the peer, and the last it acknowledged.
-    pub sent_seq: AtomicU64,
-    pub acked_seq: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    /// What we applied of the peer's log: its run id and last sequence.
-    have: Mutex<(RunId, u64)>,
-    /// A snapshot from the peer is arriving. It may fill a gap that `have` already skips
-    /// (the live stream went on from the log's head while the snapshot covers what fell
-    /// off the log), so until it is complete `have` is not a position this node holds: it
-    /// is neither acknowledged, nor saved, nor given to a joiner; and if the link ends
-    /// first, it is forgotten. Counts the snapshots arriving (connections may overlap).
-    gap: std::sync::atomic::AtomicU32,
-}
-
-impl PeerCounters {
-    /// Whether `have` is a position this node holds whole (no snapshot pending).
-    pub fn holds_have(&self) -> bool {
-        self.gap.load(Ordering::Acquire) == 0
-    }
-
-    pub(crate) fn snapshot_arriving(&self) {
-        self.gap.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A snapshot ended: `complete`, or cut off with its stream. A cut-off one leaves its
-    /// gap missing, so this node claims nothing of the peer's log any more (the next link
-    /// starts from the beginning of it, or takes a snapshot).
-    pub(crate) fn snapshot_ended(&self, complete: bool) {
-        if !complete {
-            self.set_have(RunId(0), 0);
-        }
-        self.gap.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub fn have(&self) -> (RunId, u64) {
-        *self.have.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set_have(&self, run: RunId, seq: u64) {
-        *self.have.lock().unwrap_or_else(|e| e.into_inner()) = (run, seq);
-    }
-
-    /// Takes a donor's position for this origin, unless we already have more of that run.
-    pub(crate) fn merge_have(&self, run: RunId, seq: u64) {
-        let mut have = self.have.lock().unwrap_or_else(|e| e.into_inner());
-        if have.0 != run || have.1 < seq {
-            *have = (run, seq);
-        }
-    }
-}
-
-/// How many requests a link's sender may have queued. A peer that keeps asking (snapshot
-/// requests, start positions) faster than its own stream drains is closed rather than
-/// allowed to grow the queue without bound; a well-behaved peer sends a handful.
-pub(crate) const CTL_QUEUE: usize = 64;
-
-/// What a link's sender is asked to do, by the peer (through the link's receiver) or by
-/// this node's sync plan.
-#[derive(Debug)]
-pub(crate) enum Ctl {
-    /// Write this frame to the peer.
-    Send(Frame),
-    /// The peer wants our log from this position.
-    From(RunId, u64),
-    /// The peer wants a snapshot of our store; the token of its request.
-    Snapshot(u64),
-}
-
-/// Snapshot totals, for `stats`.
-#[derive(Default)]
-pub struct SyncCounters {
-    pub snapshots_sent: AtomicU64,
-    pub snapshots_received: AtomicU64,
-    pub snapshot_items_received: AtomicU64,
-    pub snapshot_bytes_received: AtomicU64,
-    /// Keys dropped by reconciliation: a peer's full snapshot, after a separation longer
-    /// than the tombstone TTL, showed them gone there.
-    pub reconciled_drops: AtomicU64,
-}
-
-/// Totals over every peer, for `stats`.
-#[derive(Default)]
-pub struct ClusterCounters {
-    pub accepted: AtomicU64,
-    pub rejected_behind: AtomicU64,
-    pub rejected_identical: AtomicU64,
-    pub refused_forgotten: AtomicU64,
-    pub clock_skew_rejects: AtomicU64,
-    pub not_stored: AtomicU64,
-    /// Peers that fell off the replication log and need a resync.
-    pub resyncs_needed: AtomicU64,
-    /// Connections refused: bad certificates, wrong protocol, node id clashes.
-    pub peers_refused: AtomicU64,
-}
-
-impl ClusterCounters {
-    fn add(&self, s: &ApplyStats) {
-        self.accepted.fetch_add(s.accepted, Ordering::Relaxed);
-        self.rejected_behind
-            .fetch_add(s.rejected_behind, Ordering::Relaxed);
-        self.rejected_identical
-            .fetch_add(s.rejected_identical, Ordering::Relaxed);
-        self.refused_forgotten
-            .fetch_add(s.refused_forgotten, Ordering::Relaxed);
-        self.clock_skew_rejects
-            .fetch_add(s.clock_skew_rejects, Ordering::Relaxed);
-        self.not_stored.fetch_add(s.not_stored, Ordering::Relaxed);
-    }
-}
-
-/// One node's view of the cluster, shared by the server (which records writes into the
-/// outbox and reports stats) and the cluster tasks.
+/// One node's cluster: the core, and what its tasks share.
 pub struct Cluster {
     pub name: String,
     pub node_id: NodeId,
     pub outbox: Arc<Outbox>,
-    pub counters: ClusterCounters,
-    pub sync_counters: SyncCounters,
-    store: Arc<Store>,
+    pub counters: Arc<ClusterCounters>,
+    pub sync_counters: Arc<SyncCounters>,
     hlc: Arc<Hlc>,
-    max_skew: Duration,
-    table: Mutex<PeerTable<quinn::Connection>>,
-    peer_counters: Mutex<HashMap<String, Arc<PeerCounters>>>,
-    /// Bumped whenever the member list grows, so that every link gossips it.
-    members: watch::Sender<u64>,
+    core: Mutex<Replica>,
+    /// Each registered connection, by link id.
+    conns: Mutex<HashMap<LinkId, quinn::Connection>>,
+    /// Bumped whenever the core may have something new to send: every link's senders
+    /// poll it again.
+    changed: watch::Sender<u64>,
     /// Wakes the dialer (a member was learned or lost).
     dial_wake: Notify,
-    next_token: AtomicU64,
+    next_link: AtomicU64,
     endpoint: OnceLock<Arc<PeerEndpoint>>,
     runtime: OnceLock<tokio::runtime::Handle>,
-    plan: Mutex<SyncPlan>,
     /// True once the client port may open.
     ready: watch::Sender<bool>,
-    /// Bumped when this node's readiness or load changes, so that every link tells its peer.
-    status: watch::Sender<u64>,
-    /// Snapshots this node is serving (its load, as donors are chosen).
-    serving: AtomicU16,
-    /// What this node knows of each peer's hold on its data, for reconciliation.
-    reconciler: Mutex<reconcile::Reconciler>,
-    /// Every version this run issues is above this one (told to peers in the hello).
-    run_floor: crate::clock::Version,
-    /// Each connected peer's sender, by name, with the connection's token.
-    links: Mutex<HashMap<String, (u64, mpsc::Sender<Ctl>)>>,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -220,56 +96,30 @@ impl Cluster {
         hlc: Arc<Hlc>,
         positions: Option<Vec<Position>>,
     ) -> Arc<Cluster> {
-        let run_id = RunId(random_u64());
-        let seeds: Vec<String> = config.join.iter().map(|p| p.to_string()).collect();
-        let now_ms = hlc.clock().now_ms();
-        let join_timeout_ms = config.join_timeout.as_millis() as u64;
-        let plan = SyncPlan::new(
-            positions.is_some(),
-            !seeds.is_empty(),
-            now_ms,
-            join_timeout_ms,
+        let core = Replica::new(
+            &ReplicaConfig::from(config),
+            store,
+            hlc.clone(),
+            positions,
+            RunId(random_u64()),
+            random_u64(),
         );
-        let ready = plan.opened();
-        let run_floor = hlc.tick();
-        let cluster = Arc::new(Cluster {
+        Arc::new(Cluster {
             name: config.node_name.clone(),
             node_id: config.node_id,
-            outbox: Arc::new(Outbox::new(run_id, config.repl_backlog)),
-            counters: ClusterCounters::default(),
-            store,
+            outbox: core.outbox().clone(),
+            counters: core.counters().clone(),
+            sync_counters: core.sync_counters().clone(),
             hlc,
-            max_skew: config.max_clock_skew,
-            table: Mutex::new(PeerTable::new(
-                &config.node_name,
-                config.node_id.get(),
-                seeds,
-                random_u64(),
-            )),
-            peer_counters: Mutex::new(HashMap::new()),
-            members: watch::Sender::new(0),
+            ready: watch::Sender::new(core.opened()),
+            core: Mutex::new(core),
+            conns: Mutex::new(HashMap::new()),
+            changed: watch::Sender::new(0),
             dial_wake: Notify::new(),
-            next_token: AtomicU64::new(1),
+            next_link: AtomicU64::new(1),
             endpoint: OnceLock::new(),
             runtime: OnceLock::new(),
-            plan: Mutex::new(plan),
-            ready: watch::Sender::new(ready),
-            status: watch::Sender::new(0),
-            serving: AtomicU16::new(0),
-            links: Mutex::new(HashMap::new()),
-            reconciler: Mutex::new(reconcile::Reconciler::new(
-                config.node_id,
-                u64::from(config.tombstone_ttl) * 1000,
-            )),
-            run_floor,
-            sync_counters: SyncCounters::default(),
-        });
-        for p in positions.into_iter().flatten() {
-            if p.origin != cluster.name {
-                cluster.peer_counters(&p.origin).set_have(p.run_id, p.seq);
-            }
-        }
-        cluster
+        })
     }
 
     /// Whether the client port may open; changes once, to true.
@@ -279,24 +129,12 @@ impl Cluster {
 
     /// The sync phase, for `stats`.
     pub fn phase(&self) -> Phase {
-        self.plan().phase()
+        self.core().phase()
     }
 
-    /// What this node has applied of every peer's log: for a snapshot's first frame and
-    /// for the state file.
+    /// What this node has applied of every peer's log: for the state file.
     pub fn positions(&self) -> Vec<Position> {
-        let map = self.peer_counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter(|(_, c)| c.holds_have())
-            .filter_map(|(name, c)| {
-                let (run_id, seq) = c.have();
-                (run_id != RunId(0)).then(|| Position {
-                    origin: name.clone(),
-                    run_id,
-                    seq,
-                })
-            })
-            .collect()
+        self.core().positions()
     }
 
     /// Starts accepting and dialing peers on `endpoint`; call inside the cluster runtime.
@@ -309,101 +147,51 @@ impl Cluster {
         }
         tokio::spawn(dial::accept_loop(self.clone(), endpoint.clone()));
         tokio::spawn(dial::dial_loop(self.clone(), endpoint));
-        tokio::spawn(sync_loop(self.clone()));
+        tokio::spawn(tick_loop(self.clone()));
     }
 
-    fn plan(&self) -> MutexGuard<'_, SyncPlan> {
-        self.plan.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Lets the sync plan decide what to do now, and does it.
-    fn sync_step(&self) {
-        let all_connected = self.table().all_connected();
-        let now = self.hlc.clock().now_ms();
-        let actions = self.plan().step(now, all_connected);
-        self.act(actions);
-    }
-
-    fn act(&self, actions: Vec<Action>) {
-        for a in actions {
-            match a {
-                Action::RequestSnapshot(peer) => {
-                    tracing::info!(node = %self.name, donor = %peer, "asking for a snapshot (initial sync)");
-                    self.send_ctl(&peer, Ctl::Send(Frame::SnapshotRequest { token: 0 }));
-                }
-                Action::Start(peer) => {
-                    let (run_id, seq) = self.peer_counters(&peer).have();
-                    self.send_ctl(&peer, Ctl::Send(Frame::Start { run_id, seq }));
-                }
-                Action::Ready(reason) => {
-                    let items = self.store.stats().curr_items;
-                    match reason {
-                        ReadyReason::Synced { peers } => {
-                            tracing::info!(node = %self.name, peers, items, "initial sync complete; ready")
-                        }
-                        ReadyReason::NewCluster => {
-                            tracing::info!(node = %self.name, "every member is new: nothing to sync; ready")
-                        }
-                        ReadyReason::NoPeer => {
-                            tracing::warn!(node = %self.name, items, "no peer answered within --join-timeout; serving what this node has")
-                        }
-                        ReadyReason::NoDonor => {
-                            tracing::warn!(node = %self.name, items, "no peer could give a snapshot within --join-timeout; serving what this node has")
-                        }
-                    }
-                    self.ready.send_replace(true);
-                    self.status.send_modify(|v| *v += 1);
-                }
-            }
-        }
-    }
-
-    fn send_ctl(&self, peer: &str, ctl: Ctl) {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, tx)) = links.get(peer) {
-            if tx.try_send(ctl).is_err() {
-                tracing::warn!(node = %self.name, %peer, "the link's request queue is full; a request to it was dropped");
-            }
-        }
-    }
-
-    /// Whether this node serves and can give snapshots, and how many it is giving.
-    fn status_now(&self) -> (bool, u16) {
-        (
-            self.plan().phase() == Phase::Ready,
-            self.serving.load(Ordering::Relaxed),
-        )
-    }
-
-    /// A snapshot's first frame arrived from `peer`: its flushes are taken on (a set
-    /// union: a pending flush here stays), and when it is the initial sync's snapshot, its
-    /// positions become ours.
-    fn snapshot_began(&self, peer: &str, begin: &SnapBegin) {
-        let now = self.hlc.clock().now_secs();
-        let flushes = apply_flush_state(&self.store, &self.hlc, &begin.flush, self.max_skew, now);
-        self.counters.add(&flushes);
-        let actions = {
-            let mut plan = self.plan();
-            if plan.is_donor_snapshot(peer) {
-                // Taken as they are, even below what we had: after a donor lost halfway,
-                // the next donor's positions are the ones its snapshot makes true, and
-                // the other peers resending from there is harmless.
-                // Only for members: a peer cannot make us keep positions (and counters)
-                // for names it invents.
-                let members: Vec<_> = {
-                    let table = self.table();
-                    let known = |p: &&Position| table.peer(&p.origin).is_some();
-                    begin.positions.iter().filter(known).collect()
-                };
-                for p in members {
-                    if p.origin != self.name && p.origin != peer {
-                        self.peer_counters(&p.origin).set_have(p.run_id, p.seq);
-                    }
-                }
-            }
-            plan.snapshot_began(peer)
+    /// Runs `f` on the core, then carries out what it asks for (events) and wakes the
+    /// links' senders if something may have become due.
+    fn with<R>(&self, f: impl FnOnce(&mut Replica) -> R) -> R {
+        let (r, events, wake) = {
+            let mut core = self.core();
+            let r = f(&mut core);
+            let events: Vec<Event> = std::iter::from_fn(|| core.poll_event()).collect();
+            (r, events, core.take_wake())
         };
-        self.act(actions);
+        for e in events {
+            match e {
+                Event::Ready(_) => {
+                    self.ready.send_replace(true);
+                }
+                Event::Close { link, code, reason } => {
+                    if let Some(c) = self.conns().get(&link) {
+                        c.close(code.into(), reason.as_bytes());
+                    }
+                }
+                Event::Dial => self.dial_wake.notify_one(),
+            }
+        }
+        if wake {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        r
+    }
+
+    fn core(&self) -> MutexGuard<'_, Replica> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<LinkId, quinn::Connection>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.hlc.clock().now_ms()
+    }
+
+    fn new_link_id(&self) -> LinkId {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Stops the cluster thread (sending, receiving, acknowledging, even QUIC keep-alives)
@@ -430,17 +218,7 @@ impl Cluster {
     pub async fn drain(&self, timeout: Duration) -> bool {
         let until = tokio::time::Instant::now() + timeout;
         loop {
-            let last = self.outbox.last_seq();
-            let connected: Vec<String> = self
-                .table()
-                .peers()
-                .filter(|(_, p)| p.link.is_some())
-                .map(|(n, _)| n.clone())
-                .collect();
-            let behind = connected
-                .iter()
-                .filter(|n| self.peer_counters(n).acked_seq.load(Ordering::Relaxed) < last)
-                .count();
+            let behind = self.core().peers_behind();
             if behind == 0 {
                 return true;
             }
@@ -456,10 +234,8 @@ impl Cluster {
     /// it as such, not as a failure), and waits (up to `timeout`) for the close to go out:
     /// peers then notice at once instead of after their idle timeout.
     pub async fn close(&self, reason: &str, timeout: Duration) {
-        for (_, p) in self.table().peers() {
-            if let Some((_, conn)) = &p.link {
-                conn.close(link::CLOSE_LEAVING.into(), reason.as_bytes());
-            }
+        for conn in self.conns().values() {
+            conn.close(self::core::CLOSE_LEAVING.into(), reason.as_bytes());
         }
         if let Some(e) = self.endpoint.get() {
             e.close(reason);
@@ -473,24 +249,7 @@ impl Cluster {
     }
 
     pub fn peers_connected(&self) -> usize {
-        self.table().connected()
-    }
-
-    fn reconciler(&self) -> MutexGuard<'_, reconcile::Reconciler> {
-        self.reconciler.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn table(&self) -> MutexGuard<'_, PeerTable<quinn::Connection>> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn peer_counters(&self, name: &str) -> Arc<PeerCounters> {
-        let mut map = self.peer_counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string()).or_default().clone()
-    }
-
-    fn token(&self) -> u64 {
-        self.next_token.fetch_add(1, Ordering::Relaxed)
+        self.core().table().connected()
     }
 }
 
@@ -503,16 +262,12 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// Runs the sync plan's timers (the donor grace period, `--join-timeout`); events from
-/// the links step it too.
-async fn sync_loop(cl: Arc<Cluster>) {
+/// Fires the core's timers (the donor grace period, `--join-timeout`).
+async fn tick_loop(cl: Arc<Cluster>) {
     loop {
-        cl.sync_step();
-        let pause = if cl.plan().phase() == Phase::Ready {
-            100
-        } else {
-            20
-        };
+        let now = cl.now_ms();
+        cl.with(|c| c.tick(now));
+        let pause = if cl.phase() == Phase::Ready { 100 } else { 20 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }

@@ -51,29 +51,38 @@ pub struct Report {
 
 impl Cluster {
     pub fn report(&self) -> Report {
-        let now_ms = self.hlc.clock().now_ms();
+        let now_ms = self.now_ms();
         let last_seq = self.outbox.last_seq();
-        let rows: Vec<_> = self
-            .table()
-            .peers()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    p.node_id,
-                    p.addr,
-                    p.link.as_ref().map(|(_, conn)| conn.stats()),
-                    p.needs_resync,
-                    p.since_ms,
-                    p.reconnects,
-                )
-            })
-            .collect();
+        let rows: Vec<_> = {
+            let mut core = self.core();
+            let rows: Vec<_> = core
+                .table()
+                .peers()
+                .map(|(name, p)| {
+                    (
+                        name.clone(),
+                        p.node_id,
+                        p.addr,
+                        p.link.as_ref().map(|(_, l)| *l),
+                        p.needs_resync,
+                        p.since_ms,
+                        p.reconnects,
+                    )
+                })
+                .collect();
+            rows.into_iter()
+                .map(|r| {
+                    let c = core.peer_counters(&r.0);
+                    (r, c)
+                })
+                .collect()
+        };
         let peers = rows
             .into_iter()
             .map(
-                |(name, node_id, addr, quic, needs_resync, since_ms, reconnects)| {
-                    let connected = quic.is_some();
-                    let c = self.peer_counters(&name);
+                |((name, node_id, addr, link, needs_resync, since_ms, reconnects), c)| {
+                    let quic = link.and_then(|l| self.conns().get(&l).map(|c| c.stats()));
+                    let connected = link.is_some();
                     let acked_seq = c.acked_seq.load(Ordering::Relaxed);
                     let lag_mutations = last_seq.saturating_sub(acked_seq);
                     // The age of the oldest write not acknowledged; when it has left the log,

@@ -569,10 +569,10 @@ fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
         issued: shared.hlc.tick(),
         at_ms,
     };
-    match &shared.cluster {
-        Some(cluster) => {
+    match &shared.outbox {
+        Some(outbox) => {
             shared.store.flush(flush, FlushMerge::Union, ctx.now);
-            cluster.outbox.record_flush(flush);
+            outbox.record_flush(flush);
         }
         None => shared.store.flush(flush, FlushMerge::Replace, ctx.now),
     }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::certs::{load_node_identity, CertsError};
 use crate::clock::{Clock, Hlc, NodeId};
+use crate::cluster::outbox::Outbox;
 use crate::cluster::Cluster;
 use crate::config::{ClusterConfig, Config};
 use crate::replication::transport::{PeerEndpoint, TransportError};
@@ -52,6 +53,9 @@ pub struct Shared {
     pub hlc: Arc<Hlc>,
     /// Set when the node replicates to peers.
     pub cluster: Option<Arc<Cluster>>,
+    /// Where local writes go to replicate (the cluster's, when there is one): the
+    /// dispatcher records flushes in it.
+    pub outbox: Option<Arc<Outbox>>,
     pub config: Config,
     pub counters: Counters,
     pub conns: ConnStats,
@@ -69,7 +73,31 @@ impl Shared {
     /// Whether writes replicate to peers; it decides the few places where replication
     /// needs other semantics than memcached's (touch changes the CAS, meta `E` is refused).
     pub fn replicated(&self) -> bool {
-        self.cluster.is_some()
+        self.outbox.is_some()
+    }
+
+    /// The state a dispatcher needs, without listeners or a cluster shell: for driving
+    /// client requests through [`dispatch::execute`] in process (the simulator runs one per
+    /// replica core, with that core's outbox).
+    pub fn embedded(
+        config: Config,
+        store: Arc<Store>,
+        hlc: Arc<Hlc>,
+        outbox: Option<Arc<Outbox>>,
+    ) -> Shared {
+        let started_ms = hlc.clock().now_ms();
+        Shared {
+            store,
+            hlc,
+            cluster: None,
+            outbox,
+            config,
+            counters: Counters::default(),
+            conns: ConnStats::default(),
+            started_ms,
+            shutdown: watch::channel(false).0,
+            serving: watch::Sender::new(false),
+        }
     }
 
     /// Asks the whole server to stop (a signal, the `shutdown` command, a test).
@@ -184,6 +212,7 @@ impl Server {
         let shared = Arc::new(Shared {
             store,
             hlc,
+            outbox: cluster.as_ref().map(|c| c.outbox.clone()),
             cluster,
             counters: Counters::default(),
             conns: ConnStats::default(),

@@ -1,0 +1,614 @@
+//! The replica core, sans-IO: every decision of the cluster that matters for convergence,
+//! in plain types with time passed in (DESIGN.md sections 5 and 6; STYLE.md point 1).
+//!
+//! The core never touches a socket, a task or the system clock. A connection to a peer is
+//! an abstract link ([`LinkId`]) carrying one ordered live stream each way and, beside it,
+//! snapshot streams (one at a time per direction). The caller feeds it what arrives and
+//! asks it what to send:
+//!
+//! ```text
+//!   hello() ──► peer            peer's hello ──► link_up()  (or a Refusal to close with)
+//!   poll_live() ──► live stream ──► peer      peer's live frames ──► handle_live()
+//!   poll_snapshot() ──► snapshot streams      peer's snapshot frames ──► handle_snapshot()
+//!   tick(now)  (timers)          link_down()  (the connection ended)
+//!   poll_event() ──► open the client port, close a connection, wake the dialer
+//! ```
+//!
+//! The same code runs over QUIC in production ([`super::link`] moves the bytes) and over
+//! in-memory links in the simulator (`tests/simulator`), which checks the contract of
+//! DESIGN.md section 0 under faults, deterministically.
+//!
+//! What the core decides: who resyncs from whom and how ([`super::sync::SyncPlan`], the
+//! per-link [`super::send::SendPlan`]), what a position claims (nothing while a gap-filling
+//! snapshot arrives), what reconciliation drops ([`super::reconcile`]), what a peer's frame
+//! may change (its own writes only, positions clamped), when a write refused by the skew
+//! guard stalls its stream.
+
+mod live;
+mod session;
+mod walk;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::counters::{ClusterCounters, PeerCounters, SyncCounters};
+use super::outbox::Outbox;
+use super::peers::{LinkMeta, Offer, PeerTable};
+use super::reconcile::Reconciler;
+use super::send::Position as SendPosition;
+use super::sync::{Action, Phase, ReadyReason, SyncPlan};
+use crate::clock::{Hlc, NodeId, Version};
+use crate::replication::frame::{Frame, Hello, Position, HELLO_DEFER, HELLO_EMPTY, HELLO_READY};
+use crate::replication::log::RunId;
+use crate::store::Store;
+pub use live::{Flow, Transmit};
+use session::Session;
+pub use walk::SnapOut;
+
+/// A connection to a peer, as the caller numbers them (unique for the core's lifetime).
+pub type LinkId = u64;
+
+/// Application close codes on peer connections.
+pub const CLOSE_DUPLICATE: u32 = 2;
+pub const CLOSE_REFUSED: u32 = 3;
+pub const CLOSE_PROTOCOL: u32 = 4;
+/// The peer is shutting down gracefully: not a failure.
+pub const CLOSE_LEAVING: u32 = 5;
+
+/// How many of our own control frames (snapshot requests, start positions) a link may
+/// have queued: the sync plan sends a handful; more means a bug, logged and dropped.
+const CTL_QUEUE: usize = 64;
+
+/// What a peer did that ends its link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Clock(String),
+}
+
+/// Why a connection is not taken as the link to its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The clocks are further apart than `--max-clock-skew` (the reason names the offset).
+    Clock(String),
+    Protocol(String),
+    /// Another connection to the same peer wins the tie-break.
+    Duplicate,
+    /// The connection leads to this node itself; `imposter` when it is another running
+    /// process using this node's name.
+    ToSelf {
+        imposter: bool,
+    },
+    IdClash {
+        id: u16,
+        holder: String,
+    },
+}
+
+impl Refusal {
+    /// The close code to send the peer.
+    pub fn code(&self) -> u32 {
+        match self {
+            Refusal::Duplicate => CLOSE_DUPLICATE,
+            Refusal::Protocol(_) => CLOSE_PROTOCOL,
+            _ => CLOSE_REFUSED,
+        }
+    }
+
+    /// The close reason to send the peer (it logs it).
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::Clock(why) | Refusal::Protocol(why) => why.clone(),
+            Refusal::Duplicate => "duplicate connection".into(),
+            Refusal::ToSelf { .. } => "connected to itself".into(),
+            Refusal::IdClash { id, holder } => format!("node id {id} is already taken by {holder}"),
+        }
+    }
+}
+
+/// A new connection, as the caller knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    pub link: LinkId,
+    /// The name the peer's certificate carries.
+    pub cert_name: &'a str,
+    pub dialed_by_me: bool,
+    pub addr: SocketAddr,
+}
+
+/// How a link came up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkUp {
+    pub peer: String,
+    /// The previous connection to the same peer, which the caller closes.
+    pub replaced: Option<LinkId>,
+    /// That previous connection was from an earlier run of the peer.
+    pub restarted: bool,
+}
+
+/// What the caller must do, beside sending what the polls return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The node may serve clients (once).
+    Ready(ReadyReason),
+    /// Close this connection (replaced by a newer one) with this code and reason.
+    Close {
+        link: LinkId,
+        code: u32,
+        reason: String,
+    },
+    /// A member was learned or lost: dial what is due.
+    Dial,
+}
+
+/// The settings the core needs.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub name: String,
+    pub node_id: NodeId,
+    /// `--join` addresses.
+    pub seeds: Vec<String>,
+    pub max_skew: Duration,
+    pub tombstone_ttl_ms: u64,
+    pub join_timeout_ms: u64,
+    pub repl_backlog: usize,
+}
+
+impl From<&crate::config::ClusterConfig> for ReplicaConfig {
+    fn from(c: &crate::config::ClusterConfig) -> Self {
+        ReplicaConfig {
+            name: c.node_name.clone(),
+            node_id: c.node_id,
+            seeds: c.join.iter().map(|p| p.to_string()).collect(),
+            max_skew: c.max_clock_skew,
+            tombstone_ttl_ms: u64::from(c.tombstone_ttl) * 1000,
+            join_timeout_ms: c.join_timeout.as_millis() as u64,
+            repl_backlog: c.repl_backlog,
+        }
+    }
+}
+
+/// One node's replica core.
+pub struct Replica {
+    name: String,
+    node_id: NodeId,
+    store: Arc<Store>,
+    hlc: Arc<Hlc>,
+    outbox: Arc<Outbox>,
+    max_skew: Duration,
+    counters: Arc<ClusterCounters>,
+    sync_counters: Arc<SyncCounters>,
+    table: PeerTable<LinkId>,
+    peer_counters: HashMap<String, Arc<PeerCounters>>,
+    plan: SyncPlan,
+    reconciler: Reconciler,
+    /// Every version this run issues is above this one (told to peers in the hello).
+    run_floor: Version,
+    sessions: HashMap<LinkId, Session>,
+    /// Bumped when the member list grows / when our readiness or load changes: every link
+    /// tells its peer.
+    members_gen: u64,
+    status_gen: u64,
+    /// Snapshots this node is serving (its load, as donors are chosen).
+    serving: u16,
+    events: VecDeque<Event>,
+    /// Something changed that links may have to send: see [`Replica::take_wake`].
+    wake: bool,
+}
+
+impl Replica {
+    /// `positions`: what this node already has of each peer's log (from a state file),
+    /// `None` for a node without data. `run_id` and `rng` are random in production and
+    /// seeded in the simulator.
+    pub fn new(
+        cfg: &ReplicaConfig,
+        store: Arc<Store>,
+        hlc: Arc<Hlc>,
+        positions: Option<Vec<Position>>,
+        run_id: RunId,
+        rng: u64,
+    ) -> Replica {
+        let now_ms = hlc.clock().now_ms();
+        let plan = SyncPlan::new(
+            positions.is_some(),
+            !cfg.seeds.is_empty(),
+            now_ms,
+            cfg.join_timeout_ms,
+        );
+        let run_floor = hlc.tick();
+        let mut r = Replica {
+            name: cfg.name.clone(),
+            node_id: cfg.node_id,
+            outbox: Arc::new(Outbox::new(run_id, cfg.repl_backlog)),
+            store,
+            hlc,
+            max_skew: cfg.max_skew,
+            counters: Arc::default(),
+            sync_counters: Arc::default(),
+            table: PeerTable::new(&cfg.name, cfg.node_id.get(), cfg.seeds.clone(), rng),
+            peer_counters: HashMap::new(),
+            plan,
+            reconciler: Reconciler::new(cfg.node_id, cfg.tombstone_ttl_ms),
+            run_floor,
+            sessions: HashMap::new(),
+            members_gen: 1,
+            status_gen: 1,
+            serving: 0,
+            events: VecDeque::new(),
+            wake: false,
+        };
+        for p in positions.into_iter().flatten() {
+            if p.origin != r.name {
+                r.peer_counters(&p.origin).set_have(p.run_id, p.seq);
+            }
+        }
+        r
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    pub fn counters(&self) -> &Arc<ClusterCounters> {
+        &self.counters
+    }
+
+    pub fn sync_counters(&self) -> &Arc<SyncCounters> {
+        &self.sync_counters
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Whether the client port may be open.
+    pub fn opened(&self) -> bool {
+        self.plan.opened()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.plan.phase()
+    }
+
+    pub(crate) fn table(&self) -> &PeerTable<LinkId> {
+        &self.table
+    }
+
+    pub(crate) fn table_mut(&mut self) -> &mut PeerTable<LinkId> {
+        &mut self.table
+    }
+
+    /// The next thing the caller must do, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether anything changed since the last call that a link may now have to send
+    /// (the caller wakes its senders then; polling without it is harmless).
+    pub fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.wake)
+    }
+
+    /// What this node has applied of every peer's log, holding it whole: for a snapshot's
+    /// first frame and for the state file.
+    pub fn positions(&self) -> Vec<Position> {
+        self.peer_counters
+            .iter()
+            .filter(|(_, c)| c.holds_have())
+            .filter_map(|(name, c)| {
+                let (run_id, seq) = c.have();
+                (run_id != RunId(0)).then(|| Position {
+                    origin: name.clone(),
+                    run_id,
+                    seq,
+                })
+            })
+            .collect()
+    }
+
+    /// The figures kept for `peer` (made on first use).
+    pub fn peer_counters(&mut self, peer: &str) -> Arc<PeerCounters> {
+        self.peer_counters
+            .entry(peer.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Connected peers that have not acknowledged every write in our log (a graceful
+    /// shutdown waits for them).
+    pub fn peers_behind(&self) -> usize {
+        let last = self.outbox.last_seq();
+        self.table
+            .peers()
+            .filter(|(_, p)| p.link.is_some())
+            .filter(|(n, _)| {
+                self.peer_counters.get(*n).map_or(0, |c| {
+                    c.acked_seq.load(std::sync::atomic::Ordering::Relaxed)
+                }) < last
+            })
+            .count()
+    }
+
+    /// Our hello for a new connection.
+    pub fn hello(&mut self, peer: &str, now_ms: u64) -> Hello {
+        let (have_run, have_seq) = self.peer_counters(peer).have();
+        let mut flags = 0;
+        if self.plan.phase() == Phase::Ready {
+            flags |= HELLO_READY;
+        }
+        if self.plan.defer() {
+            flags |= HELLO_DEFER;
+        }
+        if self.store.is_empty() {
+            flags |= HELLO_EMPTY;
+        }
+        Hello {
+            name: self.name.clone(),
+            node_id: self.node_id.get(),
+            run_id: self.outbox.run_id(),
+            have_run,
+            have_seq,
+            flags,
+            load: self.serving,
+            wall_ms: now_ms,
+            run_floor: self.run_floor.0,
+        }
+    }
+
+    /// The peer's hello arrived on `conn`; `ours` is the hello we sent on it. On success
+    /// the connection is the peer's link now.
+    pub fn link_up(
+        &mut self,
+        conn: Connection<'_>,
+        ours: &Hello,
+        theirs: Hello,
+        now_ms: u64,
+    ) -> Result<LinkUp, Refusal> {
+        let Connection {
+            link,
+            cert_name,
+            dialed_by_me,
+            addr,
+        } = conn;
+        if let Some(why) =
+            super::link::clock_refusal(cert_name, &self.name, theirs.wall_ms, now_ms, self.max_skew)
+        {
+            self.counters
+                .peers_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Refusal::Clock(why));
+        }
+        let Some(their_node) = NodeId::new(theirs.node_id) else {
+            return Err(Refusal::Protocol(format!(
+                "node id {} does not fit in 10 bits",
+                theirs.node_id
+            )));
+        };
+        if theirs.name != cert_name {
+            return Err(Refusal::Protocol(format!(
+                "the peer calls itself {:?} but its certificate names {cert_name:?}",
+                theirs.name
+            )));
+        }
+        let meta = LinkMeta {
+            dialed_by_me,
+            addr,
+            run_id: theirs.run_id,
+            token: link,
+        };
+        let (replaced, restarted) = match self.table.offer(&theirs, meta, link, now_ms) {
+            Offer::Keep {
+                replaced,
+                restarted,
+            } => (replaced, restarted),
+            Offer::Duplicate => return Err(Refusal::Duplicate),
+            Offer::ToSelf => {
+                return Err(Refusal::ToSelf {
+                    imposter: theirs.run_id != self.outbox.run_id(),
+                })
+            }
+            Offer::IdClash { id, holder } => {
+                self.counters
+                    .peers_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Refusal::IdClash { id, holder });
+            }
+        };
+        if let Some(old) = replaced {
+            self.end_session(old, now_ms);
+            self.events.push_back(Event::Close {
+                link: old,
+                code: CLOSE_DUPLICATE,
+                reason: "replaced by a newer connection".into(),
+            });
+        }
+        self.members_gen += 1;
+        let peer = theirs.name.clone();
+        let counters = self.peer_counters(&peer);
+        if counters.have().0 != theirs.run_id {
+            // A new run of the peer: nothing of it applied yet.
+            counters.set_have(theirs.run_id, 0);
+        }
+        // What the peer has of our log is what its hello says, nothing of an earlier run.
+        let acked = if theirs.have_run == self.outbox.run_id() {
+            theirs.have_seq.min(self.outbox.last_seq())
+        } else {
+            0
+        };
+        counters
+            .acked_seq
+            .store(acked, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .sent_seq
+            .store(acked, std::sync::atomic::Ordering::Relaxed);
+        let peer_defers = theirs.flags & HELLO_DEFER != 0;
+        let session = Session::new(
+            &peer,
+            theirs.run_id,
+            their_node,
+            counters,
+            self.status_gen,
+            now_ms,
+        );
+        self.sessions.insert(link, session);
+        let actions = self.plan.up(
+            &peer,
+            theirs.flags & HELLO_READY != 0,
+            theirs.load,
+            peer_defers,
+            ours.flags & HELLO_DEFER != 0,
+        );
+        self.act(actions);
+        self.sync_step(now_ms);
+        self.reconcile_if_due(link, &theirs, their_node, now_ms);
+        if !peer_defers {
+            let p = SendPosition {
+                run: theirs.have_run,
+                seq: theirs.have_seq,
+                empty: theirs.flags & HELLO_EMPTY != 0,
+            };
+            self.reposition(link, p, now_ms);
+        }
+        self.wake = true;
+        Ok(LinkUp {
+            peer,
+            replaced,
+            restarted,
+        })
+    }
+
+    /// Connection `link` ended. Returns whether it was the peer's registered connection
+    /// (then the peer is down; otherwise it was a duplicate and nothing changes).
+    pub fn link_down(&mut self, link: LinkId, now_ms: u64) -> bool {
+        let Some(peer) = self.end_session(link, now_ms) else {
+            return false;
+        };
+        if !self.table.down(&peer, link, now_ms) {
+            return false;
+        }
+        self.reconciler.link_down(&peer, now_ms);
+        self.plan.down(&peer);
+        self.sync_step(now_ms);
+        if let Some(p) = self.table.peer_mut(&peer) {
+            p.needs_resync = false;
+        }
+        self.events.push_back(Event::Dial);
+        self.wake = true;
+        true
+    }
+
+    /// Forgets a link's session: an incoming snapshot cut off leaves its gap (the position
+    /// is forgotten), an outgoing one stops counting as load.
+    fn end_session(&mut self, link: LinkId, _now_ms: u64) -> Option<String> {
+        let s = self.sessions.remove(&link)?;
+        if s.incoming.is_some() {
+            s.counters.snapshot_ended(false);
+        }
+        if s.walk.is_some() {
+            self.serving = self.serving.saturating_sub(1);
+            self.status_gen += 1;
+        }
+        Some(s.peer)
+    }
+
+    /// Timers: the sync plan's (the donor grace period, `--join-timeout`).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.sync_step(now_ms);
+    }
+
+    fn sync_step(&mut self, now_ms: u64) {
+        let all_connected = self.table.all_connected();
+        let actions = self.plan.step(now_ms, all_connected);
+        self.act(actions);
+    }
+
+    fn act(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            self.wake = true;
+            match a {
+                Action::RequestSnapshot(peer) => {
+                    tracing::info!(node = %self.name, donor = %peer, "asking for a snapshot (initial sync)");
+                    self.queue_ctl(&peer, Frame::SnapshotRequest { token: 0 });
+                }
+                Action::Start(peer) => {
+                    let (run_id, seq) = self.peer_counters(&peer).have();
+                    self.queue_ctl(&peer, Frame::Start { run_id, seq });
+                }
+                Action::Ready(reason) => {
+                    self.log_ready(reason);
+                    self.status_gen += 1;
+                    self.events.push_back(Event::Ready(reason));
+                }
+            }
+        }
+    }
+
+    fn log_ready(&self, reason: ReadyReason) {
+        let items = self.store.stats().curr_items;
+        let node = &self.name;
+        match reason {
+            ReadyReason::Synced { peers } => {
+                tracing::info!(%node, peers, items, "initial sync complete; ready")
+            }
+            ReadyReason::NewCluster => {
+                tracing::info!(%node, "every member is new: nothing to sync; ready")
+            }
+            ReadyReason::NoPeer => {
+                tracing::warn!(%node, items, "no peer answered within --join-timeout; serving what this node has")
+            }
+            ReadyReason::NoDonor => {
+                tracing::warn!(%node, items, "no peer could give a snapshot within --join-timeout; serving what this node has")
+            }
+        }
+    }
+
+    /// Queues a control frame for `peer`'s live stream, if it is connected.
+    fn queue_ctl(&mut self, peer: &str, frame: Frame) {
+        let Some(link) = self.link_of(peer) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&link) {
+            if s.outgoing.len() >= CTL_QUEUE {
+                tracing::warn!(node = %self.name, %peer, "the link's request queue is full; a request to it was dropped");
+            } else {
+                s.outgoing.push_back(frame);
+            }
+        }
+    }
+
+    fn link_of(&self, peer: &str) -> Option<LinkId> {
+        self.table
+            .peer(peer)
+            .and_then(|p| p.link.as_ref())
+            .map(|(_, l)| *l)
+    }
+
+    /// Asks the peer for a full snapshot to reconcile with, when this node was apart from
+    /// the same run of it for longer than the tombstone TTL (see [`super::reconcile`]).
+    fn reconcile_if_due(&mut self, link: LinkId, hello: &Hello, node: NodeId, now_ms: u64) {
+        let due = self.reconciler.link_up(
+            &hello.name,
+            hello.run_id,
+            node,
+            Version(hello.run_floor),
+            now_ms,
+        );
+        if let Some(token) = due {
+            tracing::info!(node = %self.name, peer = %hello.name, "apart from the peer for longer than --tombstone-ttl: reconciling (asking for its full snapshot; keys it deleted meanwhile are dropped here)");
+            if let Some(s) = self.sessions.get_mut(&link) {
+                s.outgoing.push_back(Frame::SnapshotRequest { token });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

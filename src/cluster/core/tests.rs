@@ -1,0 +1,94 @@
+//! Unit tests of the core's link admission; the simulator (`tests/simulator`) runs whole
+//! clusters of cores.
+use super::*;
+use crate::clock::ManualClock;
+use crate::store::StoreConfig;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn replica(name: &str, id: u16) -> Replica {
+    let clock = Arc::new(ManualClock::new(T0));
+    let hlc = Arc::new(Hlc::new(NodeId::new(id).unwrap(), clock));
+    let store = Arc::new(Store::new(StoreConfig {
+        mem_limit: 1 << 20,
+        max_item_size: 1 << 16,
+        evict: true,
+        cas_enabled: true,
+        shards: 4,
+        tombstone_ttl: 60,
+        tombstone_mem: None,
+    }));
+    let cfg = ReplicaConfig {
+        name: name.into(),
+        node_id: NodeId::new(id).unwrap(),
+        seeds: vec![],
+        max_skew: Duration::from_secs(5),
+        tombstone_ttl_ms: 60_000,
+        join_timeout_ms: 1000,
+        repl_backlog: 1 << 20,
+    };
+    Replica::new(&cfg, store, hlc, None, RunId(u64::from(id)), 1)
+}
+
+fn conn(link: LinkId, cert_name: &str, dialed_by_me: bool) -> Connection<'_> {
+    Connection {
+        link,
+        cert_name,
+        dialed_by_me,
+        addr: "127.0.0.1:7000".parse().unwrap(),
+    }
+}
+
+#[test]
+fn a_hello_must_name_its_certificate_and_a_clock_within_the_skew() {
+    let mut a = replica("a", 1);
+    let mut b = replica("b", 2);
+    let ours = a.hello("b", T0);
+    let theirs = b.hello("a", T0);
+    let wrong = a.link_up(conn(1, "c", true), &ours, theirs.clone(), T0);
+    assert!(matches!(wrong, Err(Refusal::Protocol(_))), "{wrong:?}");
+    let late = a.link_up(conn(2, "b", true), &ours, theirs.clone(), T0 + 60_000);
+    assert!(matches!(late, Err(Refusal::Clock(_))), "{late:?}");
+    let up = a
+        .link_up(conn(3, "b", true), &ours, theirs, T0)
+        .expect("accepted");
+    assert_eq!(up.peer, "b");
+    assert_eq!(a.table().connected(), 1);
+    // A second run of b replaces the link, and the old one is to be closed.
+    let mut b2 = replica("b", 2);
+    let mut again = b2.hello("a", T0);
+    again.run_id = RunId(99);
+    let up = a
+        .link_up(conn(4, "b", false), &ours, again, T0)
+        .expect("accepted");
+    assert_eq!((up.replaced, up.restarted), (Some(3), true));
+    assert!(matches!(a.poll_event(), Some(Event::Close { link: 3, .. })));
+    assert!(
+        !a.link_down(3, T0),
+        "the replaced link is no longer the peer's"
+    );
+    assert!(a.link_down(4, T0));
+}
+
+#[test]
+fn a_peer_may_send_only_its_own_writes() {
+    let mut a = replica("a", 1);
+    let mut b = replica("b", 2);
+    let ours = a.hello("b", T0);
+    let theirs = b.hello("a", T0);
+    a.link_up(conn(1, "b", true), &ours, theirs, T0).unwrap();
+    let forged = crate::replication::log::Entry {
+        seq: 1,
+        mutation: crate::replication::log::Mutation {
+            key: bytes::Bytes::from_static(b"k"),
+            version: Version(1 << 22 | 3),
+            op: crate::replication::log::Op::Delete,
+        },
+    };
+    let batch = Frame::Batch {
+        run_id: RunId(2),
+        entries: vec![forged],
+    };
+    let err = a.handle_live(1, batch, T0).unwrap_err();
+    assert!(err.to_string().contains("node id 3"), "{err}");
+}
