@@ -70,6 +70,9 @@ pub struct SyncCounters {
     pub snapshots_received: AtomicU64,
     pub snapshot_items_received: AtomicU64,
     pub snapshot_bytes_received: AtomicU64,
+    /// Catch-ups with restarted origins: walks sent, and entries received.
+    pub catch_ups_sent: AtomicU64,
+    pub catch_up_items_received: AtomicU64,
     /// Keys dropped by reconciliation: a peer's full snapshot, after a separation longer
     /// than the tombstone TTL, showed them gone there.
     pub reconciled_drops: AtomicU64,

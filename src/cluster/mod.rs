@@ -248,6 +248,11 @@ impl Cluster {
         self.endpoint.get().and_then(|e| e.local_addr().ok())
     }
 
+    /// See [`Replica::unacked_own`].
+    pub fn unacked_own(&self) -> Option<(RunId, u64)> {
+        self.core().unacked_own()
+    }
+
     pub fn peers_connected(&self) -> usize {
         self.core().table().connected()
     }

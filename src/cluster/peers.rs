@@ -346,7 +346,14 @@ impl<L: Clone> PeerTable<L> {
             }
         }
         for (index, s) in self.seeds.iter_mut().enumerate() {
-            if s.name.is_none() && !s.dialing && now_ms >= s.next_dial_ms {
+            // A seed is dialed until it leads to this node or to a registered member:
+            // one that answered as some member whose hello never came (it went away at
+            // that moment) is still the only way to that member.
+            let known = s
+                .name
+                .as_ref()
+                .is_some_and(|n| *n == self.name || self.peers.contains_key(n));
+            if !known && !s.dialing && now_ms >= s.next_dial_ms {
                 s.dialing = true;
                 out.push(Dial::Seed {
                     index,

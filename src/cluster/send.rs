@@ -12,8 +12,10 @@ use crate::replication::log::RunId;
 pub struct Position {
     pub run: RunId,
     pub seq: u64,
-    /// The peer's store is empty: unless it has part of this run, it lacks everything.
-    pub empty: bool,
+    /// The peer lacks what this node held before this run (its store is empty, or it has
+    /// no position of ours at all, or our previous run's writes are not all on it):
+    /// unless it has part of this run, only a snapshot carries that.
+    pub lacks_older: bool,
 }
 
 /// Where the sender stands (sans-IO): the log position, whether a snapshot is running or
@@ -39,7 +41,7 @@ impl SendPlan {
         // writes, and everything it got from others), which only a snapshot carries.
         let from = if p.run == ours { p.seq.min(last) } else { 0 };
         self.target = Some(last);
-        if from + 1 >= oldest && (p.run == ours || !p.empty) {
+        if from + 1 >= oldest && (p.run == ours || !p.lacks_older) {
             self.cursor = Some(from);
             false
         } else {
@@ -116,7 +118,7 @@ mod tests {
         Position {
             run,
             seq,
-            empty: false,
+            lacks_older: false,
         }
     }
 
@@ -147,7 +149,7 @@ mod tests {
         let empty = Position {
             run: RunId(0),
             seq: 0,
-            empty: true,
+            lacks_older: true,
         };
         assert!(!p.snapshot_done());
         assert!(p.position(empty, OURS, 100, 1));

@@ -56,17 +56,43 @@ const FLUSH: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Batch { run_id: RunId, entries: Vec<Entry> },
-    Ack { run_id: RunId, seq: u64 },
+    Batch {
+        run_id: RunId,
+        entries: Vec<Entry>,
+    },
+    Ack {
+        run_id: RunId,
+        seq: u64,
+    },
     Hello(Hello),
     Members(Vec<Member>),
-    Status { ready: bool, load: u16 },
-    Start { run_id: RunId, seq: u64 },
-    SnapshotRequest { token: u64 },
-    Synced { snapshots: u32 },
+    Status {
+        ready: bool,
+        load: u16,
+    },
+    Start {
+        run_id: RunId,
+        seq: u64,
+    },
+    SnapshotRequest {
+        token: u64,
+    },
+    /// Send me every item and tombstone you hold of this origin (node id), echoing the
+    /// token in the walk's `SnapBegin`: the origin restarted without every member having
+    /// its previous run's writes (see `cluster::core::catch_up`).
+    CatchUp {
+        origin: u16,
+        token: u64,
+    },
+    Synced {
+        snapshots: u32,
+    },
     SnapBegin(SnapBegin),
     SnapItems(Vec<Mutation>),
-    SnapEnd { items: u64, bytes: u64 },
+    SnapEnd {
+        items: u64,
+        bytes: u64,
+    },
 }
 
 /// [`Hello::flags`]: the sender serves clients and can be a donor.
@@ -77,6 +103,9 @@ pub const HELLO_DEFER: u8 = 2;
 /// [`Hello::flags`]: the sender's store is empty (a position of another run then means it
 /// needs a snapshot, not just the log).
 pub const HELLO_EMPTY: u8 = 4;
+/// [`Hello::flags`]: the sender started from a state file its previous run saved after
+/// every member had acknowledged every write of that run: nobody lacks any of them.
+pub const HELLO_CLEAN: u8 = 8;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,6 +292,10 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             seq: r.u64()?,
         },
         sync::SNAP_REQUEST => Frame::SnapshotRequest { token: r.u64()? },
+        sync::CATCH_UP => Frame::CatchUp {
+            origin: r.u16()?,
+            token: r.u64()?,
+        },
         sync::SYNCED => Frame::Synced {
             snapshots: r.u32()?,
         },
@@ -373,6 +406,11 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         }
         Frame::SnapshotRequest { token } => {
             out.put_u8(sync::SNAP_REQUEST);
+            out.put_u64(*token);
+        }
+        Frame::CatchUp { origin, token } => {
+            out.put_u8(sync::CATCH_UP);
+            out.put_u16(*origin);
             out.put_u64(*token);
         }
         Frame::Synced { snapshots } => {

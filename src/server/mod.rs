@@ -9,7 +9,7 @@ mod connection;
 pub mod dispatch;
 mod meta_dispatch;
 mod report;
-mod state_file;
+pub mod state_file;
 pub mod stats;
 
 use std::io;
@@ -30,7 +30,7 @@ use crate::replication::transport::{PeerEndpoint, TransportError};
 use crate::state;
 use crate::store::{Store, StoreConfig};
 use connection::Stream;
-use state_file::{load_state, save_state, StateFile};
+use state_file::{Saving, StateFile};
 use stats::{ConnStats, Counters};
 
 /// What `version` answers: the memcached release whose behaviour we follow, then our own.
@@ -316,7 +316,13 @@ impl Server {
             });
             rt.shutdown_timeout(Duration::from_millis(100));
             if let Some(sf) = &self.state_file {
-                save_state(sf, &self.shared, cluster);
+                sf.save(Saving {
+                    store: &self.shared.store,
+                    now_ms: self.shared.clock().now_ms(),
+                    phase: cluster.phase(),
+                    positions: cluster.positions(),
+                    undrained: cluster.unacked_own(),
+                });
             }
         }
         result
@@ -351,13 +357,12 @@ fn start_cluster(
         path: path.clone(),
         cluster_id,
         node_name: cc.node_name.clone(),
+        tombstone_ttl: cc.tombstone_ttl,
     });
     if let Some(sf) = &state_file {
         state::check_writable(&sf.path)?;
     }
-    let positions = state_file
-        .as_ref()
-        .and_then(|sf| load_state(&sf.path, cc, cluster_id, store, hlc));
+    let positions = state_file.as_ref().and_then(|sf| sf.load(store, hlc));
     let cluster = Cluster::new(cc, store.clone(), hlc.clone(), positions);
     let outbox = cluster.outbox.clone();
     if store

@@ -230,6 +230,12 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "snapshot_bytes_received",
         k(|c| &c.snapshot_bytes_received),
     );
+    push(&mut s, "catch_ups_sent", k(|c| &c.catch_ups_sent));
+    push(
+        &mut s,
+        "catch_up_items_received",
+        k(|c| &c.catch_up_items_received),
+    );
     push(&mut s, "reconciled_drops", k(|c| &c.reconciled_drops));
     s
 }

@@ -45,7 +45,7 @@ use flush::FlushSet;
 pub use flush::{Flush, FlushMerge, FlushState, MAX_PENDING};
 pub use journal::{Change, Journal};
 pub use merge::{Applied, Remote};
-use shard::{Removal, Shard, Slot, FETCHED, REFERENCED};
+use shard::{Shard, Slot, FETCHED, REFERENCED};
 pub use shard::{STALE, TOMBSTONE_OVERHEAD, WIN_SENT};
 use write::Found;
 
@@ -239,7 +239,7 @@ pub type DumpedItem = (Vec<u8>, Vec<u8>, u32, u32, Version);
 pub struct Store {
     journal: std::sync::OnceLock<Journal>,
     shards: Box<[Mutex<Shard>]>,
-    hasher: DefaultHashBuilder,
+    hasher: foldhash::fast::FixedState,
     cfg: StoreConfig,
     used: AtomicUsize,
     /// Items with a lower version are flushed: `flushes`'s floor, read without its lock.
@@ -258,6 +258,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     pub fn new(cfg: StoreConfig) -> Self {
+        // Keys come from clients: the seed is random, so that nobody can aim keys at one
+        // bucket.
+        let seed = DefaultHashBuilder::default().hash_one(0x6d65_7368u64);
+        Self::with_hash_seed(cfg, seed)
+    }
+
+    /// A store whose key hashing (and so its layout, walk order and eviction choices) is
+    /// fixed by `seed`: for the simulator, whose runs must replay exactly from their seed.
+    pub fn with_hash_seed(cfg: StoreConfig, seed: u64) -> Self {
         let n = cfg.shards.max(1).next_power_of_two();
         // A quarter of the budget for exact fences, the rest for tombstones; none of either
         // on a standalone node.
@@ -269,12 +278,12 @@ impl Store {
             (0, 0)
         };
         let shards = (0..n)
-            .map(|_| Mutex::new(Shard::new(tomb_budget, fence_cap)))
+            .map(|_| Mutex::new(Shard::new(tomb_budget, fence_cap, cfg.tombstone_ttl)))
             .collect();
         Self {
             journal: std::sync::OnceLock::new(),
             shards,
-            hasher: DefaultHashBuilder::default(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
             shard_shift: n.trailing_zeros(),
             cfg,
             used: AtomicUsize::new(0),
@@ -364,9 +373,14 @@ impl Store {
                 shard.stats.get_expired += 1;
             }
         }
-        let freed = shard.remove_slot(idx, hash, Removal::Reclaimed, now, floor);
+        let hasher = |k: &[u8]| self.hash(k);
+        let freed = shard.reclaim(idx, now, floor, &hasher);
         self.used.fetch_sub(freed, Ordering::AcqRel);
-        Found::Absent
+        // An expired item may have become a tombstone (see `Shard::reclaim`).
+        match shard.find(hash, key) {
+            Some(idx) => Found::Tombstone(idx),
+            None => Found::Absent,
+        }
     }
 
     /// Reclaims expired and flushed items in up to `budget` slots of every shard, one lock
@@ -384,7 +398,11 @@ impl Store {
         let floor = self.flush_floor(now);
         let hasher = |k: &[u8]| self.hash(k);
         let shard = &self.shards[index % self.shards.len()];
-        let freed = lock(shard).sweep(budget, now, floor, &hasher);
+        let mut shard = lock(shard);
+        let freed = shard.sweep(budget, now, floor, &hasher);
+        // Expired items that became tombstones may have overrun the tombstone budget.
+        shard.collect_tombstones(u32::MAX, now, floor, &hasher);
+        drop(shard);
         self.used.fetch_sub(freed, Ordering::AcqRel);
         freed
     }

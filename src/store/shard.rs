@@ -135,12 +135,14 @@ pub(super) struct Shard {
     tombs: VecDeque<(u32, u64)>,
     /// Bytes of tombstones this shard may hold.
     tomb_budget: usize,
+    /// Seconds a tombstone is kept (`--tombstone-ttl`; 0: none, standalone).
+    tomb_ttl: u32,
     pub fences: Fences,
     pub stats: ShardStats,
 }
 
 impl Shard {
-    pub fn new(tomb_budget: usize, fence_cap: usize) -> Self {
+    pub fn new(tomb_budget: usize, fence_cap: usize, tomb_ttl: u32) -> Self {
         Self {
             table: HashTable::new(),
             slots: Vec::new(),
@@ -149,6 +151,7 @@ impl Shard {
             sweep_at: 0,
             tombs: VecDeque::new(),
             tomb_budget,
+            tomb_ttl,
             fences: Fences::new(fence_cap),
             stats: ShardStats::default(),
         }
@@ -246,6 +249,44 @@ impl Shard {
         slot.cost()
     }
 
+    /// Removes a dead slot (an expired or flushed item, or a tombstone whose time is up);
+    /// returns the bytes of `-m` it freed. In a cluster an item that *expired* becomes a
+    /// tombstone of its version for `--tombstone-ttl`: a snapshot then carries its fence,
+    /// so that a peer still holding an older version of the key drops it instead of
+    /// serving it on (a fence kept by hash alone cannot travel). A flushed one needs none:
+    /// the flush travels itself. `hasher` hashes keys for the slots freed.
+    pub fn reclaim(
+        &mut self,
+        idx: u32,
+        now: u32,
+        flush_floor: u64,
+        hasher: &impl Fn(&[u8]) -> u64,
+    ) -> usize {
+        let slot = &self.slots[idx as usize];
+        if self.tomb_ttl == 0 || slot.is_tombstone() || slot.version < flush_floor {
+            let hash = hasher(slot.key());
+            return self.remove_slot(idx, hash, Removal::Reclaimed, now, flush_floor);
+        }
+        let freed = slot.cost();
+        let tomb = Slot {
+            data: slot.key().to_vec().into_boxed_slice(),
+            version: slot.version,
+            exptime: now.saturating_add(self.tomb_ttl),
+            flags: 0,
+            last_access: now,
+            key_len: slot.key_len,
+            bits: TOMBSTONE,
+        };
+        self.stats.reclaimed += 1;
+        if slot.bits & FETCHED == 0 {
+            self.stats.expired_unfetched += 1;
+        }
+        self.replace(idx, tomb);
+        // Over the tombstone budget, the sweeper collects the oldest (not here: a write
+        // may be under way on another tombstone of this shard).
+        freed
+    }
+
     /// Puts `slot` where `idx` was (same key, so the table entry stays).
     pub fn replace(&mut self, idx: u32, slot: Slot) {
         slot.count(&mut self.stats, 1);
@@ -293,13 +334,11 @@ impl Shard {
                 slot.bits &= !REFERENCED;
                 continue;
             }
+            if dead {
+                return Some(self.reclaim(idx, now, flush_floor, hasher));
+            }
             let hash = hasher(slot.key());
-            let why = if dead {
-                Removal::Reclaimed
-            } else {
-                Removal::Evicted
-            };
-            return Some(self.remove_slot(idx, hash, why, now, flush_floor));
+            return Some(self.remove_slot(idx, hash, Removal::Evicted, now, flush_floor));
         }
         None
     }
@@ -331,8 +370,7 @@ impl Shard {
             self.sweep_at += 1;
             let slot = &self.slots[idx as usize];
             if !slot.is_free() && slot.is_dead(now, flush_floor) {
-                let hash = hasher(slot.key());
-                freed += self.remove_slot(idx, hash, Removal::Reclaimed, now, flush_floor);
+                freed += self.reclaim(idx, now, flush_floor, hasher);
             }
         }
         freed

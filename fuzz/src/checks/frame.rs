@@ -198,6 +198,10 @@ fn frame(input: &mut Input<'_>) -> Frame {
             run_id: RunId(input.u64()),
             seq: input.u64(),
         },
+        6 if input.bool() => Frame::CatchUp {
+            origin: input.u16(),
+            token: input.u64(),
+        },
         6 => Frame::SnapshotRequest { token: input.u64() },
         7 => Frame::Synced {
             snapshots: input.u32(),

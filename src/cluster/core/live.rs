@@ -114,11 +114,11 @@ impl Replica {
                     let c = &self.sessions[&link].counters;
                     c.acked_seq.store(seq, Ordering::Relaxed);
                 }
-                // A Start comes after the peer took a donor's snapshot: not empty.
+                // A Start comes after the peer took a donor's snapshot: it has what we held.
                 let p = SendPosition {
                     run: run_id,
                     seq,
-                    empty: false,
+                    lacks_older: false,
                 };
                 self.reposition(link, p, now_ms);
             }
@@ -129,6 +129,16 @@ impl Replica {
                 if s.plan.snapshot_requested(last) {
                     self.start_walk(link, "it asked for one", now_ms);
                 }
+            }
+            Frame::CatchUp { origin, token } => {
+                let s = self.sessions.get_mut(&link).expect("looked up above");
+                if s.catch_ups.len() >= super::CTL_QUEUE {
+                    return Err(PeerError::Protocol(
+                        "the peer asks for catch-ups faster than they are sent".into(),
+                    ));
+                }
+                s.catch_ups.push_back((origin, token));
+                self.next_walk(link, now_ms);
             }
             Frame::Synced { snapshots } => {
                 tracing::debug!(node = %self.name, %peer, snapshots, "peer says we are synced with it");

@@ -24,6 +24,7 @@
 //! may change (its own writes only, positions clamped), when a write refused by the skew
 //! guard stalls its stream.
 
+mod catch_up;
 mod live;
 mod session;
 mod walk;
@@ -40,7 +41,9 @@ use super::reconcile::Reconciler;
 use super::send::Position as SendPosition;
 use super::sync::{Action, Phase, ReadyReason, SyncPlan};
 use crate::clock::{Hlc, NodeId, Version};
-use crate::replication::frame::{Frame, Hello, Position, HELLO_DEFER, HELLO_EMPTY, HELLO_READY};
+use crate::replication::frame::{
+    Frame, Hello, Position, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
+};
 use crate::replication::log::RunId;
 use crate::store::Store;
 pub use live::{Flow, Transmit};
@@ -198,6 +201,14 @@ pub struct Replica {
     events: VecDeque<Event>,
     /// Something changed that links may have to send: see [`Replica::take_wake`].
     wake: bool,
+    /// The state file says our previous run's drain timed out: some of its writes may be
+    /// only here, so every peer that has not heard from this run gets a full snapshot
+    /// (a node's own writes come back to peers only that way; DESIGN.md section 6).
+    push_own: bool,
+    /// Started from a state file saved when every member had acknowledged every write of
+    /// the previous run (told to peers in the hello: no catch-up needed).
+    clean_start: bool,
+    catch_ups: catch_up::CatchUps,
 }
 
 impl Replica {
@@ -240,11 +251,25 @@ impl Replica {
             serving: 0,
             events: VecDeque::new(),
             wake: false,
+            push_own: false,
+            clean_start: false,
+            catch_ups: catch_up::CatchUps::default(),
         };
+        let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
-            if p.origin != r.name {
+            if p.origin == r.name {
+                // Written only when the last drain timed out (see `StateFile::save`).
+                r.push_own = true;
+            } else {
                 r.peer_counters(&p.origin).set_have(p.run_id, p.seq);
             }
+        }
+        r.clean_start = loaded && !r.push_own;
+        if !r.clean_start {
+            // Our own previous run (if there was one) may have writes that only some
+            // members hold: ask each for them, as peers do for any origin that restarts.
+            let (name, id) = (r.name.clone(), r.node_id.get());
+            r.catch_ups.origin_restarted(&name, id);
         }
         r
     }
@@ -278,11 +303,11 @@ impl Replica {
         self.plan.phase()
     }
 
-    pub(crate) fn table(&self) -> &PeerTable<LinkId> {
+    pub fn table(&self) -> &PeerTable<LinkId> {
         &self.table
     }
 
-    pub(crate) fn table_mut(&mut self) -> &mut PeerTable<LinkId> {
+    pub fn table_mut(&mut self) -> &mut PeerTable<LinkId> {
         &mut self.table
     }
 
@@ -303,6 +328,7 @@ impl Replica {
         self.peer_counters
             .iter()
             .filter(|(_, c)| c.holds_have())
+            .filter(|(name, _)| !self.catch_ups.unsettled(name))
             .filter_map(|(name, c)| {
                 let (run_id, seq) = c.have();
                 (run_id != RunId(0)).then(|| Position {
@@ -337,6 +363,27 @@ impl Replica {
             .count()
     }
 
+    /// When some member has not acknowledged every write of this run (it was cut off, or
+    /// the shutdown drain timed out): our run and the last sequence every member
+    /// acknowledged. A warm restart must then hand this run's writes to the peers by
+    /// snapshot: they are in the state file, and nowhere else (see `StateFile::save`).
+    pub fn unacked_own(&self) -> Option<(RunId, u64)> {
+        let last = self.outbox.last_seq();
+        let acked = self
+            .table
+            .peers()
+            .map(|(n, _)| {
+                self.peer_counters.get(n).map_or(0, |c| {
+                    c.acked_seq.load(std::sync::atomic::Ordering::Relaxed)
+                })
+            })
+            .min()
+            // Knowing no member, a node cannot say that its members have its writes (a
+            // first node whose peers join it later, say).
+            .unwrap_or(0);
+        (acked < last).then_some((self.outbox.run_id(), acked))
+    }
+
     /// Our hello for a new connection.
     pub fn hello(&mut self, peer: &str, now_ms: u64) -> Hello {
         let (have_run, have_seq) = self.peer_counters(peer).have();
@@ -349,6 +396,9 @@ impl Replica {
         }
         if self.store.is_empty() {
             flags |= HELLO_EMPTY;
+        }
+        if self.clean_start {
+            flags |= HELLO_CLEAN;
         }
         Hello {
             name: self.name.clone(),
@@ -433,9 +483,19 @@ impl Replica {
         self.members_gen += 1;
         let peer = theirs.name.clone();
         let counters = self.peer_counters(&peer);
-        if counters.have().0 != theirs.run_id {
+        let had = counters.have().0;
+        if had != theirs.run_id {
             // A new run of the peer: nothing of it applied yet.
             counters.set_have(theirs.run_id, 0);
+            // Unless the peer's previous run ended cleanly and we had a position in it, some
+            // of its earlier writes may be only on other members: ask every member. (With
+            // no position at all, nothing says we ever had any of them.)
+            if had == RunId(0) {
+                self.catch_ups.origin_restarted(&peer, theirs.node_id);
+            } else if theirs.flags & HELLO_CLEAN == 0 {
+                tracing::info!(node = %self.name, %peer, "the peer restarted without every member holding its previous run: asking every member for that origin's writes");
+                self.catch_ups.origin_restarted(&peer, theirs.node_id);
+            }
         }
         // What the peer has of our log is what its hello says, nothing of an earlier run.
         let acked = if theirs.have_run == self.outbox.run_id() {
@@ -454,6 +514,7 @@ impl Replica {
             &peer,
             theirs.run_id,
             their_node,
+            theirs.flags & HELLO_CLEAN != 0,
             counters,
             self.status_gen,
             now_ms,
@@ -469,11 +530,16 @@ impl Replica {
         self.act(actions);
         self.sync_step(now_ms);
         self.reconcile_if_due(link, &theirs, their_node, now_ms);
+        self.ask_catch_ups();
         if !peer_defers {
             let p = SendPosition {
                 run: theirs.have_run,
                 seq: theirs.have_seq,
-                empty: theirs.flags & HELLO_EMPTY != 0,
+                // A peer with no position of ours at all never had our data from us nor
+                // from a donor (a fresh node that opened at once, say): all of it.
+                lacks_older: theirs.flags & HELLO_EMPTY != 0
+                    || self.push_own
+                    || (theirs.have_run == RunId(0) && !self.store.is_empty()),
             };
             self.reposition(link, p, now_ms);
         }
@@ -495,6 +561,7 @@ impl Replica {
             return false;
         }
         self.reconciler.link_down(&peer, now_ms);
+        self.catch_ups.link_down(&peer);
         self.plan.down(&peer);
         self.sync_step(now_ms);
         if let Some(p) = self.table.peer_mut(&peer) {
@@ -509,7 +576,7 @@ impl Replica {
     /// is forgotten), an outgoing one stops counting as load.
     fn end_session(&mut self, link: LinkId, _now_ms: u64) -> Option<String> {
         let s = self.sessions.remove(&link)?;
-        if s.incoming.is_some() {
+        if s.incoming.as_ref().is_some_and(|i| i.fills_gap()) {
             s.counters.snapshot_ended(false);
         }
         if s.walk.is_some() {
@@ -581,6 +648,22 @@ impl Replica {
             } else {
                 s.outgoing.push_back(frame);
             }
+        }
+    }
+
+    /// Sends the catch-up requests due (see [`catch_up`]).
+    pub(super) fn ask_catch_ups(&mut self) {
+        let linked: Vec<String> = self
+            .table
+            .peers()
+            .filter(|(_, p)| p.link.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for (peer, frame) in self
+            .catch_ups
+            .requests_due(linked.iter().map(String::as_str))
+        {
+            self.queue_ctl(&peer, frame);
         }
     }
 

@@ -17,6 +17,8 @@ pub(super) struct Session {
     pub peer: String,
     pub their_run: RunId,
     pub their_node: NodeId,
+    /// The peer's hello said its previous run ended cleanly (`HELLO_CLEAN`).
+    pub their_clean: bool,
     pub counters: Arc<PeerCounters>,
     pub plan: SendPlan,
     /// The token of the peer's latest snapshot request: every walk started after it
@@ -32,6 +34,10 @@ pub(super) struct Session {
     pub last_ack_ms: u64,
     /// Our snapshot being sent to the peer.
     pub walk: Option<Walk>,
+    /// A full snapshot due while a catch-up walk runs (it starts next), and the peer's
+    /// catch-up requests not yet started: (origin node id, token).
+    pub full_pending: Option<&'static str>,
+    pub catch_ups: VecDeque<(u16, u64)>,
     /// The peer's snapshot being received.
     pub incoming: Option<Incoming>,
     /// The rest of a batch refused by the skew guard: nothing after it is applied.
@@ -43,6 +49,7 @@ impl Session {
         peer: &str,
         their_run: RunId,
         their_node: NodeId,
+        their_clean: bool,
         counters: Arc<PeerCounters>,
         status_gen: u64,
         now_ms: u64,
@@ -52,6 +59,7 @@ impl Session {
             peer: peer.to_string(),
             their_run,
             their_node,
+            their_clean,
             counters,
             plan: SendPlan::default(),
             token: 0,
@@ -61,6 +69,8 @@ impl Session {
             acked,
             last_ack_ms: now_ms,
             walk: None,
+            full_pending: None,
+            catch_ups: VecDeque::new(),
             incoming: None,
             stalled: None,
         }

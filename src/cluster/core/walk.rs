@@ -27,6 +27,8 @@ const PROGRESS_EVERY_MS: u64 = 1000;
 pub(crate) struct Walk {
     why: &'static str,
     token: u64,
+    /// A catch-up walk carries only this origin's entries (see [`super::catch_up`]).
+    origin: Option<u16>,
     /// `None` before the first frame; then where the walk stands (`None` inside: done).
     cursor: Option<Option<ExportCursor>>,
     /// Unix seconds when the walk began (expired items are left out as of then).
@@ -50,6 +52,9 @@ pub struct SnapOut {
 /// A peer's snapshot being received.
 pub(crate) struct Incoming {
     log_seq: u64,
+    /// The token of our catch-up request it answers: then it carries one origin's entries
+    /// only, and says nothing of the sender's log nor fills a gap.
+    catch_up: Option<u64>,
     /// When it answers our reconciliation request: its token, the bounds to drop by, and
     /// the hash of every key it carries (items and tombstones).
     reconciling: Option<(u64, Bounds, HashSet<u64>)>,
@@ -59,14 +64,62 @@ pub(crate) struct Incoming {
     progress_ms: u64,
 }
 
+impl Incoming {
+    /// Whether it is a full snapshot, which holds the sender's position as a gap until
+    /// complete.
+    pub(super) fn fills_gap(&self) -> bool {
+        self.catch_up.is_none()
+    }
+}
+
 impl Replica {
+    /// Starts a full snapshot walk to the peer on `link` (after the catch-up walk under
+    /// way, if one is).
     pub(super) fn start_walk(&mut self, link: LinkId, why: &'static str, now_ms: u64) {
+        let Some(s) = self.sessions.get_mut(&link) else {
+            return;
+        };
+        if s.walk.is_some() {
+            s.full_pending = Some(why);
+            return;
+        }
+        let token = s.token;
+        self.begin_walk(link, why, token, None, now_ms);
+    }
+
+    /// Starts what is due when no walk runs: a full snapshot put off, else the peer's next
+    /// catch-up request.
+    pub(super) fn next_walk(&mut self, link: LinkId, now_ms: u64) {
+        let Some(s) = self.sessions.get_mut(&link) else {
+            return;
+        };
+        if s.walk.is_some() {
+            return;
+        }
+        if let Some(why) = s.full_pending.take() {
+            let token = s.token;
+            self.begin_walk(link, why, token, None, now_ms);
+        } else if let Some((origin, token)) = s.catch_ups.pop_front() {
+            let why = "catching it up with a restarted origin";
+            self.begin_walk(link, why, token, Some(origin), now_ms);
+        }
+    }
+
+    fn begin_walk(
+        &mut self,
+        link: LinkId,
+        why: &'static str,
+        token: u64,
+        origin: Option<u16>,
+        now_ms: u64,
+    ) {
         let Some(s) = self.sessions.get_mut(&link) else {
             return;
         };
         s.walk = Some(Walk {
             why,
-            token: s.token,
+            token,
+            origin,
             cursor: None,
             now: (now_ms / 1000) as u32,
             items: 0,
@@ -86,7 +139,11 @@ impl Replica {
         let w = s.walk.as_mut()?;
         let mut out = BytesMut::with_capacity(PIECE_BYTES + (16 << 10));
         let Some(cursor) = w.cursor.as_mut() else {
-            tracing::info!(node = %self.name, peer = %s.peer, "sending a snapshot: {}", w.why);
+            if w.origin.is_none() {
+                tracing::info!(node = %self.name, peer = %s.peer, "sending a snapshot: {}", w.why);
+            } else {
+                tracing::debug!(node = %self.name, peer = %s.peer, origin = ?w.origin, "sending a catch-up");
+            }
             // The positions first, then the walk: whatever the walk misses of those
             // origins, the receiver asks them for.
             let begin = SnapBegin {
@@ -104,11 +161,16 @@ impl Replica {
                 finish: false,
             });
         };
+        let origin = w.origin;
+        let wanted =
+            |e: &crate::store::Exported<'_>| origin.is_none_or(|o| e.version.node().get() == o);
         while let Some(at) = cursor.take() {
             let mut piece = SnapItemsWriter::begin(&mut out);
-            *cursor = self
-                .store
-                .export(at, w.now, PIECE_BYTES, |e| piece.push(&mut out, &e));
+            *cursor = self.store.export(at, w.now, PIECE_BYTES, |e| {
+                if wanted(&e) {
+                    piece.push(&mut out, &e)
+                }
+            });
             if piece.count() == 0 {
                 out.clear();
                 continue;
@@ -134,21 +196,27 @@ impl Replica {
             });
         }
         let (items, bytes) = (w.items, w.bytes);
-        log_progress(
-            &self.name,
-            &s.peer,
-            "snapshot sent",
-            items,
-            bytes,
-            now_ms - w.started_ms,
-        );
+        let full = origin.is_none();
+        if full || items > 0 {
+            log_progress(
+                &self.name,
+                &s.peer,
+                "snapshot sent",
+                items,
+                bytes,
+                now_ms - w.started_ms,
+            );
+        }
         frame::encode(&Frame::SnapEnd { items, bytes }, &mut out);
         s.walk = None;
-        let again = s.plan.snapshot_done();
+        let again = full && s.plan.snapshot_done();
         let peer = s.peer.clone();
-        self.sync_counters
-            .snapshots_sent
-            .fetch_add(1, Ordering::Relaxed);
+        let sent = if full {
+            &self.sync_counters.snapshots_sent
+        } else {
+            &self.sync_counters.catch_ups_sent
+        };
+        sent.fetch_add(1, Ordering::Relaxed);
         self.serving = self.serving.saturating_sub(1);
         self.status_gen += 1;
         self.wake = true;
@@ -158,9 +226,12 @@ impl Replica {
                 "writes were dropped from the log during the last one",
                 now_ms,
             );
-        } else if let Some(p) = self.table.peer_mut(&peer) {
-            p.needs_resync = false;
+        } else if full {
+            if let Some(p) = self.table.peer_mut(&peer) {
+                p.needs_resync = false;
+            }
         }
+        self.next_walk(link, now_ms);
         Some(SnapOut {
             open: false,
             data: out.freeze(),
@@ -186,6 +257,23 @@ impl Replica {
             inc.bytes += wire_bytes as u64;
         }
         match (frame, s.incoming.is_some()) {
+            (Frame::SnapBegin(b), false) if self.catch_ups.answers(&peer, b.token) => {
+                tracing::debug!(node = %self.name, %peer, "receiving a catch-up");
+                s.incoming = Some(Incoming {
+                    log_seq: b.log_seq,
+                    catch_up: Some(b.token),
+                    reconciling: None,
+                    items: 0,
+                    bytes: wire_bytes as u64,
+                    started_ms: now_ms,
+                    progress_ms: now_ms,
+                });
+                let now = (now_ms / 1000) as u32;
+                let flushes =
+                    apply_flush_state(&self.store, &self.hlc, &b.flush, self.max_skew, now);
+                self.counters.add(&flushes);
+                Ok(false)
+            }
             (Frame::SnapBegin(b), false) => {
                 tracing::info!(node = %self.name, %peer, items = b.items, "receiving a snapshot");
                 self.store.reserve_entries(b.items);
@@ -197,6 +285,7 @@ impl Replica {
                     .map(|bounds| (b.token, bounds, HashSet::new()));
                 s.incoming = Some(Incoming {
                     log_seq: b.log_seq,
+                    catch_up: None,
                     reconciling,
                     items: 0,
                     bytes: wire_bytes as u64,
@@ -241,6 +330,30 @@ impl Replica {
             }
             (Frame::SnapEnd { items: sent, .. }, true) => {
                 let inc = s.incoming.take().expect("matched");
+                if let Some(token) = inc.catch_up {
+                    if sent != inc.items {
+                        return Err(PeerError::Protocol(format!(
+                            "a catch-up of {sent} items brought {}",
+                            inc.items
+                        )));
+                    }
+                    self.sync_counters
+                        .catch_up_items_received
+                        .fetch_add(inc.items, Ordering::Relaxed);
+                    if inc.items > 0 {
+                        let took = now_ms - inc.started_ms;
+                        log_progress(
+                            &self.name,
+                            &peer,
+                            "catch-up applied",
+                            inc.items,
+                            inc.bytes,
+                            took,
+                        );
+                    }
+                    self.catch_ups.answered(&peer, token);
+                    return Ok(true);
+                }
                 if sent != inc.items {
                     s.counters.snapshot_ended(false);
                     return Err(PeerError::Protocol(format!(
@@ -296,10 +409,35 @@ impl Replica {
             // us keep positions (and counters) for names it invents.
             for p in &begin.positions {
                 let known = self.table.peer(&p.origin).is_some();
-                if known && p.origin != self.name && p.origin != peer {
-                    self.peer_counters(&p.origin).set_have(p.run_id, p.seq);
+                if !known || p.origin == self.name || p.origin == peer {
+                    continue;
+                }
+                // An origin already streaming to us in a newer run than the donor knew:
+                // its stream position stays; what the donor did not have of its previous
+                // run, the other members may (unless that run ended cleanly).
+                let linked = self.sessions.values().find(|s| s.peer == p.origin);
+                match linked {
+                    Some(s) if s.their_run != p.run_id => {
+                        if !s.their_clean {
+                            let node_id = s.their_node.get();
+                            self.catch_ups.origin_restarted(&p.origin, node_id);
+                        }
+                    }
+                    _ => self.peer_counters(&p.origin).set_have(p.run_id, p.seq),
                 }
             }
+            // A member the donor claims no position of (it never heard of it, or was
+            // still catching up with it): only the members can say what it wrote.
+            let unclaimed: Vec<(String, u16)> = self
+                .table
+                .peers()
+                .filter(|(n, _)| *n != peer && !begin.positions.iter().any(|p| &p.origin == *n))
+                .map(|(n, p)| (n.clone(), p.node_id))
+                .collect();
+            for (origin, node_id) in unclaimed {
+                self.catch_ups.ensure(&origin, node_id);
+            }
+            self.ask_catch_ups();
         }
         let actions = self.plan.snapshot_began(peer);
         self.act(actions);

@@ -6,6 +6,8 @@
 //! Start   := kind 6, run_id:u64 seq:u64         (stream your log to me after this point)
 //! SnapReq := kind 7, token:u64                   (send me your whole store, and echo this
 //!                                                token in its SnapBegin)
+//! CatchUp := kind 13, origin:u16 token:u64      (send me every item and tombstone you
+//!                                                hold of this origin, echoing the token)
 //! Synced  := kind 8, snapshots:u32              (you have my log up to where your sync
 //!                                                began, and this many snapshots of mine)
 //! SnapBegin := kind 12, log_seq:u64 items:u64 flushes:u8 (issued:u64 at_ms:u64)*
@@ -39,6 +41,7 @@ pub(super) const SNAP_BEGIN_V1: u8 = 9;
 pub(super) const SNAP_ITEMS: u8 = 10;
 pub(super) const SNAP_END: u8 = 11;
 pub(super) const SNAP_BEGIN: u8 = 12;
+pub(super) const CATCH_UP: u8 = 13;
 
 /// What a donor had applied of one origin's log when its snapshot walk began.
 #[derive(Debug, Clone, PartialEq, Eq)]

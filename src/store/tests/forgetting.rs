@@ -35,11 +35,12 @@ fn an_expired_item_refuses_older_writes_of_its_key() {
     let (s, hlc, clock) = cluster_store();
     let now = clock.now_secs();
     let older = hlc.tick();
+    let newer_version = hlc.tick();
     let newer = Remote::Put {
         value: b"new",
         flags: 0,
         exptime: now + 1,
-        version: hlc.tick(),
+        version: newer_version,
     };
     assert_eq!(s.apply(b"k", &newer, now), Ok(Applied::Accepted));
     assert_eq!(
@@ -47,9 +48,19 @@ fn an_expired_item_refuses_older_writes_of_its_key() {
         None,
         "expired, and reclaimed by the read"
     );
-    assert!(s.state(now + 1).is_empty(), "nothing held");
+    // In a cluster it leaves a tombstone of its version, which a snapshot carries.
+    let held = s.state(now + 1);
+    assert_eq!(held, vec![(b"k".to_vec(), None, newer_version)]);
     assert_eq!(
         s.apply(b"k", &put(b"old", older), now + 1),
+        Ok(Applied::Behind)
+    );
+    // Once that tombstone is collected too, a fence refuses the older write still.
+    let later = now + 2 + 600; // past the tombstone TTL of `cluster_store`
+    s.sweep(later, 1000);
+    assert!(s.state(later).is_empty(), "nothing held");
+    assert_eq!(
+        s.apply(b"k", &put(b"old", older), later),
         Ok(Applied::Forgotten)
     );
     assert_eq!(
