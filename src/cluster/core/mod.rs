@@ -491,7 +491,12 @@ impl Replica {
             // of its earlier writes may be only on other members: ask every member. (With
             // no position at all, nothing says we ever had any of them.)
             if had == RunId(0) {
-                self.catch_ups.origin_restarted(&peer, theirs.node_id);
+                // A node choosing a donor leaves it to the donor's snapshot: it carries
+                // what the donor holds, and the origins it claims no position of are
+                // caught up then (see `snapshot_began`).
+                if !self.plan.defer() {
+                    self.catch_ups.origin_restarted(&peer, theirs.node_id);
+                }
             } else if theirs.flags & HELLO_CLEAN == 0 {
                 tracing::info!(node = %self.name, %peer, "the peer restarted without every member holding its previous run: asking every member for that origin's writes");
                 self.catch_ups.origin_restarted(&peer, theirs.node_id);

@@ -87,6 +87,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             seq
         }),
         any::<u64>().prop_map(|token| Frame::SnapshotRequest { token }),
+        (any::<u16>(), any::<u64>()).prop_map(|(origin, token)| Frame::CatchUp { origin, token }),
         any::<u32>().prop_map(|snapshots| Frame::Synced { snapshots }),
         (
             any::<[u64; 3]>(),
