@@ -92,3 +92,34 @@ fn a_peer_may_send_only_its_own_writes() {
     let err = a.handle_live(1, batch, T0).unwrap_err();
     assert!(err.to_string().contains("node id 3"), "{err}");
 }
+
+#[test]
+fn a_peer_cannot_queue_requests_without_bound_nor_claim_more_than_exists() {
+    let mut a = replica("a", 1);
+    let mut b = replica("b", 2);
+    let ours = a.hello("b", T0);
+    let theirs = b.hello("a", T0);
+    a.link_up(conn(1, "b", true), &ours, theirs, T0).unwrap();
+    // A Start beyond our log is clamped like an acknowledgement.
+    let start = Frame::Start {
+        run_id: a.outbox().run_id(),
+        seq: 1 << 40,
+    };
+    assert_eq!(a.handle_live(1, start, T0), Ok(Flow::Continue));
+    let c = a.peer_counters("b");
+    let acked = c.acked_seq.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(acked, a.outbox().last_seq());
+    // Catch-up requests pile up behind the walk under way; a flood ends the link.
+    let mut outcome = Ok(Flow::Continue);
+    for token in 0..(CTL_QUEUE as u64 + 2) {
+        let f = Frame::CatchUp { origin: 2, token };
+        outcome = a.handle_live(1, f, T0);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    assert!(
+        matches!(&outcome, Err(PeerError::Protocol(why)) if why.contains("catch-ups")),
+        "{outcome:?}"
+    );
+}
