@@ -11,9 +11,12 @@ use std::path::PathBuf;
 use clap::Parser;
 
 mod cluster;
+mod extended;
 
 use cluster::cluster_config;
 pub use cluster::{node_id_for, parse_duration, ClusterConfig, PeerAddr, DEFAULT_CLUSTER_PORT};
+use extended::{parse_extended, parse_unix_mask};
+pub use extended::{Extended, DEFAULT_UNIX_MASK};
 
 /// A memcached-compatible cache server where every node is a master.
 #[derive(Debug, Clone, Parser)]
@@ -30,6 +33,14 @@ pub struct Args {
     /// Unix socket path to listen on (disables TCP, as in memcached).
     #[arg(short = 's', long = "unix-socket")]
     pub unix_socket: Option<PathBuf>,
+
+    /// Access mask of the unix socket, in octal (default 0700: the owner only).
+    #[arg(short = 'a', long = "unix-mask", default_value = "0700")]
+    pub unix_mask: String,
+
+    /// memcached's extended options, comma separated: idle_timeout=SECONDS (0: never).
+    #[arg(short = 'o', long = "extended")]
+    pub extended: Vec<String>,
 
     /// Item memory in megabytes (or with a unit: 512k, 2g).
     #[arg(short = 'm', long = "memory-limit", default_value = "64")]
@@ -143,6 +154,10 @@ pub struct Args {
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub unix_socket: Option<PathBuf>,
+    /// Permission bits of the unix socket file (`-a`).
+    pub unix_mask: u32,
+    /// Seconds without a command after which a TCP client is disconnected; 0: never.
+    pub idle_timeout: u32,
     pub mem_limit: usize,
     pub max_conns: u32,
     pub threads: usize,
@@ -161,6 +176,8 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 11211))],
             unix_socket: None,
+            unix_mask: DEFAULT_UNIX_MASK,
+            idle_timeout: 0,
             mem_limit: 64 << 20,
             max_conns: 1024,
             threads: 4,
@@ -209,6 +226,12 @@ pub enum ConfigError {
     NoHostName,
     #[error("--tombstone-ttl must be between 1s and 30d")]
     TombstoneTtl,
+    #[error("-a {0:?}: expected an octal access mask between 0 and 0777, such as 0700")]
+    UnixMask(String),
+    #[error("-o {0}: not supported by meshcached (supported: idle_timeout=SECONDS)")]
+    Extended(String),
+    #[error("-o {0}: expected idle_timeout=SECONDS, a whole number (0 turns it off)")]
+    IdleTimeout(String),
 }
 
 /// Parses `64`, `64k`, `64m`, `1g` (case-insensitive, optional `b`). A bare number is
@@ -282,10 +305,13 @@ impl Config {
             return Err(ConfigError::Listen(args.listen.clone()));
         }
         let cluster = cluster_config(args, &listen)?;
+        let extended = parse_extended(&args.extended)?;
         Ok(Config {
             cluster,
             listen,
             unix_socket: args.unix_socket.clone(),
+            unix_mask: parse_unix_mask(&args.unix_mask)?,
+            idle_timeout: extended.idle_timeout,
             mem_limit,
             max_conns: args.conn_limit,
             threads: usize::from(args.threads),

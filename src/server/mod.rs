@@ -7,10 +7,12 @@
 
 mod connection;
 pub mod dispatch;
+mod idle;
 mod meta_dispatch;
 mod report;
 mod state_file;
 pub mod stats;
+mod unix_socket;
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +33,8 @@ use crate::store::{Store, StoreConfig};
 use connection::Stream;
 use state_file::{load_state, save_state, StateFile};
 use stats::{ConnStats, Counters};
+use unix_socket::bind_unix;
+pub use unix_socket::UnixSocketError;
 
 /// What `version` answers: the memcached release whose behaviour we follow, then our own.
 pub const VERSION: &str = concat!("1.6.45 meshcached-", env!("CARGO_PKG_VERSION"));
@@ -102,6 +106,8 @@ pub enum ServerError {
         dir: String,
     },
     #[error("{0}")]
+    UnixSocket(#[from] UnixSocketError),
+    #[error("{0}")]
     Transport(#[from] TransportError),
     #[error("--state-file: {0}; the node saves its store there when it stops, so the path must be writable from the start")]
     StateFile(#[from] state::StateError),
@@ -126,12 +132,7 @@ impl Server {
         let mut tcp = Vec::new();
         let mut unix = None;
         if let Some(path) = &config.unix_socket {
-            // A stale socket file from a previous run would make bind fail; memcached
-            // removes it too.
-            let _ = std::fs::remove_file(path);
-            let socket = UnixSocket::new_stream()?;
-            socket.bind(path)?;
-            unix = Some(socket);
+            unix = Some(bind_unix(path, config.unix_mask)?);
         } else {
             for addr in &config.listen {
                 let socket = if addr.is_ipv4() {
@@ -538,11 +539,14 @@ async fn sweep_loop(shared: Arc<Shared>) {
 
 fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
     // IO only: a time driver would sit in every park of the hot loop, and workers need no
-    // timers (the shutdown grace period is kept by the thread that joins them).
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    {
+    // timers (the shutdown grace period is kept by the thread that joins them), except for
+    // the idle timeout when it is on.
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_io();
+    if shared.config.idle_timeout > 0 {
+        builder.enable_time();
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");

@@ -117,13 +117,17 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         TouchMisses,
         StoreTooLarge,
         StoreNoMemory,
-        BytesRead,
-        BytesWritten,
     ] {
         push(&mut s, counter.stat_name(), c(counter));
     }
     push(&mut s, "auth_cmds", 0);
     push(&mut s, "auth_errors", 0);
+    // Shown only with an idle timeout, as memcached does.
+    if cfg.idle_timeout > 0 {
+        push(&mut s, IdleKicks.stat_name(), c(IdleKicks));
+    }
+    push(&mut s, BytesRead.stat_name(), c(BytesRead));
+    push(&mut s, BytesWritten.stat_name(), c(BytesWritten));
     push(&mut s, "limit_maxbytes", cfg.mem_limit);
     push(&mut s, "accepting_conns", 1);
     push(&mut s, "listen_disabled_num", 0);
@@ -311,7 +315,7 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
         .as_ref()
         .map_or("NULL".to_string(), |p| p.display().to_string());
     push(&mut s, "domain_socket", domain);
-    push(&mut s, "umask", 700);
+    push(&mut s, "umask", format!("{:o}", cfg.unix_mask));
     push(&mut s, "shutdown_command", on_off(cfg.shutdown_enabled));
     push(&mut s, "growth_factor", "1.25");
     push(&mut s, "chunk_size", 48);
@@ -337,7 +341,7 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "temp_lru", "false");
     push(&mut s, "flush_enabled", on_off(cfg.flush_enabled));
     push(&mut s, "dump_enabled", "no");
-    push(&mut s, "idle_timeout", 0);
+    push(&mut s, "idle_timeout", cfg.idle_timeout);
     push(&mut s, "ssl_enabled", "no");
     push(&mut s, "eviction_policy", "clock");
     s
