@@ -170,8 +170,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, 
                 now = shared.clock().now_secs();
             }
         }
-        let ok = flush(&mut stream, &mut wbuf, &mut counters).await;
+        // The batch's counts become visible before its answers leave: `stats` or a scrape
+        // from elsewhere that follows a reply always includes the reply's command.
+        counters.add(Counter::BytesWritten, wbuf.len() as u64);
         shared.counters.absorb(&mut counters);
+        let ok = write_out(&mut stream, &mut wbuf).await;
         if decoded && idle.enabled() {
             // memcached counts idleness from the last command received, not from the
             // last byte: a client trickling a line that never ends is still idle.
@@ -186,17 +189,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, 
     let _ = stream.shutdown().await;
 }
 
-/// Writes out pending answers; `false` when the client is gone.
+/// Counts and writes out pending answers; `false` when the client is gone.
 async fn flush<S: AsyncWrite + Unpin>(
     stream: &mut S,
     wbuf: &mut BytesMut,
     counters: &mut LocalCounters,
 ) -> bool {
+    counters.add(Counter::BytesWritten, wbuf.len() as u64);
+    write_out(stream, wbuf).await
+}
+
+/// Writes out pending answers (already counted); `false` when the client is gone.
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, wbuf: &mut BytesMut) -> bool {
     if wbuf.is_empty() {
         return true;
     }
     let ok = stream.write_all(wbuf).await.is_ok();
-    counters.add(Counter::BytesWritten, wbuf.len() as u64);
     if wbuf.capacity() > SHRINK_ABOVE {
         *wbuf = BytesMut::with_capacity(READ_CHUNK);
     } else {
