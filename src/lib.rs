@@ -37,6 +37,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod key;
+pub mod metrics;
 pub mod protocol;
 pub mod replication;
 pub mod server;

@@ -36,6 +36,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = server.shared().config.metrics_listen {
+        if let Err(e) = meshcached::metrics::start(addr, server.shared().clone()) {
+            eprintln!("meshcached: {e}");
+            return ExitCode::from(1);
+        }
+    }
     match server.run(true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -86,6 +86,11 @@ pub struct Args {
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
 
+    /// Serve Prometheus metrics, /ready and /health over HTTP on ADDR:PORT (off by default;
+    /// 9150 is the convention).
+    #[arg(long = "metrics-listen")]
+    pub metrics_listen: Option<String>,
+
     /// Print help.
     #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -167,6 +172,8 @@ pub struct Config {
     pub flush_enabled: bool,
     pub shutdown_enabled: bool,
     pub verbose: u8,
+    /// Where `/metrics`, `/ready` and `/health` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Set when the node takes part in a cluster (`--certs-dir` or peers given).
     pub cluster: Option<ClusterConfig>,
 }
@@ -187,6 +194,7 @@ impl Default for Config {
             flush_enabled: true,
             shutdown_enabled: false,
             verbose: 0,
+            metrics_listen: None,
             cluster: None,
         }
     }
@@ -226,6 +234,8 @@ pub enum ConfigError {
     NoHostName,
     #[error("--tombstone-ttl must be between 1s and 30d")]
     TombstoneTtl,
+    #[error("invalid --metrics-listen {0:?}: expected ADDR:PORT, such as 127.0.0.1:9150")]
+    MetricsListen(String),
     #[error("-a {0:?}: expected an octal access mask between 0 and 0777, such as 0700")]
     UnixMask(String),
     #[error("-o {0}: not supported by meshcached (supported: idle_timeout=SECONDS)")]
@@ -306,6 +316,13 @@ impl Config {
         }
         let cluster = cluster_config(args, &listen)?;
         let extended = parse_extended(&args.extended)?;
+        let metrics_listen = match &args.metrics_listen {
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::MetricsListen(a.clone()))?,
+            ),
+            None => None,
+        };
         Ok(Config {
             cluster,
             listen,
@@ -321,6 +338,7 @@ impl Config {
             flush_enabled: !args.disable_flush_all,
             shutdown_enabled: args.enable_shutdown,
             verbose: args.verbose,
+            metrics_listen,
         })
     }
 }

@@ -9,7 +9,7 @@ mod connection;
 pub mod dispatch;
 mod idle;
 mod meta_dispatch;
-mod report;
+pub mod report;
 mod state_file;
 pub mod stats;
 mod unix_socket;
@@ -79,6 +79,17 @@ impl Shared {
     /// Asks the whole server to stop (a signal, the `shutdown` command, a test).
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Whether a shutdown was asked for: the node is finishing its clients' requests and
+    /// handing its writes to its peers before it exits.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Whether the client listeners accept connections.
+    pub fn is_serving(&self) -> bool {
+        *self.serving.borrow()
     }
 }
 

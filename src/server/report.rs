@@ -12,9 +12,10 @@ use crate::protocol::{Invalid, Outcome};
 
 use super::dispatch::Ctx;
 use super::stats::{rusage, Counter};
-use super::VERSION;
+use super::{Shared, VERSION};
 
-type Stats = Vec<(String, String)>;
+/// Name/value pairs, in the order `stats` lists them.
+pub type Stats = Vec<(String, String)>;
 
 fn push(out: &mut Stats, name: &str, value: impl ToString) {
     out.push((name.to_string(), value.to_string()));
@@ -24,7 +25,7 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
     // Make this connection's own counts visible in its own `stats` reply.
     ctx.shared.counters.absorb(ctx.counters);
     match group {
-        None => Outcome::Stats(general(ctx)),
+        None => Outcome::Stats(general(ctx.shared, ctx.now)),
         Some(b"settings") => Outcome::Stats(settings(ctx)),
         Some(b"items") => Outcome::Stats(items(ctx)),
         Some(b"slabs") => Outcome::Stats(slabs(ctx)),
@@ -40,8 +41,9 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
     }
 }
 
-fn general(ctx: &Ctx<'_>) -> Stats {
-    let shared = ctx.shared;
+/// What `stats` answers, at `now` (unix seconds); also what `/metrics` reads, so that the
+/// two can never disagree.
+pub fn general(shared: &Shared, now: u32) -> Stats {
     let cfg = &shared.config;
     let store = shared.store.stats();
     let c = |name: Counter| shared.counters.get(name);
@@ -54,7 +56,7 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "uptime",
         now_ms.saturating_sub(shared.started_ms) / 1000,
     );
-    push(&mut s, "time", ctx.now);
+    push(&mut s, "time", now);
     push(&mut s, "version", VERSION);
     push(&mut s, "libevent", "tokio");
     push(&mut s, "pointer_size", usize::BITS);
