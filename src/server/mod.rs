@@ -7,6 +7,7 @@
 
 mod connection;
 pub mod dispatch;
+mod dump;
 mod idle;
 mod meta_dispatch;
 pub mod report;

@@ -342,7 +342,7 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "warm_lru_pct", 40);
     push(&mut s, "temp_lru", "false");
     push(&mut s, "flush_enabled", on_off(cfg.flush_enabled));
-    push(&mut s, "dump_enabled", "no");
+    push(&mut s, "dump_enabled", "yes");
     push(&mut s, "idle_timeout", cfg.idle_timeout);
     push(&mut s, "ssl_enabled", "no");
     push(&mut s, "eviction_policy", "clock");
