@@ -26,9 +26,6 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.verbose);
-    if args.user.is_some() {
-        tracing::debug!("-u has no effect: meshcached does not change user");
-    }
     let server = match Server::bind(config, Arc::new(SystemClock)) {
         Ok(s) => s,
         Err(e) => {
@@ -39,6 +36,21 @@ fn main() -> ExitCode {
     if let Some(addr) = server.shared().config.metrics_listen {
         if let Err(e) = meshcached::metrics::start(addr, server.shared().clone()) {
             eprintln!("meshcached: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    // Everything is bound: now -u may drop root.
+    let socket = server.shared().config.unix_socket.clone();
+    if let Err(e) = meshcached::privileges::settle(args.user.as_deref(), socket.as_deref()) {
+        eprintln!("meshcached: {e}");
+        return ExitCode::from(1);
+    }
+    // The state file is written at shutdown by the user the node now runs as: check now
+    // that it can (the check at bind ran with the start-up identity).
+    let state_file = (server.shared().config.cluster.as_ref()).and_then(|c| c.state_file.clone());
+    if let Some(path) = state_file {
+        if let Err(e) = meshcached::state::check_writable(&path) {
+            eprintln!("meshcached: --state-file: {e}");
             return ExitCode::from(1);
         }
     }

@@ -178,3 +178,58 @@ fn unix_socket_replaces_only_a_stale_socket_and_applies_the_mask() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "memcached's default mask");
 }
+
+/// The `Uid:`/`Gid:`/`Groups:` lines of a process, from /proc.
+fn ids(pid: u32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    (field("Uid:"), field("Gid:"), field("Groups:"))
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Started as root with `-u nobody`, the node runs as nobody and nobody's group (real,
+/// effective, saved and filesystem ids; no supplementary group), still serves, and the
+/// unix socket file belongs to nobody. Without `-u` it says it runs as root.
+#[test]
+fn minus_u_drops_root_after_binding() {
+    if !running_as_root() {
+        eprintln!("skipped: -u needs root (.ci/run runs as root)");
+        return;
+    }
+    let nobody = meshcached::privileges::lookup("nobody").expect("user nobody");
+    let node = Node::start(&["-u", "nobody", "-t", "2"]);
+    let (uid, gid, groups) = ids(node.child.id());
+    let four = |id: u32| vec![id.to_string(); 4].join(" ");
+    assert_eq!(uid, four(nobody.uid));
+    assert_eq!(gid, four(nobody.gid));
+    assert_eq!(groups, "");
+    let mut c = node.client();
+    assert_eq!(c.line("set k 0 0 1\r\nv"), "STORED\r\n");
+    assert!(c.call(b"get k\r\n", b"END\r\n").starts_with("VALUE k 0 1"));
+
+    let dir = TempDir::new("minus-u");
+    let path = dir.at("mc.sock");
+    let node = UnixNode::start(&path, &["-u", "nobody"]);
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path).unwrap());
+    assert_eq!(owner, nobody.uid, "the socket file belongs to the user");
+    assert!(ids(node.child.id()).0.starts_with(&nobody.uid.to_string()));
+
+    let (code, text) = run_to_exit(&["-u", "no-such-user-here", "-p", "0"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no such user"), "{text}");
+
+    let log = dir.join("root.log");
+    let root = Node::start_logged(&["-t", "1"], &log);
+    assert!(ids(root.child.id()).0.starts_with("0 "));
+    common::wait_log(&log, "running as root");
+}

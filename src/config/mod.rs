@@ -82,7 +82,8 @@ pub struct Args {
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// User to run as (accepted for compatibility; no effect unless started as root).
+    /// User to run as: started as root, the node takes this user and its group once its
+    /// ports are bound.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
 
