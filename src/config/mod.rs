@@ -12,15 +12,25 @@ use clap::Parser;
 
 mod cluster;
 mod extended;
+mod file;
 
 use cluster::cluster_config;
 pub use cluster::{node_id_for, parse_duration, ClusterConfig, PeerAddr, DEFAULT_CLUSTER_PORT};
 use extended::{parse_extended, parse_unix_mask};
 pub use extended::{Extended, DEFAULT_UNIX_MASK};
+pub use file::{config_path, parse_command_line, read_config_file, ConfigFileError, FileArgs};
 
 /// A memcached-compatible cache server where every node is a master.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "meshcached", version, about, disable_help_flag = true)]
+// `args_override_self`: the last occurrence of a flag wins, as with memcached's getopt;
+// that is also how the command line overrides `--config`'s flags (placed before it).
+#[command(
+    name = "meshcached",
+    version,
+    about,
+    disable_help_flag = true,
+    args_override_self = true
+)]
 pub struct Args {
     /// TCP port to listen on (0 picks a free one).
     #[arg(short = 'p', long = "port", default_value_t = 11211)]
@@ -91,6 +101,20 @@ pub struct Args {
     /// 9150 is the convention).
     #[arg(long = "metrics-listen")]
     pub metrics_listen: Option<String>,
+
+    /// A configuration file: TOML whose keys are these long flags, or Debian's
+    /// /etc/memcached.conf style (one flag per line). Flags given here override it.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+
+    /// Accepted for memcached compatibility: meshcached stays in the foreground (run it
+    /// under systemd or another supervisor).
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+
+    /// Write the process id to this file once the ports are bound (removed at exit).
+    #[arg(short = 'P', long = "pidfile")]
+    pub pidfile: Option<PathBuf>,
 
     /// Print help.
     #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
