@@ -90,6 +90,13 @@ fn debian(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
             ));
             continue;
         }
+        if words[0].starts_with("--config") {
+            return Err(ConfigFileError::Line {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: "a configuration file cannot name another one".into(),
+            });
+        }
         check_alone(path, i + 1, &words)?;
         out.words.extend(words);
     }
@@ -287,5 +294,10 @@ mod tests {
         assert_eq!(f.notes.len(), 1);
         let e = read("-m 64\n-k\n").unwrap_err().to_string();
         assert!(e.contains(":2: unexpected argument '-k'"), "{e}");
+        let e = read("-m 64\n--config other\n").unwrap_err().to_string();
+        assert!(
+            e.contains(":2: a configuration file cannot name another one"),
+            "{e}"
+        );
     }
 }
