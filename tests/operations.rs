@@ -234,3 +234,21 @@ fn minus_u_drops_root_after_binding() {
     assert!(ids(root.child.id()).0.starts_with("0 "));
     common::wait_log(&log, "running as root");
 }
+
+/// A cluster member dropped to nobody after binding keeps replicating both ways: its
+/// cluster runtime's threads changed identity with the rest of the process.
+#[test]
+fn minus_u_on_a_cluster_member_keeps_it_replicating() {
+    if !running_as_root() {
+        eprintln!("skipped: -u needs root (.ci/run runs as root)");
+        return;
+    }
+    let dir = TempDir::new("minus-u-cluster");
+    let (a, b) = common::procs::pair(&dir, &["-u", "nobody"]);
+    let nobody = meshcached::privileges::lookup("nobody").unwrap();
+    assert!(ids(a.pid()).0.starts_with(&format!("{} ", nobody.uid)));
+    common::procs::set(&mut a.client(), "from-a", "1");
+    common::procs::wait_value(&b, "from-a", "1");
+    common::procs::set(&mut b.client(), "from-b", "2");
+    common::procs::wait_value(&a, "from-b", "2");
+}
