@@ -37,6 +37,8 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod key;
+pub mod metrics;
+pub mod privileges;
 pub mod protocol;
 pub mod replication;
 pub mod server;

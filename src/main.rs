@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use meshcached::clock::SystemClock;
-use meshcached::config::{Args, Config};
+use meshcached::config::{parse_command_line, Config};
 use meshcached::server::Server;
 
 fn main() -> ExitCode {
@@ -17,7 +16,16 @@ fn main() -> ExitCode {
         init_logging(0);
         return meshcached::demo::main(std::env::args_os().skip(1));
     }
-    let args = Args::parse();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "config") {
+        return config_command(std::env::args_os().skip(2).collect());
+    }
+    let (args, file) = match parse_command_line(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("meshcached: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -26,8 +34,11 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.verbose);
-    if args.user.is_some() {
-        tracing::debug!("-u has no effect: meshcached does not change user");
+    for note in &file.notes {
+        tracing::warn!("{note}");
+    }
+    if args.daemon {
+        tracing::warn!("-d: meshcached does not daemonize, it stays in the foreground; run it under systemd (Type=simple) or another supervisor");
     }
     let server = match Server::bind(config, Arc::new(SystemClock)) {
         Ok(s) => s,
@@ -36,11 +47,91 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match server.run(true) {
+    if let Some(addr) = server.shared().config.metrics_listen {
+        if let Err(e) = meshcached::metrics::start(addr, server.shared().clone()) {
+            eprintln!("meshcached: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    // As memcached, before dropping root: the pid file's directory is often root's.
+    if let Some(path) = &args.pidfile {
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            eprintln!("meshcached: -P {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    // Everything is bound: now -u may drop root.
+    let socket = server.shared().config.unix_socket.clone();
+    if let Err(e) = meshcached::privileges::settle(args.user.as_deref(), socket.as_deref()) {
+        eprintln!("meshcached: {e}");
+        return ExitCode::from(1);
+    }
+    // The state file is written at shutdown by the user the node now runs as: check now
+    // that it can (the check at bind ran with the start-up identity).
+    let state_file = (server.shared().config.cluster.as_ref()).and_then(|c| c.state_file.clone());
+    if let Some(path) = state_file {
+        if let Err(e) = meshcached::state::check_writable(&path) {
+            eprintln!("meshcached: --state-file: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let code = match server.run(true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshcached: {e}");
             ExitCode::from(1)
+        }
+    };
+    if let Some(path) = &args.pidfile {
+        // Best effort: after -u the directory may no longer be writable (memcached alike).
+        let _ = std::fs::remove_file(path);
+    }
+    code
+}
+
+/// `meshcached config check [FILE] [FLAGS...]`: prints the effective configuration (the
+/// file's settings, overridden by the flags) and exits 0, or the error and exits 2.
+fn config_command(rest: Vec<std::ffi::OsString>) -> ExitCode {
+    let usage = "usage: meshcached config check [FILE] [FLAGS...]";
+    let Some((sub, rest)) = rest.split_first() else {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    };
+    if sub != "check" {
+        eprintln!("meshcached config: unknown subcommand {sub:?}; {usage}");
+        return ExitCode::from(2);
+    }
+    let mut argv = vec![std::ffi::OsString::from("meshcached")];
+    let mut rest = rest.iter();
+    let mut flags: Vec<_> = rest.clone().collect();
+    if let Some(file) = rest
+        .next()
+        .filter(|f| !f.to_string_lossy().starts_with('-'))
+    {
+        argv.push("--config".into());
+        argv.push(file.clone());
+        flags = rest.collect();
+    }
+    argv.extend(flags.into_iter().cloned());
+    let (args, file) = match parse_command_line(argv) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("meshcached: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Config::from_args(&args) {
+        Ok(config) => {
+            for note in &file.notes {
+                println!("# note: {note}");
+            }
+            println!("# flags read: {}", file.words.join(" "));
+            println!("{config:#?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshcached: {e}");
+            ExitCode::from(2)
         }
     }
 }

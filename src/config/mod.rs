@@ -11,13 +11,26 @@ use std::path::PathBuf;
 use clap::Parser;
 
 mod cluster;
+mod extended;
+mod file;
 
 use cluster::cluster_config;
 pub use cluster::{node_id_for, parse_duration, ClusterConfig, PeerAddr, DEFAULT_CLUSTER_PORT};
+use extended::{parse_extended, parse_unix_mask};
+pub use extended::{Extended, DEFAULT_UNIX_MASK};
+pub use file::{config_path, parse_command_line, read_config_file, ConfigFileError, FileArgs};
 
 /// A memcached-compatible cache server where every node is a master.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "meshcached", version, about, disable_help_flag = true)]
+// `args_override_self`: the last occurrence of a flag wins, as with memcached's getopt;
+// that is also how the command line overrides `--config`'s flags (placed before it).
+#[command(
+    name = "meshcached",
+    version,
+    about,
+    disable_help_flag = true,
+    args_override_self = true
+)]
 pub struct Args {
     /// TCP port to listen on (0 picks a free one).
     #[arg(short = 'p', long = "port", default_value_t = 11211)]
@@ -30,6 +43,14 @@ pub struct Args {
     /// Unix socket path to listen on (disables TCP, as in memcached).
     #[arg(short = 's', long = "unix-socket")]
     pub unix_socket: Option<PathBuf>,
+
+    /// Access mask of the unix socket, in octal (default 0700: the owner only).
+    #[arg(short = 'a', long = "unix-mask", default_value = "0700")]
+    pub unix_mask: String,
+
+    /// memcached's extended options, comma separated: idle_timeout=SECONDS (0: never).
+    #[arg(short = 'o', long = "extended")]
+    pub extended: Vec<String>,
 
     /// Item memory in megabytes (or with a unit: 512k, 2g).
     #[arg(short = 'm', long = "memory-limit", default_value = "64")]
@@ -71,9 +92,29 @@ pub struct Args {
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// User to run as (accepted for compatibility; no effect unless started as root).
+    /// User to run as: started as root, the node takes this user and its group once its
+    /// ports are bound.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
+
+    /// Serve Prometheus metrics, /ready and /health over HTTP on ADDR:PORT (off by default;
+    /// 9150 is the convention).
+    #[arg(long = "metrics-listen")]
+    pub metrics_listen: Option<String>,
+
+    /// A configuration file: TOML whose keys are these long flags, or Debian's
+    /// /etc/memcached.conf style (one flag per line). Flags given here override it.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+
+    /// Accepted for memcached compatibility: meshcached stays in the foreground (run it
+    /// under systemd or another supervisor).
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+
+    /// Write the process id to this file once the ports are bound (removed at exit).
+    #[arg(short = 'P', long = "pidfile")]
+    pub pidfile: Option<PathBuf>,
 
     /// Print help.
     #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
@@ -143,6 +184,10 @@ pub struct Args {
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub unix_socket: Option<PathBuf>,
+    /// Permission bits of the unix socket file (`-a`).
+    pub unix_mask: u32,
+    /// Seconds without a command after which a TCP client is disconnected; 0: never.
+    pub idle_timeout: u32,
     pub mem_limit: usize,
     pub max_conns: u32,
     pub threads: usize,
@@ -152,6 +197,8 @@ pub struct Config {
     pub flush_enabled: bool,
     pub shutdown_enabled: bool,
     pub verbose: u8,
+    /// Where `/metrics`, `/ready` and `/health` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Set when the node takes part in a cluster (`--certs-dir` or peers given).
     pub cluster: Option<ClusterConfig>,
 }
@@ -161,6 +208,8 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 11211))],
             unix_socket: None,
+            unix_mask: DEFAULT_UNIX_MASK,
+            idle_timeout: 0,
             mem_limit: 64 << 20,
             max_conns: 1024,
             threads: 4,
@@ -170,6 +219,7 @@ impl Default for Config {
             flush_enabled: true,
             shutdown_enabled: false,
             verbose: 0,
+            metrics_listen: None,
             cluster: None,
         }
     }
@@ -209,6 +259,14 @@ pub enum ConfigError {
     NoHostName,
     #[error("--tombstone-ttl must be between 1s and 30d")]
     TombstoneTtl,
+    #[error("invalid --metrics-listen {0:?}: expected ADDR:PORT, such as 127.0.0.1:9150")]
+    MetricsListen(String),
+    #[error("-a {0:?}: expected an octal access mask between 0 and 0777, such as 0700")]
+    UnixMask(String),
+    #[error("-o {0}: not supported by meshcached (supported: idle_timeout=SECONDS)")]
+    Extended(String),
+    #[error("-o {0}: expected idle_timeout=SECONDS, a whole number (0 turns it off)")]
+    IdleTimeout(String),
 }
 
 /// Parses `64`, `64k`, `64m`, `1g` (case-insensitive, optional `b`). A bare number is
@@ -282,10 +340,20 @@ impl Config {
             return Err(ConfigError::Listen(args.listen.clone()));
         }
         let cluster = cluster_config(args, &listen)?;
+        let extended = parse_extended(&args.extended)?;
+        let metrics_listen = match &args.metrics_listen {
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::MetricsListen(a.clone()))?,
+            ),
+            None => None,
+        };
         Ok(Config {
             cluster,
             listen,
             unix_socket: args.unix_socket.clone(),
+            unix_mask: parse_unix_mask(&args.unix_mask)?,
+            idle_timeout: extended.idle_timeout,
             mem_limit,
             max_conns: args.conn_limit,
             threads: usize::from(args.threads),
@@ -295,6 +363,7 @@ impl Config {
             flush_enabled: !args.disable_flush_all,
             shutdown_enabled: args.enable_shutdown,
             verbose: args.verbose,
+            metrics_listen,
         })
     }
 }

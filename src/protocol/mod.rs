@@ -83,6 +83,13 @@ pub enum Command {
     Stats {
         group: Option<Bytes>,
     },
+    /// `lru_crawler metadump all|hash|<ids>`: every live item's metadata when `items`
+    /// (the classes asked for include meshcached's one class, 1), else only the end line.
+    /// `resume` is where a dump cut into pieces goes on (0 at first; opaque here).
+    MetaDump {
+        items: bool,
+        resume: u64,
+    },
     Noop,
     Quit,
     Shutdown,

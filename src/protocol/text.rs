@@ -365,10 +365,33 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             req
         }
         b"shutdown" => text(Command::Shutdown, false),
+        // The crawler's other subcommands tune machinery meshcached does not have: they
+        // stay unknown commands (tests/diff/text_admin.txt).
+        b"lru_crawler" if n == 3 && tok(1) == b"metadump" => match dump_classes(tok(2)) {
+            Some(items) => text(Command::MetaDump { items, resume: 0 }, false),
+            None => invalid(Invalid::Raw("BADCLASS invalid class id")),
+        },
         b"get" | b"gets" | b"gat" | b"gats" | b"delete" | b"incr" | b"decr" | b"touch"
         | b"verbosity" => bad(false),
         _ => invalid(Invalid::Unknown),
     }
+}
+
+/// memcached's class list of a crawl: `all`, `hash` (a walk of the hash table), or class
+/// ids 1 to 63 separated by commas. Whether the list covers meshcached's single class, 1
+/// (where `stats items` puts every item); `None` for a bad list.
+fn dump_classes(arg: &[u8]) -> Option<bool> {
+    if arg == b"all" || arg == b"hash" {
+        return Some(true);
+    }
+    let mut items = false;
+    for id in arg.split(|&b| b == b',') {
+        match tok_u32(id) {
+            Some(id @ 1..=63) => items |= id == 1,
+            _ => return None,
+        }
+    }
+    Some(items)
 }
 
 fn get(line: &Bytes, key_tokens: &[Range<usize>], touch: Option<i64>, cas: bool) -> Request {

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::dispatch::{self, After, Ctx};
+use super::idle::IdleTimer;
 use super::stats::{Counter, LocalCounters};
 use super::Shared;
 use crate::protocol::stream::ClientDecoder;
@@ -52,17 +53,19 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
         }
     }
     let _slot = Slot(&shared);
+    // memcached's idle timeout applies to TCP connections only.
+    let idle_timeout = shared.config.idle_timeout;
     let registered = match stream {
         Stream::Tcp(s) => match TcpStream::from_std(s) {
             Ok(s) => {
-                run(&shared, s).await;
+                run(&shared, s, idle_timeout).await;
                 Ok(())
             }
             Err(e) => Err(e),
         },
         Stream::Unix(s) => match UnixStream::from_std(s) {
             Ok(s) => {
-                run(&shared, s).await;
+                run(&shared, s, 0).await;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -73,7 +76,9 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
     }
 }
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) {
+/// Serves requests until the client leaves, errs, is idle for more than `idle_timeout`
+/// seconds (0: no limit), or the server shuts down.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, idle_timeout: u32) {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut counters = LocalCounters::default();
@@ -83,6 +88,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
     let stopping = shutdown.wait_for(|s| *s);
     tokio::pin!(stopping);
     let mut decoder = ClientDecoder::new(shared.config.max_item_size);
+    let mut idle = IdleTimer::new(idle_timeout, shared.clock().now_ms());
     loop {
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -94,6 +100,14 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
             biased;
             r = stream.read_buf(&mut rbuf) => r,
             _ = &mut stopping => break,
+            _ = idle.fired() => {
+                if idle.expired(shared.clock().now_ms()) {
+                    tracing::debug!("closing an idle connection (-o idle_timeout)");
+                    counters.bump(Counter::IdleKicks);
+                    break;
+                }
+                continue;
+            }
         };
         match read {
             Ok(0) => break,
@@ -105,9 +119,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
         }
         let mut now = shared.clock().now_secs();
         let mut close = false;
+        let mut decoded = false;
         loop {
             let req = match decoder.decode(&mut rbuf) {
-                Ok(Some(req)) => req,
+                Ok(Some(req)) => {
+                    decoded = true;
+                    req
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // memcached closes without a word here (an over-long line, a bad
@@ -152,8 +170,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
                 now = shared.clock().now_secs();
             }
         }
-        let ok = flush(&mut stream, &mut wbuf, &mut counters).await;
+        // The batch's counts become visible before its answers leave: `stats` or a scrape
+        // from elsewhere that follows a reply always includes the reply's command.
+        counters.add(Counter::BytesWritten, wbuf.len() as u64);
         shared.counters.absorb(&mut counters);
+        let ok = write_out(&mut stream, &mut wbuf).await;
+        if decoded && idle.enabled() {
+            // memcached counts idleness from the last command received, not from the
+            // last byte: a client trickling a line that never ends is still idle.
+            idle.touch(shared.clock().now_ms());
+        }
         if close || !ok {
             break;
         }
@@ -163,17 +189,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S) 
     let _ = stream.shutdown().await;
 }
 
-/// Writes out pending answers; `false` when the client is gone.
+/// Counts and writes out pending answers; `false` when the client is gone.
 async fn flush<S: AsyncWrite + Unpin>(
     stream: &mut S,
     wbuf: &mut BytesMut,
     counters: &mut LocalCounters,
 ) -> bool {
+    counters.add(Counter::BytesWritten, wbuf.len() as u64);
+    write_out(stream, wbuf).await
+}
+
+/// Writes out pending answers (already counted); `false` when the client is gone.
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, wbuf: &mut BytesMut) -> bool {
     if wbuf.is_empty() {
         return true;
     }
     let ok = stream.write_all(wbuf).await.is_ok();
-    counters.add(Counter::BytesWritten, wbuf.len() as u64);
     if wbuf.capacity() > SHRINK_ABOVE {
         *wbuf = BytesMut::with_capacity(READ_CHUNK);
     } else {

@@ -137,7 +137,29 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
         Command::Flush { delay } => Some(flush(ctx, delay)),
         Command::Version => Some(Outcome::Version(super::VERSION)),
         Command::Verbosity => Some(Outcome::Ok),
-        Command::Stats { group } => Some(super::report::stats(ctx, group.as_deref())),
+        Command::Stats { group } => match group.as_deref().and_then(cachedump_args) {
+            // Its answer is ITEM lines, not STAT lines: text only, as in memcached.
+            Some(args) if matches!(reply, Reply::Text { .. }) => {
+                super::dump::cachedump(ctx, args, out);
+                None
+            }
+            _ => Some(super::report::stats(ctx, group.as_deref())),
+        },
+        Command::MetaDump { items, resume } => {
+            if let Some(next) = super::dump::metadump(ctx, items, resume, out) {
+                let command = Command::MetaDump {
+                    items,
+                    resume: next,
+                };
+                return After::More(Box::new(Request {
+                    command,
+                    reply,
+                    close: req.close,
+                    swallow: 0,
+                }));
+            }
+            None
+        }
         Command::Noop => Some(Outcome::Ok),
         Command::Quit => Some(Outcome::Ok),
         Command::Shutdown => {
@@ -167,6 +189,13 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
     } else {
         After::Continue
     }
+}
+
+/// The arguments of `stats cachedump ...` (everything after the word), if that is the
+/// group asked for.
+fn cachedump_args(group: &[u8]) -> Option<&[u8]> {
+    let rest = group.strip_prefix(b"cachedump")?;
+    (rest.is_empty() || rest[0] == b' ').then_some(rest)
 }
 
 /// A meta command decoded with a non-meta reply is a decoder bug; answer instead of panic.

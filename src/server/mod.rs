@@ -7,10 +7,13 @@
 
 mod connection;
 pub mod dispatch;
+mod dump;
+mod idle;
 mod meta_dispatch;
-mod report;
+pub mod report;
 pub mod state_file;
 pub mod stats;
+mod unix_socket;
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +35,8 @@ use crate::store::{Store, StoreConfig};
 use connection::Stream;
 use state_file::{Saving, StateFile};
 use stats::{ConnStats, Counters};
+use unix_socket::bind_unix;
+pub use unix_socket::UnixSocketError;
 
 /// What `version` answers: the memcached release whose behaviour we follow, then our own.
 pub const VERSION: &str = concat!("1.6.45 meshcached-", env!("CARGO_PKG_VERSION"));
@@ -104,6 +109,17 @@ impl Shared {
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
     }
+
+    /// Whether a shutdown was asked for: the node is finishing its clients' requests and
+    /// handing its writes to its peers before it exits.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Whether the client listeners accept connections.
+    pub fn is_serving(&self) -> bool {
+        *self.serving.borrow()
+    }
 }
 
 /// A handle that stops a running [`Server`].
@@ -130,6 +146,8 @@ pub enum ServerError {
         dir: String,
     },
     #[error("{0}")]
+    UnixSocket(#[from] UnixSocketError),
+    #[error("{0}")]
     Transport(#[from] TransportError),
     #[error("--state-file: {0}; the node saves its store there when it stops, so the path must be writable from the start")]
     StateFile(#[from] state::StateError),
@@ -154,12 +172,7 @@ impl Server {
         let mut tcp = Vec::new();
         let mut unix = None;
         if let Some(path) = &config.unix_socket {
-            // A stale socket file from a previous run would make bind fail; memcached
-            // removes it too.
-            let _ = std::fs::remove_file(path);
-            let socket = UnixSocket::new_stream()?;
-            socket.bind(path)?;
-            unix = Some(socket);
+            unix = Some(bind_unix(path, config.unix_mask)?);
         } else {
             for addr in &config.listen {
                 let socket = if addr.is_ipv4() {
@@ -572,11 +585,14 @@ async fn sweep_loop(shared: Arc<Shared>) {
 
 fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
     // IO only: a time driver would sit in every park of the hot loop, and workers need no
-    // timers (the shutdown grace period is kept by the thread that joins them).
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    {
+    // timers (the shutdown grace period is kept by the thread that joins them), except for
+    // the idle timeout when it is on.
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_io();
+    if shared.config.idle_timeout > 0 {
+        builder.enable_time();
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");

@@ -12,9 +12,10 @@ use crate::protocol::{Invalid, Outcome};
 
 use super::dispatch::Ctx;
 use super::stats::{rusage, Counter};
-use super::VERSION;
+use super::{Shared, VERSION};
 
-type Stats = Vec<(String, String)>;
+/// Name/value pairs, in the order `stats` lists them.
+pub type Stats = Vec<(String, String)>;
 
 fn push(out: &mut Stats, name: &str, value: impl ToString) {
     out.push((name.to_string(), value.to_string()));
@@ -24,7 +25,7 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
     // Make this connection's own counts visible in its own `stats` reply.
     ctx.shared.counters.absorb(ctx.counters);
     match group {
-        None => Outcome::Stats(general(ctx)),
+        None => Outcome::Stats(general(ctx.shared, ctx.now)),
         Some(b"settings") => Outcome::Stats(settings(ctx)),
         Some(b"items") => Outcome::Stats(items(ctx)),
         Some(b"slabs") => Outcome::Stats(slabs(ctx)),
@@ -40,8 +41,9 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
     }
 }
 
-fn general(ctx: &Ctx<'_>) -> Stats {
-    let shared = ctx.shared;
+/// What `stats` answers, at `now` (unix seconds); also what `/metrics` reads, so that the
+/// two can never disagree.
+pub fn general(shared: &Shared, now: u32) -> Stats {
     let cfg = &shared.config;
     let store = shared.store.stats();
     let c = |name: Counter| shared.counters.get(name);
@@ -54,7 +56,7 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         "uptime",
         now_ms.saturating_sub(shared.started_ms) / 1000,
     );
-    push(&mut s, "time", ctx.now);
+    push(&mut s, "time", now);
     push(&mut s, "version", VERSION);
     push(&mut s, "libevent", "tokio");
     push(&mut s, "pointer_size", usize::BITS);
@@ -117,13 +119,17 @@ fn general(ctx: &Ctx<'_>) -> Stats {
         TouchMisses,
         StoreTooLarge,
         StoreNoMemory,
-        BytesRead,
-        BytesWritten,
     ] {
         push(&mut s, counter.stat_name(), c(counter));
     }
     push(&mut s, "auth_cmds", 0);
     push(&mut s, "auth_errors", 0);
+    // Shown only with an idle timeout, as memcached does.
+    if cfg.idle_timeout > 0 {
+        push(&mut s, IdleKicks.stat_name(), c(IdleKicks));
+    }
+    push(&mut s, BytesRead.stat_name(), c(BytesRead));
+    push(&mut s, BytesWritten.stat_name(), c(BytesWritten));
     push(&mut s, "limit_maxbytes", cfg.mem_limit);
     push(&mut s, "accepting_conns", 1);
     push(&mut s, "listen_disabled_num", 0);
@@ -317,7 +323,7 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
         .as_ref()
         .map_or("NULL".to_string(), |p| p.display().to_string());
     push(&mut s, "domain_socket", domain);
-    push(&mut s, "umask", 700);
+    push(&mut s, "umask", format!("{:o}", cfg.unix_mask));
     push(&mut s, "shutdown_command", on_off(cfg.shutdown_enabled));
     push(&mut s, "growth_factor", "1.25");
     push(&mut s, "chunk_size", 48);
@@ -342,8 +348,8 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "warm_lru_pct", 40);
     push(&mut s, "temp_lru", "false");
     push(&mut s, "flush_enabled", on_off(cfg.flush_enabled));
-    push(&mut s, "dump_enabled", "no");
-    push(&mut s, "idle_timeout", 0);
+    push(&mut s, "dump_enabled", "yes");
+    push(&mut s, "idle_timeout", cfg.idle_timeout);
     push(&mut s, "ssl_enabled", "no");
     push(&mut s, "eviction_policy", "clock");
     s

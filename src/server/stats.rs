@@ -46,6 +46,7 @@ counters! {
     StoreNoMemory => "store_no_memory",
     BytesRead => "bytes_read",
     BytesWritten => "bytes_written",
+    IdleKicks => "idle_kicks",
 }
 
 const N: usize = Counter::ALL.len();

@@ -87,8 +87,15 @@ impl Node {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // lost the port race, or bad flags: try another port
                 }
-                if TcpStream::connect(addr).is_ok() {
-                    return Some(Node { child, addr });
+                if let Ok(probe) = TcpStream::connect(addr) {
+                    // Another process may take the port between free_port and the node's
+                    // bind (tests run in parallel, other suites too): then a stranger
+                    // answers and our node exits. Only our own child counts.
+                    match serving_pid(probe) {
+                        Some(pid) if pid == child.id() => return Some(Node { child, addr }),
+                        Some(_) => break,
+                        None => {}
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -130,6 +137,28 @@ impl Node {
     }
 }
 
+/// The `pid` in the `stats` of the server behind `stream`; `None` if it does not answer.
+fn serving_pid(mut stream: TcpStream) -> Option<u32> {
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"stats\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(b"END\r\n") {
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.ok()?,
+        };
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .find_map(|l| l.strip_prefix("STAT pid "))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -162,7 +191,11 @@ impl Client {
     pub fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
         let mut chunk = [0u8; 64 * 1024];
         while !self.buf.ends_with(end) {
-            let n = self.stream.read(&mut chunk).expect("read (timed out?)");
+            let n = match self.stream.read(&mut chunk) {
+                // A socket read with a time-out is not restarted after a signal.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.expect("read (timed out?)"),
+            };
             assert!(
                 n > 0,
                 "connection closed; got so far: {:?}",

@@ -73,6 +73,7 @@
 //! or a marker (`<closed>`, `<timeout: ...>`, `<incomplete: ...>`).
 
 mod binary;
+mod dump;
 mod reply;
 mod script;
 mod server;

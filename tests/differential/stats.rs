@@ -63,3 +63,41 @@ fn stat_names(port: u16) -> Result<Vec<String>, String> {
     }
     Ok(names)
 }
+
+/// With `-o idle_timeout=N`, memcached adds `idle_kicks` between the auth counters and the
+/// byte counters of `stats`, and shows N in `stats settings`: meshcached alike.
+#[test]
+fn idle_timeout_stats() {
+    let extra = ["-o".to_string(), "idle_timeout=5".to_string()];
+    let reference = ServerProc::start(
+        "memcached",
+        &server::reference_binary(),
+        &extra,
+        server::running_as_root(),
+    );
+    let subject = ServerProc::start("meshcached", &server::subject_binary(), &extra, false);
+    let around_kicks = |port: u16| {
+        let names = stat_names(port).unwrap_or_else(|e| panic!("`stats`: {e}"));
+        let at = names
+            .iter()
+            .position(|n| n == "auth_cmds")
+            .expect("auth_cmds");
+        names[at..at + 5].to_vec()
+    };
+    let want = around_kicks(reference.port);
+    assert_eq!(
+        want,
+        [
+            "auth_cmds",
+            "auth_errors",
+            "idle_kicks",
+            "bytes_read",
+            "bytes_written"
+        ]
+    );
+    assert_eq!(around_kicks(subject.port), want);
+    for port in [reference.port, subject.port] {
+        let text = request(port, b"stats settings\r\n", b"END\r\n").expect("stats settings");
+        assert!(text.contains("STAT idle_timeout 5\r\n"), "{text}");
+    }
+}
