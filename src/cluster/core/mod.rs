@@ -474,6 +474,8 @@ impl Replica {
         };
         if let Some(old) = replaced {
             self.end_session(old, now_ms);
+            // What was asked on the old connection is asked again on this one.
+            self.catch_ups.link_down(&theirs.name);
             self.events.push_back(Event::Close {
                 link: old,
                 code: CLOSE_DUPLICATE,
