@@ -3,6 +3,7 @@
 //! wrote it), so it takes a snapshot and ends with exactly what its peer holds, without the
 //! values it had itself overwritten or the keys it had deleted.
 
+use super::partition::Partition;
 use super::*;
 
 fn values(prefix: &str, n: usize, value: &str) -> Vec<(String, Vec<u8>)> {
@@ -130,4 +131,59 @@ fn kill_9_under_write_load_converges() {
         .collect();
     let refs: Vec<&Proc> = nodes.iter().collect();
     wait_agreement(&refs, &keys, keys.len(), Duration::from_secs(30));
+}
+
+/// Three nodes; node-1 is cut off from node-2 while it takes writes, which node-3 gets, and
+/// then killed with `kill -9` and started again without data. Its writes are now on node-3
+/// alone, and node-3 sends only its own: when node-2 sees node-1 back with a new run, it
+/// asks every member for node-1's entries (the catch-up of a restarted origin), so every
+/// node ends with them.
+#[test]
+fn a_crashed_nodes_writes_that_reached_one_peer_reach_every_node() {
+    let dir = TempDir::new("crash-catch-up");
+    let mut nodes = cluster(&dir, 3, &[]);
+    let mut c1 = nodes[0].client();
+    let mut c2 = nodes[1].client();
+    let ports = [
+        cluster_port(&mut c2, "node-1"),
+        cluster_port(&mut c1, "node-2"),
+    ];
+    let node3 = cluster_port(&mut c1, "node-3");
+    let before = values("before", 500, "everywhere");
+    pipelined_sets(&mut c1, &before, 100);
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    wait_agreement(&refs, &keys_of(&before), before.len(), DEADLINE);
+
+    let mut cut = Partition::cut(ports[0], ports[1]);
+    let only3 = values("cut", 2_000, "node-1 to node-3 only");
+    pipelined_sets(&mut c1, &only3, 200);
+    wait_agreement(
+        &[&nodes[0], &nodes[2]],
+        &keys_of(&only3),
+        only3.len(),
+        DEADLINE,
+    );
+    assert!(
+        get(&mut c2, "cut-0").is_none(),
+        "node-2 must not have node-1's writes yet: the cut did not hold"
+    );
+    let mut victim = nodes.remove(0);
+    victim.node.child.kill().expect("kill -9");
+    let _ = victim.node.child.wait();
+    cut.heal();
+    drop(victim);
+
+    let join = loopback(node3);
+    nodes.push(Proc::start(
+        &dir,
+        "node-1",
+        1,
+        free_udp_port(),
+        &["--join", &join],
+    ));
+    let mut all = keys_of(&before);
+    all.extend(keys_of(&only3));
+    let refs: Vec<&Proc> = nodes.iter().collect();
+    wait_agreement(&refs, &all, all.len(), Duration::from_secs(20));
+    assert!(stat(&mut nodes[0].client(), "catch_up_items_received") > 0);
 }
