@@ -17,7 +17,7 @@ use crate::server::{Server, ShutdownHandle};
 
 /// Start a local cluster on 127.0.0.1 with generated certificates.
 #[derive(Debug, Parser)]
-#[command(name = "meshcached demo")]
+#[command(name = "meshcached demo", bin_name = "meshcached demo")]
 pub struct DemoArgs {
     /// How many nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]

@@ -97,6 +97,13 @@ fn config_command(rest: Vec<std::ffi::OsString>) -> ExitCode {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
+    if sub == "-h" || sub == "--help" || sub == "help" {
+        println!(
+            "Print the configuration a node would run with: FILE (TOML, or Debian's \
+             /etc/memcached.conf style) overridden by FLAGS, checked as at start.\n\n{usage}"
+        );
+        return ExitCode::SUCCESS;
+    }
     if sub != "check" {
         eprintln!("meshcached config: unknown subcommand {sub:?}; {usage}");
         return ExitCode::from(2);

@@ -79,6 +79,8 @@ pub enum CertsCommand {
     /// Show the certificates in DIR: names, hosts, expiry, whether each chains to ca.crt and
     /// matches its key. Exits with status 1 if anything would stop a node from using them.
     List {
+        /// The directory to check: ca.crt, and node.crt and node.key if present (a node's
+        /// certs dir, or one holding only the CA certificate).
         #[arg(long, value_name = "DIR")]
         certs_dir: PathBuf,
     },

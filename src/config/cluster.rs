@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{parse_size, Args, ConfigError};
+use super::{parse_size, resolve_bind, Args, ConfigError};
 use crate::clock::{NodeId, MAX_NODE_ID};
 
 /// The repcached replication port, which the cluster port defaults to.
@@ -142,6 +142,9 @@ pub(super) fn cluster_config(
     for x in &args.peer {
         join.push(parse_peer(x, Some(port))?);
     }
+    // Every value is checked, also on a standalone node, so that a typo is reported where
+    // it is made rather than when the node later joins a cluster.
+    let settings = Settings::parse(args)?;
     let Some(certs_dir) = args.certs_dir.clone() else {
         if !join.is_empty() {
             return Err(ConfigError::PeersWithoutCerts);
@@ -153,6 +156,11 @@ pub(super) fn cluster_config(
             (args.node_id.is_some(), "--node-id"),
             (args.state_file.is_some(), "--state-file"),
             (args.serve_while_syncing, "--serve-while-syncing"),
+            (args.repl_backlog.is_some(), "--repl-backlog"),
+            (args.max_clock_skew.is_some(), "--max-clock-skew"),
+            (args.tombstone_ttl.is_some(), "--tombstone-ttl"),
+            (args.join_timeout.is_some(), "--join-timeout"),
+            (args.drain_timeout.is_some(), "--drain-timeout"),
         ];
         if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
             return Err(ConfigError::ClusterFlagWithoutCerts(flag));
@@ -169,36 +177,77 @@ pub(super) fn cluster_config(
     };
     let cluster_listen = match &args.cluster_listen {
         None => SocketAddr::new(listen[0].ip(), port),
-        Some(s) => match s.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                let ip: IpAddr = s
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse()
-                    .map_err(|_| ConfigError::ClusterListen(s.clone()))?;
-                SocketAddr::new(ip, port)
-            }
-        },
+        Some(s) => *resolve_bind(s, port)
+            .map_err(|_| ConfigError::ClusterListen(s.clone()))?
+            .first()
+            .ok_or_else(|| ConfigError::ClusterListen(s.clone()))?,
     };
-    let tombstone_ttl = parse_duration(&args.tombstone_ttl)?;
-    if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&tombstone_ttl) {
-        return Err(ConfigError::TombstoneTtl);
-    }
     Ok(Some(ClusterConfig {
         node_name,
         node_id,
         listen: cluster_listen,
         certs_dir,
         join,
-        repl_backlog: parse_size(&args.repl_backlog, 1)?,
-        max_clock_skew: parse_duration(&args.max_clock_skew)?,
-        tombstone_ttl: tombstone_ttl.as_secs() as u32,
-        join_timeout: parse_duration(&args.join_timeout)?,
+        repl_backlog: settings.repl_backlog,
+        max_clock_skew: settings.max_clock_skew,
+        tombstone_ttl: settings.tombstone_ttl,
+        join_timeout: settings.join_timeout,
         serve_while_syncing: args.serve_while_syncing,
-        drain_timeout: parse_duration(&args.drain_timeout)?,
+        drain_timeout: settings.drain_timeout,
         state_file: args.state_file.clone(),
     }))
+}
+
+/// The cluster settings that have a default, parsed.
+struct Settings {
+    repl_backlog: usize,
+    max_clock_skew: Duration,
+    tombstone_ttl: u32,
+    join_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+impl Settings {
+    fn parse(args: &Args) -> Result<Settings, ConfigError> {
+        // The value given, or the default; an error names the flag.
+        fn value<T>(
+            given: &Option<String>,
+            default: &str,
+            flag: &'static str,
+            parse: impl Fn(&str) -> Result<T, ConfigError>,
+        ) -> Result<T, ConfigError> {
+            parse(given.as_deref().unwrap_or(default)).map_err(|e| ConfigError::Flag {
+                flag,
+                message: e.to_string(),
+            })
+        }
+        let tombstone_ttl = value(&args.tombstone_ttl, "10m", "--tombstone-ttl", |s| {
+            let ttl = parse_duration(s)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&ttl) {
+                return Err(ConfigError::TombstoneTtl);
+            }
+            Ok(ttl.as_secs() as u32)
+        })?;
+        Ok(Settings {
+            repl_backlog: value(&args.repl_backlog, "64MB", "--repl-backlog", |s| {
+                parse_size(s, 1)
+            })?,
+            max_clock_skew: value(
+                &args.max_clock_skew,
+                "5s",
+                "--max-clock-skew",
+                parse_duration,
+            )?,
+            tombstone_ttl,
+            join_timeout: value(&args.join_timeout, "10s", "--join-timeout", parse_duration)?,
+            drain_timeout: value(
+                &args.drain_timeout,
+                "10s",
+                "--drain-timeout",
+                parse_duration,
+            )?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -313,14 +362,49 @@ mod tests {
             bad(&["--certs-dir", "/c", "-x", "a b"]),
             ConfigError::Peer(_)
         ));
-        assert!(matches!(
-            bad(&["--certs-dir", "/c", "--tombstone-ttl", "10x"]),
-            ConfigError::Duration(_)
-        ));
         assert_eq!(
-            bad(&["--certs-dir", "/c", "--tombstone-ttl", "0"]),
-            ConfigError::TombstoneTtl
+            bad(&["--certs-dir", "/c", "--tombstone-ttl", "10x"]).to_string(),
+            "--tombstone-ttl: invalid duration \"10x\": expected a number with a unit ms, s, m or h"
         );
+        assert_eq!(
+            bad(&["--certs-dir", "/c", "--tombstone-ttl", "0"]).to_string(),
+            "--tombstone-ttl: must be between 1s and 30d"
+        );
+    }
+
+    /// Every cluster setting is checked on a standalone node too, and one given without
+    /// `--certs-dir` is refused by name rather than ignored.
+    #[test]
+    fn cluster_settings_are_checked_without_a_cluster() {
+        let bad = |argv: &[&str]| parse(argv).unwrap_err().to_string();
+        assert_eq!(
+            bad(&["--repl-backlog", "lots"]),
+            "--repl-backlog: invalid size \"lots\": expected a number with an optional unit k, m or g"
+        );
+        for (flag, value) in [
+            ("--max-clock-skew", "soon"),
+            ("--join-timeout", "1y"),
+            ("--drain-timeout", "10 s"),
+            ("--tombstone-ttl", "31d"),
+        ] {
+            assert!(
+                bad(&[flag, value]).starts_with(&format!("{flag}: ")),
+                "{flag}"
+            );
+        }
+        for flag in [
+            "--repl-backlog",
+            "--max-clock-skew",
+            "--tombstone-ttl",
+            "--join-timeout",
+            "--drain-timeout",
+        ] {
+            let value = if flag == "--repl-backlog" { "1m" } else { "5s" };
+            assert_eq!(
+                parse(&[flag, value]).unwrap_err(),
+                ConfigError::ClusterFlagWithoutCerts(flag)
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,25 @@ use extended::{parse_extended, parse_unix_mask};
 pub use extended::{Extended, DEFAULT_UNIX_MASK};
 pub use file::{config_path, parse_command_line, read_config_file, ConfigFileError, FileArgs};
 
+/// `--help`'s sections: memcached's own flags, the cluster's, client TLS and operations.
+pub const HELP_MEMCACHED: &str = "memcached flags";
+pub const HELP_CLUSTER: &str = "Cluster (replication between nodes)";
+pub const HELP_TLS: &str = "Client TLS";
+pub const HELP_OPERATIONS: &str = "Operations";
+
+/// `--help`: the subcommands (dispatched by `main` before the flags are parsed, since the
+/// node itself takes memcached's flat list of flags), then the flags by section.
+const HELP_TEMPLATE: &str = "\
+{about-with-newline}
+{usage-heading} {usage}
+
+Commands:
+  demo     Start a local cluster with generated certificates (see `meshcached demo --help`)
+  certs    Create and inspect the certificates that authenticate nodes to each other
+  config   `meshcached config check [FILE] [FLAGS]` prints the effective configuration
+
+{all-args}{after-help}";
+
 /// A memcached-compatible cache server where every node is a master.
 #[derive(Debug, Clone, Parser)]
 // `args_override_self`: the last occurrence of a flag wins, as with memcached's getopt;
@@ -29,153 +48,164 @@ pub use file::{config_path, parse_command_line, read_config_file, ConfigFileErro
     version,
     about,
     disable_help_flag = true,
-    args_override_self = true
+    disable_version_flag = true,
+    args_override_self = true,
+    help_template = HELP_TEMPLATE,
+    override_usage = "meshcached [FLAGS]\n       meshcached <COMMAND> [ARGS]"
 )]
 pub struct Args {
     /// TCP port to listen on (0 picks a free one).
-    #[arg(short = 'p', long = "port", default_value_t = 11211)]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'p', long = "port", default_value_t = 11211)]
     pub port: u16,
 
     /// Interface(s) to listen on, comma separated.
-    #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'l', long = "listen", default_value = "127.0.0.1")]
     pub listen: String,
 
     /// Unix socket path to listen on (disables TCP, as in memcached).
-    #[arg(short = 's', long = "unix-socket")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 's', long = "unix-socket")]
     pub unix_socket: Option<PathBuf>,
 
     /// Access mask of the unix socket, in octal (default 0700: the owner only).
-    #[arg(short = 'a', long = "unix-mask", default_value = "0700")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'a', long = "unix-mask", default_value = "0700")]
     pub unix_mask: String,
 
     /// memcached's extended options, comma separated: idle_timeout=SECONDS (0: never).
-    #[arg(short = 'o', long = "extended")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'o', long = "extended")]
     pub extended: Vec<String>,
 
     /// Item memory in megabytes (or with a unit: 512k, 2g).
-    #[arg(short = 'm', long = "memory-limit", default_value = "64")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'm', long = "memory-limit", default_value = "64")]
     pub memory_limit: String,
 
     /// Maximum simultaneous connections.
-    #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'c', long = "conn-limit", default_value_t = 1024)]
     pub conn_limit: u32,
 
     /// Number of worker threads.
-    #[arg(short = 't', long = "threads", default_value_t = 4)]
+    #[arg(help_heading = HELP_MEMCACHED, short = 't', long = "threads", default_value_t = 4)]
     pub threads: u16,
 
     /// Maximum item size, in bytes or with a unit (k, m); between 1k and 1g.
-    #[arg(short = 'I', long = "max-item-size", default_value = "1m")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'I', long = "max-item-size", default_value = "1m")]
     pub max_item_size: String,
 
     /// Return an error when memory is exhausted instead of evicting items.
-    #[arg(short = 'M', long = "disable-evictions")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'M', long = "disable-evictions")]
     pub disable_evictions: bool,
 
     /// Do not return CAS values (versions are still kept internally).
-    #[arg(short = 'C', long = "disable-cas")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'C', long = "disable-cas")]
     pub disable_cas: bool,
 
     /// Refuse flush_all.
-    #[arg(short = 'F', long = "disable-flush-all")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'F', long = "disable-flush-all")]
     pub disable_flush_all: bool,
 
     /// Allow the `shutdown` command.
-    #[arg(short = 'A', long = "enable-shutdown")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'A', long = "enable-shutdown")]
     pub enable_shutdown: bool,
 
     /// UDP port: only 0 is accepted, UDP is not served.
-    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'U', long = "udp-port", default_value_t = 0)]
     pub udp_port: u16,
 
     /// Verbose logging (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// User to run as: started as root, the node takes this user and its group once its
     /// ports are bound.
-    #[arg(short = 'u', long = "user")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'u', long = "user")]
     pub user: Option<String>,
 
     /// Serve Prometheus metrics, /ready and /health over HTTP on ADDR:PORT (off by default;
     /// 9150 is the convention).
-    #[arg(long = "metrics-listen")]
+    #[arg(help_heading = HELP_OPERATIONS, long = "metrics-listen")]
     pub metrics_listen: Option<String>,
 
     /// A configuration file: TOML whose keys are these long flags, or Debian's
     /// /etc/memcached.conf style (one flag per line). Flags given here override it.
-    #[arg(long = "config")]
+    #[arg(help_heading = HELP_OPERATIONS, long = "config")]
     pub config: Option<PathBuf>,
 
     /// Accepted for memcached compatibility: meshcached stays in the foreground (run it
     /// under systemd or another supervisor).
-    #[arg(short = 'd', long = "daemon")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'd', long = "daemon")]
     pub daemon: bool,
 
     /// Write the process id to this file once the ports are bound (removed at exit).
-    #[arg(short = 'P', long = "pidfile")]
+    #[arg(help_heading = HELP_MEMCACHED, short = 'P', long = "pidfile")]
     pub pidfile: Option<PathBuf>,
 
     /// Print help.
-    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+    #[arg(help_heading = HELP_OPERATIONS, short = 'h', long = "help", action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+
+    /// Print the version.
+    #[arg(help_heading = HELP_OPERATIONS, short = 'V', long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
 
     /// This node's name in the cluster (default: the host name); must be the name in
     /// `node.crt`.
-    #[arg(long = "node-name")]
+    #[arg(help_heading = HELP_CLUSTER, long = "node-name")]
     pub node_name: Option<String>,
 
     /// This node's id, 0-1023, unique in the cluster (default: derived from the name).
-    #[arg(long = "node-id")]
+    #[arg(help_heading = HELP_CLUSTER, long = "node-id")]
     pub node_id: Option<u16>,
 
     /// Address of the cluster endpoint (UDP, QUIC), ADDR:PORT or ADDR (default: the first -l
     /// address, port -X).
-    #[arg(long = "cluster-listen")]
+    #[arg(help_heading = HELP_CLUSTER, long = "cluster-listen")]
     pub cluster_listen: Option<String>,
 
     /// Cluster port (repcached's -X; default 11212).
-    #[arg(short = 'X', long = "cluster-port")]
+    #[arg(help_heading = HELP_CLUSTER, short = 'X', long = "cluster-port")]
     pub cluster_port: Option<u16>,
 
     /// Directory holding ca.crt, node.crt and node.key (see `meshcached certs`).
-    #[arg(long = "certs-dir")]
+    #[arg(help_heading = HELP_CLUSTER, long = "certs-dir")]
     pub certs_dir: Option<PathBuf>,
 
     /// A cluster member to join, HOST:PORT (repeatable).
-    #[arg(long = "join")]
+    #[arg(help_heading = HELP_CLUSTER, long = "join")]
     pub join: Vec<String>,
 
     /// A peer, HOST[:PORT] with the port defaulting to -X's (repcached's -x; repeatable).
-    #[arg(short = 'x', long = "peer")]
+    #[arg(help_heading = HELP_CLUSTER, short = 'x', long = "peer")]
     pub peer: Vec<String>,
 
-    /// Bytes of recent local writes kept for peers that fall behind.
-    #[arg(long = "repl-backlog", default_value = "64MB")]
-    pub repl_backlog: String,
+    /// Bytes of recent local writes kept for peers that fall behind (default 64MB).
+    #[arg(help_heading = HELP_CLUSTER, long = "repl-backlog")]
+    pub repl_backlog: Option<String>,
 
-    /// How far ahead of local time a peer's version may be before it is refused.
-    #[arg(long = "max-clock-skew", default_value = "5s")]
-    pub max_clock_skew: String,
+    /// How far ahead of local time a peer's version may be before it is refused (default
+    /// 5s).
+    #[arg(help_heading = HELP_CLUSTER, long = "max-clock-skew")]
+    pub max_clock_skew: Option<String>,
 
-    /// How long a delete's tombstone is kept, so that older writes arriving late lose.
-    #[arg(long = "tombstone-ttl", default_value = "10m")]
-    pub tombstone_ttl: String,
+    /// How long a delete's tombstone is kept, so that older writes arriving late lose
+    /// (default 10m).
+    #[arg(help_heading = HELP_CLUSTER, long = "tombstone-ttl")]
+    pub tombstone_ttl: Option<String>,
 
-    /// How long a starting node waits for a peer to answer before it serves anyway.
-    #[arg(long = "join-timeout", default_value = "10s")]
-    pub join_timeout: String,
+    /// How long a starting node waits for a peer to answer before it serves anyway (default
+    /// 10s).
+    #[arg(help_heading = HELP_CLUSTER, long = "join-timeout")]
+    pub join_timeout: Option<String>,
 
     /// Open the client port at once instead of after the initial sync.
-    #[arg(long = "serve-while-syncing")]
+    #[arg(help_heading = HELP_CLUSTER, long = "serve-while-syncing")]
     pub serve_while_syncing: bool,
 
-    /// On SIGTERM/SIGINT, how long to wait for peers to take the writes they lack.
-    #[arg(long = "drain-timeout", default_value = "10s")]
-    pub drain_timeout: String,
+    /// On SIGTERM/SIGINT, how long to wait for peers to take the writes they lack (default
+    /// 10s).
+    #[arg(help_heading = HELP_CLUSTER, long = "drain-timeout")]
+    pub drain_timeout: Option<String>,
 
     /// Save the store here on a graceful shutdown and load it at start (warm restart).
-    #[arg(long = "state-file")]
+    #[arg(help_heading = HELP_CLUSTER, long = "state-file")]
     pub state_file: Option<PathBuf>,
 }
 
@@ -241,8 +271,10 @@ pub enum ConfigError {
     Threads,
     #[error("-c must be at least 1")]
     Conns,
-    #[error("invalid listen address {0:?}")]
+    #[error("invalid listen address {0:?}: expected an IP address or a host name, with an optional :PORT")]
     Listen(String),
+    #[error("cannot resolve the listen address {host:?}: {reason}")]
+    Resolve { host: String, reason: String },
     #[error("invalid duration {0:?}: expected a number with a unit ms, s, m or h")]
     Duration(String),
     #[error("peers are given but no --certs-dir: replication always runs over mutual TLS, there is no plaintext mode (make certificates with `meshcached certs`)")]
@@ -257,8 +289,10 @@ pub enum ConfigError {
     ClusterListen(String),
     #[error("no --node-name given and the host name cannot be read")]
     NoHostName,
-    #[error("--tombstone-ttl must be between 1s and 30d")]
+    #[error("must be between 1s and 30d")]
     TombstoneTtl,
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
     #[error("invalid --metrics-listen {0:?}: expected ADDR:PORT, such as 127.0.0.1:9150")]
     MetricsListen(String),
     #[error("-a {0:?}: expected an octal access mask between 0 and 0777, such as 0700")]
@@ -289,6 +323,48 @@ pub fn parse_size(s: &str, bare_unit: usize) -> Result<usize, ConfigError> {
     };
     let n: usize = digits.parse().map_err(|_| err())?;
     n.checked_mul(unit).ok_or_else(err)
+}
+
+/// An address to listen on: `IP`, `IP:PORT`, `[IPV6]`, `[IPV6]:PORT`, or a host name with an
+/// optional `:PORT`, which is resolved now (every address it has, as memcached binds every
+/// address `getaddrinfo` gives for `-l`). `port` applies where none is given.
+pub fn resolve_bind(s: &str, port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| ConfigError::Listen(s.into()))?,
+        ),
+        None => (s, port),
+    };
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(ConfigError::Listen(s.to_string()));
+    }
+    let resolve_err = |reason: String| ConfigError::Resolve {
+        host: host.to_string(),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| resolve_err(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(resolve_err("no address".into()));
+    }
+    Ok(addrs)
 }
 
 impl Config {
@@ -323,18 +399,11 @@ impl Config {
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
-            let addr = match part.parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    let ip: IpAddr = part
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse()
-                        .map_err(|_| ConfigError::Listen(part.to_string()))?;
-                    SocketAddr::new(ip, args.port)
+            for addr in resolve_bind(part, args.port)? {
+                if !listen.contains(&addr) {
+                    listen.push(addr);
                 }
-            };
-            listen.push(addr);
+            }
         }
         if listen.is_empty() {
             return Err(ConfigError::Listen(args.listen.clone()));
@@ -342,10 +411,16 @@ impl Config {
         let cluster = cluster_config(args, &listen)?;
         let extended = parse_extended(&args.extended)?;
         let metrics_listen = match &args.metrics_listen {
-            Some(a) => Some(
-                a.parse::<SocketAddr>()
-                    .map_err(|_| ConfigError::MetricsListen(a.clone()))?,
-            ),
+            // A port is required: there is no conventional default to fall back on.
+            Some(a)
+                if a.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+            {
+                let addrs =
+                    resolve_bind(a, 0).map_err(|_| ConfigError::MetricsListen(a.clone()))?;
+                Some(addrs[0])
+            }
+            Some(a) => return Err(ConfigError::MetricsListen(a.clone())),
             None => None,
         };
         Ok(Config {
@@ -414,6 +489,32 @@ pub(crate) mod tests {
         assert_eq!(parse(&["-m", "1g"]).unwrap().mem_limit, 1 << 30);
     }
 
+    /// `-l` takes host names, as memcached's does: every address the name resolves to.
+    #[test]
+    fn host_names_are_resolved() {
+        let c = parse(&["-l", "localhost", "-p", "7"]).unwrap();
+        assert!(!c.listen.is_empty());
+        assert!(c
+            .listen
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 7));
+        let c = parse(&["-l", "localhost:8,127.0.0.2"]).unwrap();
+        assert!(c.listen.iter().any(|a| a.port() == 8));
+        assert!(c.listen.contains(&"127.0.0.2:11211".parse().unwrap()));
+        let c = parse(&["--metrics-listen", "localhost:9150"]).unwrap();
+        assert!(c.metrics_listen.unwrap().ip().is_loopback());
+        let c = parse(&[
+            "--certs-dir",
+            "/c",
+            "--node-name",
+            "a",
+            "--cluster-listen",
+            "localhost",
+        ]);
+        let listen = c.unwrap().cluster.unwrap().listen;
+        assert!(listen.ip().is_loopback() && listen.port() == 11212);
+    }
+
     #[test]
     fn refusals() {
         assert!(matches!(
@@ -428,8 +529,17 @@ pub(crate) mod tests {
         ));
         assert!(matches!(parse(&["-t", "0"]), Err(ConfigError::Threads)));
         assert!(matches!(
-            parse(&["-l", "nowhere"]),
+            parse(&["-l", "no_where"]),
             Err(ConfigError::Listen(_))
+        ));
+        // RFC 6761: names under .invalid never resolve.
+        assert!(matches!(
+            parse(&["-l", "nowhere.invalid"]),
+            Err(ConfigError::Resolve { .. })
+        ));
+        assert!(matches!(
+            parse(&["--metrics-listen", "127.0.0.1"]),
+            Err(ConfigError::MetricsListen(_))
         ));
         assert!(matches!(
             parse(&["-m", "2", "-I", "4m"]),
