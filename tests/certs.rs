@@ -203,7 +203,7 @@ fn create_node_needs_the_ca_certificate_and_its_own_key() {
         1,
     );
     assert!(
-        err.contains("empty/ca.crt does not exist; create it with `meshcached certs create-ca`"),
+        err.contains("empty/ca.crt does not exist; copy the cluster's ca.crt there, or pass it with --ca-cert FILE (`create-ca` makes a new CA, for a new cluster)"),
         "{err}"
     );
     assert!(!Path::new(&empty).join("node.key").exists());

@@ -18,6 +18,10 @@ use super::{
 
 /// Appended to "X does not exist" for a missing `--ca-key`.
 const HINT_CA_KEY: &str = "; pass the CA key written by `meshcached certs create-ca`";
+/// Appended to "DIR/ca.crt does not exist" in `create-node`: the cluster's CA certificate
+/// is wanted there, not a new CA.
+const HINT_CA_CERT: &str = "; copy the cluster's ca.crt there, or pass it with --ca-cert FILE \
+     (`create-ca` makes a new CA, for a new cluster)";
 /// Lifetimes beyond this are a typo, and would not fit certificate dates.
 const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -63,9 +67,14 @@ pub enum CertsCommand {
         /// The node's name: its identity in the cluster (lowercase letters, digits, '-', '.').
         #[arg(long, value_name = "NAME")]
         name: NodeName,
-        /// Directory holding ca.crt, where node.crt and node.key are written.
+        /// Directory where node.crt and node.key are written (created if missing); it holds
+        /// the cluster's ca.crt, or gets a copy of --ca-cert.
         #[arg(long, value_name = "DIR")]
         certs_dir: PathBuf,
+        /// The cluster's CA certificate (create-ca's ca.crt), copied to DIR/ca.crt when DIR
+        /// has none; without it, DIR/ca.crt must exist.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
         /// The CA's private key, as written by create-ca.
         #[arg(long, value_name = "FILE")]
         ca_key: PathBuf,
@@ -134,12 +143,14 @@ pub(crate) fn execute(
             hosts,
             name,
             certs_dir,
+            ca_cert,
             ca_key,
             lifetime,
             overwrite,
         } => {
             let files = NodeFiles {
                 certs_dir: &certs_dir,
+                ca_cert: ca_cert.as_deref(),
                 ca_key: &ca_key,
                 overwrite,
             };
@@ -196,8 +207,33 @@ fn create_ca(
 /// Where `create-node` reads and writes.
 struct NodeFiles<'a> {
     certs_dir: &'a Path,
+    /// `--ca-cert`: where the CA certificate comes from when `certs_dir` has none.
+    ca_cert: Option<&'a Path>,
     ca_key: &'a Path,
     overwrite: bool,
+}
+
+/// The CA certificate `create-node` signs with, and whether it must be copied into the
+/// certs dir: `--ca-cert` when given (then DIR/ca.crt, if present, must be the same file's
+/// content: a node trusts what is in its own directory), else DIR/ca.crt.
+fn node_ca(files: &NodeFiles<'_>, ca_crt: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), CertsError> {
+    let Some(source) = files.ca_cert else {
+        return Ok((read_file(ca_crt, HINT_CA_CERT)?, None));
+    };
+    let bytes = read_file(source, HINT_CREATE_CA)?;
+    match std::fs::read(ca_crt) {
+        Ok(present) if present == bytes => Ok((bytes, None)),
+        Ok(_) => Err(CertsError::CaCertDiffers {
+            present: ca_crt.to_path_buf(),
+            given: source.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((bytes.clone(), Some(bytes))),
+        Err(source) => Err(CertsError::Io {
+            path: ca_crt.to_path_buf(),
+            action: "read",
+            source,
+        }),
+    }
 }
 
 fn create_node(
@@ -211,13 +247,14 @@ fn create_node(
     let ca_crt = files.certs_dir.join(CA_CERT_FILE);
     let node_crt = files.certs_dir.join(NODE_CERT_FILE);
     let node_key = files.certs_dir.join(NODE_KEY_FILE);
-    let ca_bytes = read_file(&ca_crt, HINT_CREATE_CA)?;
+    let (ca_bytes, copy_ca) = node_ca(&files, &ca_crt)?;
+    let ca_label = files.ca_cert.unwrap_or(&ca_crt).display().to_string();
     let key_bytes = read_secret(files.ca_key, HINT_CA_KEY)?;
     let ca = Ca::load(
-        Labeled::new(&ca_bytes, ca_crt.display().to_string()),
+        Labeled::new(&ca_bytes, ca_label.clone()),
         Labeled::new(&key_bytes, files.ca_key.display().to_string()),
     )?;
-    ca.info().check_time(&ca_crt.display().to_string(), now)?;
+    ca.info().check_time(&ca_label, now)?;
     check_absent(&node_crt, files.overwrite)?;
     check_absent(&node_key, files.overwrite)?;
     // A certificate cannot usefully outlive the CA that vouches for it.
@@ -227,11 +264,26 @@ fn create_node(
         out.push_str("note: the node certificate expires with the CA\n");
     }
     let node = ca.issue(name, hosts, now - BACKDATE, not_after)?;
-    write_pair(
+    if let Some(bytes) = &copy_ca {
+        ensure_dir(files.certs_dir, 0o755)?;
+        write_file(&ca_crt, bytes, 0o644, false)?;
+        out.push_str(&format!(
+            "wrote {} (a copy of {ca_label})\n",
+            ca_crt.display()
+        ));
+    }
+    let written = write_pair(
         (&node_key, &node.key_pem, 0o600),
         (&node_crt, &node.cert_pem, 0o644),
         files.overwrite,
-    )?;
+    );
+    if let Err(e) = written {
+        if copy_ca.is_some() {
+            // A refused command leaves the disk as it was.
+            let _ = std::fs::remove_file(&ca_crt);
+        }
+        return Err(e);
+    }
     // Load what was written exactly as a starting node will, so a problem shows now.
     let identity = load_node_identity_at(files.certs_dir, now)?;
     let hosts: Vec<String> = hosts.iter().map(Host::to_string).collect();
@@ -412,6 +464,81 @@ mod tests {
         );
     }
 
+    /// `--ca-cert` starts a node's directory with the cluster's CA certificate, so that the
+    /// steps run in the order an operator reads them: create-ca, then create-node per node.
+    #[test]
+    fn create_node_copies_the_ca_certificate_given() {
+        let tmp = TempDir::new("cli-ca-cert");
+        let p = |s: &str| tmp.path().join(s).to_str().unwrap().to_string();
+        let now = SystemTime::now();
+        exec(
+            &[
+                "create-ca",
+                "--certs-dir",
+                &p("ca"),
+                "--ca-key",
+                &p("safe/ca.key"),
+            ],
+            now,
+        )
+        .0
+        .unwrap();
+        let node = |dir: &str, ca_cert: &str| {
+            exec(
+                &[
+                    "create-node",
+                    "10.0.0.1",
+                    "--name",
+                    "cache-a",
+                    "--certs-dir",
+                    &p(dir),
+                    "--ca-cert",
+                    &p(ca_cert),
+                    "--ca-key",
+                    &p("safe/ca.key"),
+                ],
+                now,
+            )
+        };
+        let (r, out) = node("certs-a", "ca/ca.crt");
+        r.unwrap();
+        assert!(out.contains("certs-a/ca.crt (a copy of"), "{out}");
+        let ca = std::fs::read(tmp.path().join("ca/ca.crt")).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("certs-a/ca.crt")).unwrap(),
+            ca
+        );
+        assert_eq!(
+            crate::certs::load_node_identity(&tmp.path().join("certs-a"))
+                .unwrap()
+                .name,
+            "cache-a"
+        );
+        // The same CA certificate already there is fine (renewing with --overwrite).
+        let (r, _) = node("certs-a", "ca/ca.crt");
+        assert!(matches!(r, Err(CertsError::Exists { .. })), "{r:?}");
+        // Another CA's certificate is refused, and nothing is written.
+        exec(
+            &[
+                "create-ca",
+                "--certs-dir",
+                &p("other"),
+                "--ca-key",
+                &p("safe/other.key"),
+            ],
+            now,
+        )
+        .0
+        .unwrap();
+        let (r, _) = node("certs-a", "other/ca.crt");
+        let err = r.unwrap_err();
+        assert!(matches!(err, CertsError::CaCertDiffers { .. }), "{err}");
+        // A CA certificate that is not the key's: nothing at all is written.
+        let (r, _) = node("certs-b", "other/ca.crt");
+        assert!(matches!(r, Err(CertsError::KeyMismatch { .. })), "{r:?}");
+        assert!(!tmp.path().join("certs-b").exists());
+    }
+
     #[test]
     fn create_node_refuses_a_foreign_key_and_a_missing_ca() {
         let tmp = TempDir::new("cli-foreign");
@@ -451,7 +578,7 @@ mod tests {
         let err = node("c", "a.key").unwrap_err();
         assert!(
             err.to_string()
-                .contains("c/ca.crt does not exist; create it with"),
+                .contains("c/ca.crt does not exist; copy the cluster's ca.crt there, or pass it with --ca-cert FILE"),
             "{err}"
         );
         let err = node("a", "nope.key").unwrap_err();

@@ -7,7 +7,8 @@
 //!
 //! What goes into a certificate, and why:
 //! - Keys are ECDSA P-256: every TLS stack verifies it, and ring signs with it cheaply.
-//! - The CA: `CN=meshcached CA, O=meshcached`, CA:TRUE with path length 0 (it signs node
+//! - The CA: `CN=meshcached CA <day> <key id>, O=meshcached` (two CAs read apart in a
+//!   rotation bundle), CA:TRUE with path length 0 (it signs node
 //!   certificates only, never another CA), key usages keyCertSign and cRLSign.
 //! - A node: `CN=<node name>, O=meshcached`, CA:FALSE, the node name as the first DNS SAN and
 //!   the hosts after it, key usage digitalSignature and extended key usages serverAuth and
@@ -28,8 +29,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use super::inspect::{self, unix_secs, CertInfo, Labeled};
 use super::{now, CertsError, Host, NodeIdentity, NodeName, BACKDATE, CA_LIFETIME, NODE_LIFETIME};
 
-/// The CA's common name. All meshcached CAs share it; they differ by key, which is what the
-/// chain check compares.
+/// The start of a CA's common name; the rest (the day it was made and an id of its key)
+/// tells CAs apart for people reading `certs list` or a rotation bundle. The chain check
+/// compares keys and signatures, not names.
 const CA_COMMON_NAME: &str = "meshcached CA";
 const ORGANIZATION: &str = "meshcached";
 
@@ -71,7 +73,7 @@ impl Ca {
         };
         let key = KeyPair::generate().map_err(gen)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name(CA_COMMON_NAME);
+        params.distinguished_name = name(&ca_common_name(not_before, &key.public_key_raw()));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = datetime(not_before);
@@ -289,6 +291,25 @@ impl NodeCert {
     }
 }
 
+/// `meshcached CA 2026-12-03 9f3a1c2e`: the day the CA starts (its backdated start, so the
+/// day it was made in nearly every case) and the first 32 bits of an FNV-1a hash of its
+/// public key (an id, not a security check).
+fn ca_common_name(not_before: SystemTime, public_key: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in public_key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let day = datetime(not_before).date();
+    format!(
+        "{CA_COMMON_NAME} {:04}-{:02}-{:02} {:08x}",
+        day.year(),
+        u8::from(day.month()),
+        day.day(),
+        h >> 32
+    )
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -450,7 +471,19 @@ mod tests {
     fn ca_and_node_certificates_have_the_right_shape() {
         let ca = generate_ca().unwrap();
         assert!(ca.info().is_ca);
-        assert_eq!(ca.info().subject, "CN=meshcached CA, O=meshcached");
+        // `CN=meshcached CA 2026-12-03 9f3a1c2e, O=meshcached`: two CAs read apart.
+        let subject = &ca.info().subject;
+        let cn = subject
+            .strip_prefix("CN=meshcached CA ")
+            .and_then(|s| s.strip_suffix(", O=meshcached"))
+            .unwrap_or_else(|| panic!("{subject}"));
+        let (day, id) = cn.split_once(' ').unwrap();
+        assert_eq!(day.len(), 10, "{subject}");
+        assert!(
+            id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{subject}"
+        );
+        assert_ne!(&generate_ca().unwrap().info().subject, subject);
         let years = (ca.info().not_after - ca.info().not_before) / (365 * 86_400);
         assert_eq!(years, 10);
         let node = ca
@@ -554,7 +587,7 @@ mod tests {
         let err = read_file(&missing, crate::certs::HINT_CREATE_CA).unwrap_err();
         assert!(
             err.to_string()
-                .ends_with("nope.crt does not exist; create it with `meshcached certs create-ca`"),
+                .ends_with("nope.crt does not exist; copy the cluster's ca.crt there (`meshcached certs create-ca` makes one, once per cluster)"),
             "{err}"
         );
         let big = dir.path().join("big.crt");

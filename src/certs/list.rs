@@ -432,7 +432,7 @@ mod tests {
         let report = inspect_dir(dir.path(), SystemTime::now()).unwrap();
         let problems = all_problems(&report);
         assert!(
-            problems.contains("ca.crt does not exist; create it with"),
+            problems.contains("ca.crt does not exist; copy the cluster's ca.crt there"),
             "{problems}"
         );
         assert!(render(&report, dir.path()).contains("not checked: ca.crt is missing"));

@@ -47,7 +47,8 @@ pub const NODE_CERT_FILE: &str = "node.crt";
 pub const NODE_KEY_FILE: &str = "node.key";
 
 /// Appended to "X does not exist" when a command can make X.
-pub(crate) const HINT_CREATE_CA: &str = "; create it with `meshcached certs create-ca`";
+pub(crate) const HINT_CREATE_CA: &str =
+    "; copy the cluster's ca.crt there (`meshcached certs create-ca` makes one, once per cluster)";
 pub(crate) const HINT_CREATE_NODE: &str = "; create it with `meshcached certs create-node`";
 
 /// Default lifetime of a CA certificate (`create-ca --lifetime`): ten years.
@@ -73,6 +74,8 @@ pub enum CertsError {
     },
     #[error("{} already exists; pass --overwrite to replace it", .path.display())]
     Exists { path: PathBuf },
+    #[error("{} is not the same as --ca-cert {}: a node trusts the ca.crt of its own directory; remove it or pass the one it holds", .present.display(), .given.display())]
+    CaCertDiffers { present: PathBuf, given: PathBuf },
     #[error(
         "{} is readable or writable by other users (mode {mode:04o}); a private key must be \
          0600 (or 0640/0440 for a group): run `chmod 600 {}`",
@@ -300,7 +303,7 @@ mod tests {
         assert!(matches!(err, CertsError::Missing { .. }), "{err}");
         assert!(
             err.to_string()
-                .ends_with("ca.crt does not exist; create it with `meshcached certs create-ca`"),
+                .ends_with("ca.crt does not exist; copy the cluster's ca.crt there (`meshcached certs create-ca` makes one, once per cluster)"),
             "{err}"
         );
         let ca = generate_ca().unwrap();
