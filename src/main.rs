@@ -34,11 +34,12 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.verbose);
+    let node = meshcached::server::log_name(&config);
     for note in &file.notes {
-        tracing::warn!("{note}");
+        tracing::warn!(%node, "{note}");
     }
     if args.daemon {
-        tracing::warn!("-d: meshcached does not daemonize, it stays in the foreground; run it under systemd (Type=simple) or another supervisor");
+        tracing::warn!(%node, "-d: meshcached does not daemonize, it stays in the foreground; run it under systemd (Type=simple) or another supervisor");
     }
     let server = match Server::bind(config, Arc::new(SystemClock)) {
         Ok(s) => s,
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
     }
     // Everything is bound: now -u may drop root.
     let socket = server.shared().config.unix_socket.clone();
-    if let Err(e) = meshcached::privileges::settle(args.user.as_deref(), socket.as_deref()) {
+    if let Err(e) = meshcached::privileges::settle(&node, args.user.as_deref(), socket.as_deref()) {
         eprintln!("meshcached: {e}");
         return ExitCode::from(1);
     }

@@ -91,12 +91,13 @@ pub fn lookup(name: &str) -> Result<User, PrivilegeError> {
 /// Applies `-u` once everything is bound: as root, becomes `user` (after giving it the
 /// unix socket file `socket`, if any); as root without `-u`, warns; as another user, `-u`
 /// has nothing to do (memcached ignores it too) and a differing one is reported.
-pub fn settle(user: Option<&str>, socket: Option<&Path>) -> Result<(), PrivilegeError> {
+pub fn settle(node: &str, user: Option<&str>, socket: Option<&Path>) -> Result<(), PrivilegeError> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     match (root, user) {
         (true, None) => {
             tracing::warn!(
+                %node,
                 "running as root: memcached refuses to; give -u USER to drop to that user \
                  after binding"
             );
@@ -108,7 +109,7 @@ pub fn settle(user: Option<&str>, socket: Option<&Path>) -> Result<(), Privilege
                 chown(path, &user)?;
             }
             become_user(&user)?;
-            tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, "dropped root privileges (-u)");
+            tracing::info!(%node, user = %user.name, uid = user.uid, gid = user.gid, "dropped root privileges (-u)");
             Ok(())
         }
         (false, Some(name)) => {
@@ -116,6 +117,7 @@ pub fn settle(user: Option<&str>, socket: Option<&Path>) -> Result<(), Privilege
             let uid = unsafe { libc::getuid() };
             if lookup(name).map(|u| u.uid).ok() != Some(uid) {
                 tracing::warn!(
+                    %node,
                     user = name,
                     uid,
                     "-u has no effect: not started as root, running as the current user"

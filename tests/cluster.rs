@@ -236,7 +236,7 @@ fn a_delete_is_not_undone_by_an_older_write_arriving_late() {
     assert!(k.1.is_none(), "deleted on every node: {k:?}");
     assert_eq!(get(&mut b, "k"), "END\r\n");
     let stats = a.stats();
-    assert_eq!(stats["repl_conflicts_rejected_behind"], "1", "{stats:?}");
+    assert_eq!(stats["repl_writes_rejected_behind"], "1", "{stats:?}");
 }
 
 /// flush_all on one node removes, on every node, the items older than it, including one
@@ -325,7 +325,7 @@ fn concurrent_conflicting_writes_converge() {
     let stats: Vec<_> = (0..3).map(|i| c.client(i).stats()).collect();
     let accepted: u64 = stats
         .iter()
-        .map(|s| s["repl_conflicts_accepted"].parse::<u64>().unwrap())
+        .map(|s| s["repl_writes_accepted"].parse::<u64>().unwrap())
         .sum();
     assert!(accepted > 0);
 }

@@ -126,7 +126,7 @@ fn an_expired_item_refuses_an_older_write_arriving_late() {
     wait_value(&c, 1, "k", None);
     let stats = a.stats();
     assert_eq!(
-        stats["repl_conflicts_rejected_behind"], "1",
+        stats["repl_writes_rejected_behind"], "1",
         "by the tombstone"
     );
     assert_eq!(stats["repl_refused_forgotten"], "0");

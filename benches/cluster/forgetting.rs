@@ -94,7 +94,7 @@ fn push_to_small_replica(
     Ok(Refusals {
         b_memory_mb,
         writes: keys.count,
-        accepted: n("repl_conflicts_accepted")?,
+        accepted: n("repl_writes_accepted")?,
         refused: n("repl_refused_forgotten")?,
         evictions: n("evictions")?,
         fences: n("forgotten_fences")?,

@@ -67,11 +67,15 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
             match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(*addr, name)).await {
                 Ok(Ok(pc)) => registered(link::run(cl.clone(), pc, true).await),
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = %name, %addr, "dial failed: {e}");
+                    if refused_by_peer(&e) {
+                        tracing::error!(node = %cl.name, peer = %name, %addr, "the peer refused this node: {e}");
+                    } else {
+                        tracing::debug!(node = %cl.name, peer = %name, %addr, "dial failed: {e}");
+                    }
                     DialEnd::Failed
                 }
                 Err(_) => {
-                    tracing::debug!(peer = %name, %addr, "dial unanswered within {DIAL_TIMEOUT:?}");
+                    tracing::debug!(node = %cl.name, peer = %name, %addr, "dial unanswered within {DIAL_TIMEOUT:?}");
                     DialEnd::Unanswered
                 }
             }
@@ -79,7 +83,7 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
         Dial::Seed { index, addr } => match dial_seed(&endpoint, addr).await {
             Ok(pc) => {
                 if pc.name == cl.name {
-                    tracing::debug!(%addr, "seed address is this node itself");
+                    tracing::debug!(node = %cl.name, %addr, "seed address is this node itself");
                     pc.conn
                         .close(super::core::CLOSE_REFUSED.into(), b"connected to itself");
                     cl.core().table_mut().seed_is_self(*index);
@@ -104,6 +108,16 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
     let now = cl.hlc.clock().now_ms();
     cl.core().table_mut().dial_ended(&dial, outcome, now);
     cl.dial_wake.notify_one();
+}
+
+/// Whether a dial failed because the peer refused this node (its certificate), which the
+/// operator must hear of, rather than because nothing answered.
+fn refused_by_peer(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::HandshakeRefused { by_peer: true, .. }
+            | TransportError::NoClientCertificate { .. }
+    )
 }
 
 fn registered(yes: bool) -> DialEnd {

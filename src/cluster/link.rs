@@ -84,6 +84,14 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
                 {
                     tracing::error!(node = %cl.name, peer = %pc.name, %addr, "the peer refused this node: {}", String::from_utf8_lossy(&c.reason));
                 }
+                // In TLS 1.3 the dialer's handshake is complete before the peer has checked
+                // its certificate: a refusal of it arrives here, as a TLS alert (0x100-0x1ff,
+                // RFC 9001 section 4.8) with rustls' reason.
+                Some(quinn::ConnectionError::ConnectionClosed(c))
+                    if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+                {
+                    tracing::error!(node = %cl.name, peer = %pc.name, %addr, "the peer refused this node's certificate: {} (check it with `meshcached certs list`; the peer must trust its CA)", refusal_reason(&c));
+                }
                 _ => {
                     tracing::debug!(node = %cl.name, peer = %pc.name, %addr, "peer connection ended before its hello: {e}");
                 }
@@ -127,10 +135,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         r = streams::recv_snapshots(&cl, link, &conn) => r,
     };
     cl.conns().remove(&link);
-    let (reason, ending) = match reason {
-        Ok(()) => ("closed".to_string(), Ending::Failed),
-        Err(e) => describe(&e, &conn),
-    };
+    let (reason, ending) = describe(reason.err().as_ref(), &conn);
     let now_ms = cl.now_ms();
     if cl.with(|c| c.link_down(link, now_ms)) {
         let peer = &up.peer;
@@ -141,6 +146,9 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
             Ending::Left => {
                 tracing::info!(node = %cl.name, %peer, %addr, "peer left: {reason}")
             }
+            Ending::Leaving => {
+                tracing::info!(node = %cl.name, %peer, %addr, "link closed: this node is leaving")
+            }
             Ending::Failed => {
                 tracing::warn!(node = %cl.name, %peer, %addr, "peer down: {reason}")
             }
@@ -148,6 +156,15 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     }
     conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
     true
+}
+
+/// What a peer's TLS refusal says: rustls' text, or the alert's code when it sent none.
+fn refusal_reason(close: &quinn::ConnectionClose) -> String {
+    if close.reason.is_empty() {
+        close.error_code.to_string()
+    } else {
+        String::from_utf8_lossy(&close.reason).into_owned()
+    }
 }
 
 fn log_refusal(cl: &Cluster, peer: &str, addr: std::net::SocketAddr, refusal: &Refusal) {
@@ -176,12 +193,16 @@ enum Ending {
     Replaced,
     /// The peer is shutting down gracefully.
     Left,
+    /// This node closed it: it is shutting down (the only local close of a registered
+    /// link; a replaced one is no longer registered when it ends).
+    Leaving,
     Failed,
 }
 
 /// What the log line says about a link's end: the peer's own close reason when it gave one.
-fn describe(e: &LinkError, conn: &quinn::Connection) -> (String, Ending) {
+fn describe(e: Option<&LinkError>, conn: &quinn::Connection) -> (String, Ending) {
     match conn.close_reason() {
+        Some(quinn::ConnectionError::LocallyClosed) => (String::new(), Ending::Leaving),
         Some(quinn::ConnectionError::ApplicationClosed(c)) => {
             let ending = if c.error_code == CLOSE_DUPLICATE.into() {
                 Ending::Replaced
@@ -194,7 +215,10 @@ fn describe(e: &LinkError, conn: &quinn::Connection) -> (String, Ending) {
             (format!("the peer closed the connection: {reason}"), ending)
         }
         Some(other) => (other.to_string(), Ending::Failed),
-        None => (e.to_string(), Ending::Failed),
+        None => (
+            e.map_or_else(|| "closed".to_string(), ToString::to_string),
+            Ending::Failed,
+        ),
     }
 }
 

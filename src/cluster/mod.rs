@@ -142,7 +142,7 @@ impl Cluster {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
         let endpoint = Arc::new(endpoint);
         if self.endpoint.set(endpoint.clone()).is_err() {
-            tracing::error!("cluster started twice; ignoring the second start");
+            tracing::error!(node = %self.name, "cluster started twice; ignoring the second start");
             return;
         }
         tokio::spawn(dial::accept_loop(self.clone(), endpoint.clone()));

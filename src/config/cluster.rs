@@ -77,7 +77,8 @@ pub fn node_id_for(name: &str) -> NodeId {
     NodeId::new(folded as u16).expect("masked to 10 bits")
 }
 
-fn host_name() -> Option<String> {
+/// This machine's host name, lowercased: the default `--node-name`.
+pub fn host_name() -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

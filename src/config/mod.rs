@@ -15,7 +15,9 @@ mod extended;
 mod file;
 
 use cluster::cluster_config;
-pub use cluster::{node_id_for, parse_duration, ClusterConfig, PeerAddr, DEFAULT_CLUSTER_PORT};
+pub use cluster::{
+    host_name, node_id_for, parse_duration, ClusterConfig, PeerAddr, DEFAULT_CLUSTER_PORT,
+};
 use extended::{parse_extended, parse_unix_mask};
 pub use extended::{Extended, DEFAULT_UNIX_MASK};
 pub use file::{config_path, parse_command_line, read_config_file, ConfigFileError, FileArgs};

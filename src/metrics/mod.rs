@@ -75,6 +75,7 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, Metric
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
+    let name = shared.name.clone();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(memcached::MemcachedCollector::new(shared.clone())));
     if let Some(c) = &shared.cluster {
@@ -89,7 +90,7 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, Metric
         .name("meshcached-metrics".into())
         .spawn(move || rt.block_on(serve(listener, app)))
         .map_err(MetricsError::Thread)?;
-    tracing::info!(addr = %local, "metrics and health endpoints listening (HTTP)");
+    tracing::info!(node = %name, addr = %local, "metrics and health endpoints listening (HTTP)");
     Ok(local)
 }
 
@@ -102,7 +103,7 @@ async fn serve(listener: std::net::TcpListener, app: Arc<App>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, "cannot serve the metrics endpoint");
+            tracing::error!(node = %app.shared.name, error = %e, "cannot serve the metrics endpoint");
             return;
         }
     };
@@ -114,7 +115,7 @@ async fn serve(listener: std::net::TcpListener, app: Arc<App>) {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
+                tracing::debug!(node = %app.shared.name, error = %e, "metrics accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }

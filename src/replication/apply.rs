@@ -88,7 +88,8 @@ pub fn apply_flush_state(
         match hlc.observe(f.issued, max_skew) {
             Ok(()) => taken.flushes.push(*f),
             Err(skew) => {
-                tracing::warn!(error = %skew, "refusing a snapshot's flush issued by a clock ahead (counted in clock_skew_rejects)");
+                // The caller, which knows the node and the peer, logs the refusal.
+                tracing::debug!(error = %skew, "refusing a snapshot's flush issued by a clock ahead");
                 stats.clock_skew_rejects += 1;
             }
         }
@@ -109,9 +110,9 @@ fn apply_one(
     stats: &mut ApplyStats,
 ) -> bool {
     if let Err(skew) = hlc.observe(m.version, max_skew) {
-        // One line per batch, not per write: a peer with a broken clock sends many.
+        // The caller, which knows the node and the peer, logs the refusal (once per batch).
         if stats.clock_skew_rejects == 0 {
-            tracing::warn!(seq, error = %skew, "refusing replicated writes from a peer whose clock is ahead (counted in clock_skew_rejects)");
+            tracing::debug!(seq, error = %skew, "refusing replicated writes from a peer whose clock is ahead");
         }
         stats.clock_skew_rejects += 1;
         return false;

@@ -72,7 +72,7 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
         },
     };
     if let Err(e) = registered {
-        tracing::warn!(error = %e, "cannot register a client socket");
+        tracing::warn!(node = %shared.name, error = %e, "cannot register a client socket");
     }
 }
 

@@ -54,6 +54,8 @@ const SWEEP_BUDGET: usize = 256;
 
 /// State shared by every connection.
 pub struct Shared {
+    /// The node's name in its log lines: its cluster name, or standalone the host name.
+    pub name: String,
     pub store: Arc<Store>,
     pub hlc: Arc<Hlc>,
     /// Set when the node replicates to peers.
@@ -92,6 +94,7 @@ impl Shared {
     ) -> Shared {
         let started_ms = hlc.clock().now_ms();
         Shared {
+            name: log_name(&config),
             store,
             hlc,
             cluster: None,
@@ -137,6 +140,8 @@ impl ShutdownHandle {
 pub enum ServerError {
     #[error("cannot listen: {0}")]
     Listen(#[from] io::Error),
+    #[error("cannot listen on {addr}: {source}{}", if source.kind() == io::ErrorKind::AddrInUse { " (is another memcached running? -p and -l choose another port or address)" } else { "" })]
+    Bind { addr: SocketAddr, source: io::Error },
     #[error("cluster certificates: {0}")]
     Certs(#[from] CertsError),
     #[error("--node-name is {flag:?} but the node certificate in {dir} is for {cert:?}; make a certificate for this node (`meshcached certs create-node`) or fix --node-name")]
@@ -181,7 +186,10 @@ impl Server {
                     TcpSocket::new_v6()?
                 };
                 socket.set_reuseaddr(true)?;
-                socket.bind(*addr)?;
+                socket.bind(*addr).map_err(|source| ServerError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
                 tcp.push(socket);
             }
         }
@@ -223,6 +231,7 @@ impl Server {
         }
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
+            name: log_name(&config),
             store,
             hlc,
             outbox: cluster.as_ref().map(|c| c.outbox.clone()),
@@ -304,12 +313,13 @@ impl Server {
             }
             if !w.is_finished() {
                 tracing::warn!(
+                    node = %self.shared.name,
                     "connections still open after the shutdown grace period; closing them"
                 );
                 break;
             }
             if w.join().is_err() {
-                tracing::error!("a worker thread panicked");
+                tracing::error!(node = %self.shared.name, "a worker thread panicked");
             }
         }
         if let (Some(cluster), Some(rt)) = (&self.shared.cluster, self.cluster_rt) {
@@ -384,7 +394,7 @@ fn start_cluster(
         }))
         .is_err()
     {
-        tracing::error!("the store already had a journal");
+        tracing::error!(node = %cc.node_name, "the store already had a journal");
     }
     {
         let _guard = rt.enter();
@@ -422,13 +432,13 @@ async fn wait_until_ready(
     let Some(mut ready) = sync_gate(shared.cluster.as_ref(), &shared.config) else {
         return true;
     };
-    tracing::info!("the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
+    tracing::info!(node = %shared.name, "the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
     let mut shutdown = shared.shutdown.subscribe();
     tokio::select! {
         r = ready.wait_for(|r| *r) => r.is_ok(),
         _ = shutdown.wait_for(|s| *s) => false,
         _ = signal.as_mut() => {
-            tracing::info!("signal received during the initial sync, shutting down");
+            tracing::info!(node = %shared.name, "signal received during the initial sync, shutting down");
             shared.request_shutdown();
             false
         }
@@ -442,7 +452,7 @@ async fn accept_loop(
     senders: Vec<mpsc::UnboundedSender<Stream>>,
     handle_signals: bool,
 ) -> io::Result<()> {
-    let signal = signal(handle_signals);
+    let signal = signal(&shared.name, handle_signals);
     tokio::pin!(signal);
     if !wait_until_ready(&shared, &mut signal).await {
         return Ok(());
@@ -451,8 +461,9 @@ async fn accept_loop(
     let mut tasks = Vec::new();
     for socket in tcp {
         let l = socket.listen(LISTEN_BACKLOG)?;
-        tracing::info!(addr = %l.local_addr()?, "listening");
+        tracing::info!(node = %shared.name, addr = %l.local_addr()?, "listening");
         let tx = accepted_tx.clone();
+        let name = shared.name.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 match l.accept().await {
@@ -463,15 +474,21 @@ async fn accept_loop(
                             return;
                         }
                     }
-                    Err(e) => accept_error(e).await,
+                    Err(e) => accept_error(&name, e).await,
                 }
             }
         }));
     }
     if let Some(socket) = unix {
         let l = socket.listen(LISTEN_BACKLOG)?;
-        tracing::info!(path = ?l.local_addr()?.as_pathname(), "listening on unix socket");
+        let path = l.local_addr()?;
+        let path = path
+            .as_pathname()
+            .unwrap_or(std::path::Path::new("?"))
+            .display();
+        tracing::info!(node = %shared.name, %path, "listening on unix socket");
         let tx = accepted_tx.clone();
+        let name = shared.name.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 match l.accept().await {
@@ -481,7 +498,7 @@ async fn accept_loop(
                             return;
                         }
                     }
-                    Err(e) => accept_error(e).await,
+                    Err(e) => accept_error(&name, e).await,
                 }
             }
         }));
@@ -502,7 +519,7 @@ async fn accept_loop(
             }
             _ = shutdown.wait_for(|s| *s) => break,
             _ = &mut signal => {
-                tracing::info!("signal received, shutting down");
+                tracing::info!(node = %shared.name, "signal received, shutting down");
                 shared.request_shutdown();
                 break;
             }
@@ -519,8 +536,8 @@ async fn accept_loop(
 
 /// Errors from accept are transient (out of file descriptors, a connection reset before
 /// it was accepted): log, pause briefly so a full fd table does not spin, and go on.
-async fn accept_error(e: io::Error) {
-    tracing::warn!(error = %e, "accept failed");
+async fn accept_error(node: &str, e: io::Error) {
+    tracing::warn!(%node, error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
@@ -537,7 +554,7 @@ fn admit(shared: &Shared, conn: Stream) -> Option<Stream> {
     Some(conn)
 }
 
-async fn signal(enabled: bool) {
+async fn signal(node: &str, enabled: bool) {
     if !enabled {
         return std::future::pending().await;
     }
@@ -547,6 +564,7 @@ async fn signal(enabled: bool) {
         signal(SignalKind::interrupt()),
     ) else {
         tracing::error!(
+            %node,
             "cannot install signal handlers; stop the server with the shutdown command"
         );
         return std::future::pending().await;
@@ -595,7 +613,7 @@ fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
     let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start a worker runtime");
+            tracing::error!(node = %shared.name, error = %e, "cannot start a worker runtime");
             return;
         }
     };
@@ -616,4 +634,13 @@ fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
         // Shutdown: connections finish what they have read.
         while conns.join_next().await.is_some() {}
     });
+}
+
+/// The name a node's log lines carry: `--node-name` in a cluster; standalone, the host name
+/// (what `--node-name` defaults to), so that every line names its node either way.
+pub fn log_name(config: &Config) -> String {
+    match &config.cluster {
+        Some(cc) => cc.node_name.clone(),
+        None => crate::config::host_name().unwrap_or_else(|| "meshcached".to_string()),
+    }
 }

@@ -33,6 +33,7 @@ pub fn stats(ctx: &mut Ctx<'_>, group: Option<&[u8]>) -> Outcome {
         Some(b"sizes") => Outcome::Stats(vec![("sizes_status".into(), "disabled".into())]),
         Some(b"conns") => Outcome::Stats(Vec::new()),
         Some(b"replication") => Outcome::Stats(replication(ctx)),
+        Some(b"cluster") => Outcome::Stats(cluster(ctx)),
         Some(b"reset") => {
             ctx.shared.counters.reset();
             Outcome::Invalid(Invalid::Raw("RESET"))
@@ -180,15 +181,19 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
     let n = |f: fn(&crate::cluster::ClusterCounters) -> &std::sync::atomic::AtomicU64| {
         cluster.map_or(0, |c| f(&c.counters).load(Ordering::Relaxed))
     };
-    push(&mut s, "repl_conflicts_accepted", n(|c| &c.accepted));
+    // Writes received from peers, by what last-writer-wins did with each (Couchbase's
+    // outcomes). Every replicated write is counted, not only conflicts (two origins writing
+    // one key concurrently, which a newer write cannot be told apart from); they were
+    // misnamed `repl_conflicts_*` before (the README's upgrade notes say so).
+    push(&mut s, "repl_writes_accepted", n(|c| &c.accepted));
     push(
         &mut s,
-        "repl_conflicts_rejected_behind",
+        "repl_writes_rejected_behind",
         n(|c| &c.rejected_behind),
     );
     push(
         &mut s,
-        "repl_conflicts_rejected_identical",
+        "repl_writes_rejected_identical",
         n(|c| &c.rejected_identical),
     );
     push(
@@ -214,13 +219,7 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
         "peers_connected",
         cluster.map_or(0, |c| c.peers_connected()),
     );
-    let sync_state = cluster.map_or("standalone", |c| match c.phase() {
-        Phase::Choosing if c.peers_connected() == 0 => "waiting_for_peers",
-        Phase::Choosing => "choosing_donor",
-        Phase::Syncing => "syncing",
-        Phase::Ready => "ready",
-    });
-    push(&mut s, "sync_state", sync_state);
+    push(&mut s, "sync_state", sync_state(cluster));
     let k = |f: fn(&SyncCounters) -> &std::sync::atomic::AtomicU64| {
         cluster.map_or(0, |c| f(&c.sync_counters).load(Ordering::Relaxed))
     };
@@ -288,6 +287,98 @@ fn replication(ctx: &Ctx<'_>) -> Stats {
     s
 }
 
+/// The node's `sync_state` (`stats`): where its initial sync stands.
+fn sync_state(cluster: Option<&crate::cluster::Cluster>) -> &'static str {
+    cluster.map_or("standalone", |c| match c.phase() {
+        Phase::Choosing if c.peers_connected() == 0 => "waiting_for_peers",
+        Phase::Choosing => "choosing_donor",
+        Phase::Syncing => "syncing",
+        Phase::Ready => "ready",
+    })
+}
+
+/// `stats cluster`: one line per member and field, this node first, in the shape the
+/// membership work keeps (`member:<name>:state`, address, node id, last contact, lag).
+/// Known today: this node's sync state, and each peer's link (`connected`, `connecting`,
+/// `needs_resync`); last contact is now for a connected peer and `-` otherwise (not
+/// recorded yet).
+fn cluster(ctx: &Ctx<'_>) -> Stats {
+    let mut s = Vec::new();
+    let Some(cluster) = ctx.shared.cluster.as_deref() else {
+        push(&mut s, "mode", "standalone");
+        return s;
+    };
+    let r = cluster.report();
+    let now = ctx.now;
+    push(&mut s, "mode", "cluster");
+    push(&mut s, "node_name", &r.name);
+    push(&mut s, "members", r.peers.len() + 1);
+    let mut member = |name: &str, field: &str, value: String| {
+        push(&mut s, &format!("member:{name}:{field}"), value);
+    };
+    let addr = cluster
+        .local_addr()
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
+    member(&r.name, "state", sync_state(Some(cluster)).to_string());
+    member(&r.name, "address", addr);
+    member(&r.name, "node_id", r.node_id.to_string());
+    member(&r.name, "last_contact", now.to_string());
+    member(&r.name, "lag_writes", "0".to_string());
+    member(&r.name, "lag_ms", "0".to_string());
+    for p in &r.peers {
+        let connected = p.state != "connecting";
+        let addr = p.addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        member(&p.name, "state", p.state.to_string());
+        member(&p.name, "address", addr);
+        member(&p.name, "node_id", p.node_id.to_string());
+        let contact = if connected {
+            now.to_string()
+        } else {
+            "-".to_string()
+        };
+        member(&p.name, "last_contact", contact);
+        member(&p.name, "lag_writes", p.lag_mutations.to_string());
+        member(&p.name, "lag_ms", p.lag_ms.to_string());
+    }
+    s
+}
+
+/// The cluster's settings in `stats settings` (memcached has none: names of our own, with
+/// durations in their unit), after memcached's; a standalone node says only that.
+fn cluster_settings(s: &mut Stats, cfg: &crate::config::Config) {
+    let Some(c) = &cfg.cluster else {
+        push(s, "cluster", "no");
+        return;
+    };
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    push(s, "cluster", "yes");
+    push(s, "node_name", &c.node_name);
+    push(s, "node_id", c.node_id.get());
+    push(s, "cluster_listen", c.listen);
+    push(s, "certs_dir", c.certs_dir.display());
+    let join: Vec<String> = c.join.iter().map(ToString::to_string).collect();
+    push(
+        s,
+        "join",
+        if join.is_empty() {
+            "NULL".to_string()
+        } else {
+            join.join(",")
+        },
+    );
+    push(s, "repl_backlog", c.repl_backlog);
+    push(s, "max_clock_skew_ms", c.max_clock_skew.as_millis());
+    push(s, "tombstone_ttl", c.tombstone_ttl);
+    push(s, "join_timeout_ms", c.join_timeout.as_millis());
+    push(s, "serve_while_syncing", yes_no(c.serve_while_syncing));
+    push(s, "drain_timeout_ms", c.drain_timeout.as_millis());
+    let state_file = c
+        .state_file
+        .as_ref()
+        .map_or("NULL".to_string(), |p| p.display().to_string());
+    push(s, "state_file", state_file);
+}
+
 fn settings(ctx: &Ctx<'_>) -> Stats {
     let cfg = &ctx.shared.config;
     let on_off = |b: bool| if b { "yes" } else { "no" };
@@ -352,6 +443,7 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "idle_timeout", cfg.idle_timeout);
     push(&mut s, "ssl_enabled", "no");
     push(&mut s, "eviction_policy", "clock");
+    cluster_settings(&mut s, cfg);
     s
 }
 

@@ -43,7 +43,7 @@ impl StateFile {
             // Half a snapshot, with positions that only the whole of it makes true: such a
             // file would later claim writes this node never got. The previous file (if
             // any) still describes a consistent state.
-            tracing::warn!(path = %self.path.display(), "not saving the state file: this node's sync was not complete");
+            tracing::warn!(node = %self.node_name, path = %self.path.display(), "not saving the state file: this node's sync was not complete");
             return;
         }
         let started = std::time::Instant::now();
@@ -66,6 +66,7 @@ impl StateFile {
         let now = (s.now_ms / 1000) as u32;
         match state::save(&self.path, &header, s.store, now) {
             Ok(saved) => tracing::info!(
+                node = %self.node_name,
                 path = %self.path.display(),
                 items = saved.items,
                 tombstones = saved.tombstones,
@@ -74,7 +75,9 @@ impl StateFile {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "state file saved"
             ),
-            Err(e) => tracing::error!("{e}; the next start will resync by snapshot"),
+            Err(e) => {
+                tracing::error!(node = %self.node_name, "{e}; the next start will resync by snapshot")
+            }
         }
     }
 
@@ -97,7 +100,7 @@ impl StateFile {
                     // Deletes made since may have left no tombstone anywhere: serving this
                     // file could bring deleted data back.
                     let dropped = store.clear();
-                    tracing::warn!(path = %path.display(), age_s = age_ms / 1000, dropped, "the state file is older than --tombstone-ttl, so it is not used (deletes made since could come back); this node resyncs by snapshot");
+                    tracing::warn!(node = %self.node_name, path = %path.display(), age_s = age_ms / 1000, dropped, "the state file is older than --tombstone-ttl, so it is not used (deletes made since could come back); this node resyncs by snapshot");
                     return None;
                 }
                 if let Err(e) = state::invalidate(path) {
@@ -105,12 +108,14 @@ impl StateFile {
                     // were current: not using it is the safe side.
                     let dropped = store.clear();
                     tracing::error!(
+                        node = %self.node_name,
                         dropped,
                         "{e}; so it is not used: this node resyncs by snapshot"
                     );
                     return None;
                 }
                 tracing::info!(
+                    node = %self.node_name,
                     path = %path.display(),
                     items = loaded.items,
                     tombstones = loaded.tombstones,
@@ -122,11 +127,11 @@ impl StateFile {
                 Some(loaded.header.positions)
             }
             Err(StateError::NotFound { .. }) => {
-                tracing::info!(path = %path.display(), "no state file yet; starting without data");
+                tracing::info!(node = %self.node_name, path = %path.display(), "no state file yet; starting without data");
                 None
             }
             Err(e) => {
-                tracing::error!("{e}; ignoring it: this node resyncs by snapshot");
+                tracing::error!(node = %self.node_name, "{e}; ignoring it: this node resyncs by snapshot");
                 None
             }
         }

@@ -162,6 +162,44 @@ fn demo_runs_three_replicating_nodes_until_sigint() {
     let code = demo.interrupt();
     assert_eq!(code, Some(0), "{}", read_log(&demo.log));
     assert!(!certs.exists(), "{} is removed on exit", certs.display());
+    assert_log_is_readable(&read_log(&demo.log));
+}
+
+/// What an operator reads in the demo's log: every line names its node (three nodes share
+/// the process), a new cluster's empty snapshots are not narrated, and the nodes' own
+/// shutdown is no warning.
+fn assert_log_is_readable(log: &str) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" meshcached::"))
+        .collect();
+    assert!(lines.len() >= 6, "{log}");
+    for line in &lines {
+        assert!(
+            line.contains(" node=node-"),
+            "a line without its node: {line}"
+        );
+        let narrated = [
+            "sending a snapshot",
+            "receiving a snapshot",
+            "snapshot sent",
+            "snapshot applied",
+        ];
+        assert!(
+            !narrated.iter().any(|n| line.contains(n)),
+            "an empty snapshot narrated: {line}"
+        );
+        assert!(
+            !line.contains(" WARN ") && !line.contains(" ERROR "),
+            "a warning in a clean run and stop: {line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("link closed: this node is leaving")),
+        "{log}"
+    );
 }
 
 /// The help says "Ctrl-C stops the cluster": a Ctrl-C right after it must stop the demo

@@ -42,10 +42,40 @@ fn nodes_of_different_cas_refuse_each_other() {
     for (c, other_key) in [(&mut ca_client, "from-f"), (&mut cf, "from-a")] {
         assert_eq!(stat(c, "peers_connected"), 0);
         assert!(stat(c, "peers_refused") >= 1);
-        assert_eq!(stat(c, "repl_conflicts_accepted"), 0);
+        assert_eq!(stat(c, "repl_writes_accepted"), 0);
         assert_eq!(get(c, other_key), None, "{other_key} must not cross");
     }
     assert!(a.serves() && f.serves());
+}
+
+/// node-f trusts node-a's CA (its ca.crt is a bundle of both) but its own certificate comes
+/// from a CA node-a does not trust: only node-a's verifier refuses. node-f, the dialing side,
+/// must say that the peer refused it and why, not only that no peer answered.
+#[test]
+fn a_node_whose_certificate_the_peer_refuses_says_so() {
+    let dir = TempDir::new("refused");
+    let ca = generate_ca().expect("CA");
+    let other = generate_ca().expect("another CA");
+    certify(&ca, &dir, "node-a");
+    certify(&other, &dir, "node-f");
+    let bundle = format!("{}{}", other.cert_pem(), ca.cert_pem());
+    std::fs::write(dir.join("node-f/ca.crt"), bundle).expect("write the bundle");
+    let (pa, pf) = free_udp_pair();
+    let a = Proc::start(&dir, "node-a", 1, pa, &[]);
+    let join_a = ["--join", &loopback(pa), "--join-timeout", "1s"];
+    let f = Proc::start(&dir, "node-f", 2, pf, &join_a);
+    f.wait_line(&["no peer answered within --join-timeout"]);
+    let line = f.wait_line(&["refused this node"]);
+    assert!(line.contains("node=node-f"), "{line}");
+    assert!(
+        line.contains(&loopback(pa)),
+        "names the peer's address: {line}"
+    );
+    assert!(
+        line.contains("UnknownIssuer") || line.contains("BadSignature"),
+        "says why: {line}"
+    );
+    a.wait_line(&["refused a peer connection", "invalid peer certificate"]);
 }
 
 /// Starts node `name` alone with the certificates in `certs`, expecting it to exit.

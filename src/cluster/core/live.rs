@@ -170,6 +170,10 @@ impl Replica {
         let (stats, done) = apply_entries(&self.store, &self.hlc, &entries, self.max_skew, now);
         self.counters.add(&stats);
         let s = self.sessions.get_mut(&link).expect("the caller checked");
+        if done < entries.len() {
+            // One line per batch (and retry), not per write: a broken clock sends many.
+            tracing::warn!(node = %self.name, peer = %s.peer, seq = entries[done].seq, "refusing replicated writes from a peer whose clock is ahead by more than --max-clock-skew (counted in clock_skew_rejects; -v says by how much)");
+        }
         if done > 0 {
             s.counters.set_have(s.their_run, entries[done - 1].seq);
             let newest = entries[..done]
@@ -232,6 +236,9 @@ impl Replica {
         };
         if s.plan.position(p, ours, last, oldest) {
             self.start_walk(link, OFF_THE_LOG, now_ms);
+        } else if let Some(from) = s.plan.cursor().filter(|&from| from < last) {
+            // Logged as a snapshot is: what the peer gets, and why this way.
+            tracing::info!(node = %self.name, peer = %s.peer, writes = last - from, from_seq = from + 1, "sending a delta: the writes the peer lacks are still in this node's replication log");
         }
     }
 

@@ -139,8 +139,12 @@ impl Replica {
         let w = s.walk.as_mut()?;
         let mut out = BytesMut::with_capacity(PIECE_BYTES + (16 << 10));
         let Some(cursor) = w.cursor.as_mut() else {
-            if w.origin.is_none() {
-                tracing::info!(node = %self.name, peer = %s.peer, "sending a snapshot: {}", w.why);
+            if w.origin.is_none() && self.store.len() == 0 {
+                // A new cluster's nodes snapshot each other's empty stores as they meet:
+                // nothing an operator needs to read (the counters in `stats` count them).
+                tracing::debug!(node = %self.name, peer = %s.peer, "sending an empty snapshot: {}", w.why);
+            } else if w.origin.is_none() {
+                tracing::info!(node = %self.name, peer = %s.peer, items = self.store.len(), "sending a snapshot: {}", w.why);
             } else {
                 tracing::debug!(node = %self.name, peer = %s.peer, origin = ?w.origin, "sending a catch-up");
             }
@@ -272,10 +276,15 @@ impl Replica {
                 let flushes =
                     apply_flush_state(&self.store, &self.hlc, &b.flush, self.max_skew, now);
                 self.counters.add(&flushes);
+                log_flush_skew(&self.name, &peer, &flushes);
                 Ok(false)
             }
             (Frame::SnapBegin(b), false) => {
-                tracing::info!(node = %self.name, %peer, items = b.items, "receiving a snapshot");
+                if b.items == 0 {
+                    tracing::debug!(node = %self.name, %peer, "receiving an empty snapshot");
+                } else {
+                    tracing::info!(node = %self.name, %peer, items = b.items, "receiving a snapshot");
+                }
                 self.store.reserve_entries(b.items);
                 // Until complete, the peer's position is not one this node holds.
                 s.counters.snapshot_arriving();
@@ -402,6 +411,7 @@ impl Replica {
         let now = (now_ms / 1000) as u32;
         let flushes = apply_flush_state(&self.store, &self.hlc, &begin.flush, self.max_skew, now);
         self.counters.add(&flushes);
+        log_flush_skew(&self.name, peer, &flushes);
         if self.plan.is_donor_snapshot(peer) {
             // Taken as they are, even below what we had: after a donor lost halfway, the
             // next donor's positions are the ones its snapshot makes true, and the other
@@ -474,7 +484,19 @@ fn frame_name(f: &Frame) -> &'static str {
     }
 }
 
+/// The end of a snapshot or catch-up; an empty one only at debug level.
 fn log_progress(node: &str, peer: &str, what: &str, items: u64, bytes: u64, took_ms: u64) {
     let rate = (items * 1000).checked_div(took_ms).unwrap_or(0);
-    tracing::info!(%node, %peer, items, bytes, elapsed_ms = took_ms, items_per_s = rate, "{what}");
+    if items == 0 {
+        tracing::debug!(%node, %peer, items, bytes, elapsed_ms = took_ms, "{what}");
+    } else {
+        tracing::info!(%node, %peer, items, bytes, elapsed_ms = took_ms, items_per_s = rate, "{what}");
+    }
+}
+
+/// A snapshot's flushes refused for being issued by a clock too far ahead.
+fn log_flush_skew(node: &str, peer: &str, stats: &crate::replication::apply::ApplyStats) {
+    if stats.clock_skew_rejects > 0 {
+        tracing::warn!(%node, %peer, flushes = stats.clock_skew_rejects, "refusing a snapshot's flushes issued by a clock ahead by more than --max-clock-skew (counted in clock_skew_rejects)");
+    }
 }
