@@ -116,6 +116,13 @@ fn a_warm_restart_loads_the_state_file_and_takes_only_the_delta() {
     assert_holds(&mut cb, &during);
     b.wait_line(&["state file loaded", "items=3000"]);
     assert_eq!(stat(&mut cb, "snapshots_received"), 0, "{}", b.log());
+    // The delta is logged as a snapshot would be: by the sender, with what it sends.
+    a.wait_line(&[
+        "sending a delta",
+        "node=node-a",
+        "peer=node-b",
+        "writes=500",
+    ]);
 }
 
 /// With its peer down too, node-b serves its state file's data once `--join-timeout` has

@@ -78,6 +78,85 @@ fn a_node_whose_certificate_the_peer_refuses_says_so() {
     a.wait_line(&["refused a peer connection", "invalid peer certificate"]);
 }
 
+/// `stats cluster` lists every member (this node first) with its state, address, node id,
+/// last contact and lag, one line per field; `stats settings` shows the cluster settings.
+#[test]
+fn stats_cluster_and_settings_describe_the_cluster() {
+    let dir = TempDir::new("stats-cluster");
+    let (a, b) = pair(&dir, &["--drain-timeout", "3s"]);
+    let mut c = a.client();
+    let out = c.call(b"stats cluster\r\n", b"END\r\n");
+    let stats: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("STAT "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let value = |name: &str| {
+        stats
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    assert_eq!(value("mode"), "cluster");
+    assert_eq!(value("node_name"), "node-a");
+    assert_eq!(value("members"), "2");
+    assert_eq!(value("member:node-a:state"), "ready");
+    assert_eq!(value("member:node-a:node_id"), "1");
+    assert_eq!(value("member:node-b:state"), "connected");
+    assert_eq!(value("member:node-b:node_id"), "2");
+    assert_eq!(value("member:node-b:lag_writes"), "0");
+    let mut cb = b.client();
+    assert_eq!(
+        value("member:node-b:address"),
+        loopback(cluster_port(&mut c, "node-b"))
+    );
+    assert_eq!(
+        value("member:node-a:address"),
+        loopback(cluster_port(&mut cb, "node-a"))
+    );
+    let now: u64 = value("member:node-b:last_contact")
+        .parse()
+        .expect("unix time");
+    let time = stat(&mut c, "time");
+    assert!(now.abs_diff(time) <= 2, "{now} vs {time}");
+    let fields: Vec<&str> = stats
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("member:node-b:"))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "state",
+            "address",
+            "node_id",
+            "last_contact",
+            "lag_writes",
+            "lag_ms"
+        ]
+    );
+
+    let settings = c.call(b"stats settings\r\n", b"END\r\n");
+    for line in [
+        "STAT cluster yes\r\n",
+        "STAT node_name node-a\r\n",
+        "STAT node_id 1\r\n",
+        "STAT drain_timeout_ms 3000\r\n",
+        "STAT max_clock_skew_ms 5000\r\n",
+        "STAT tombstone_ttl 600\r\n",
+        "STAT repl_backlog 67108864\r\n",
+        "STAT state_file NULL\r\n",
+    ] {
+        assert!(settings.contains(line), "{line:?} in {settings}");
+    }
+    let settings_b = cb.call(b"stats settings\r\n", b"END\r\n");
+    let join = format!(
+        "STAT join {}\r\n",
+        loopback(cluster_port(&mut cb, "node-a"))
+    );
+    assert!(settings_b.contains(&join), "{join:?} in {settings_b}");
+}
+
 /// Starts node `name` alone with the certificates in `certs`, expecting it to exit.
 fn start_to_exit(name: &str, certs: &str) -> (Option<i32>, String) {
     let port = free_port().to_string();
