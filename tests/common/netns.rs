@@ -87,7 +87,15 @@ impl Lan {
             ]);
             ip(&["-n", &lan.switch, "link", "set", &port, "master", "br0"]);
             ip(&["-n", &lan.switch, "link", "set", &port, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }

@@ -76,7 +76,11 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap_or_else(|| panic!("not a string: {s}")).to_string())
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_string()
+        })
         .collect()
 }
 
@@ -100,5 +104,10 @@ impl Mounts {
             }
         }
         s.to_string()
+    }
+
+    /// [`Mounts::map`] on every line of a file's text.
+    fn map_lines(&self, text: &str) -> String {
+        text.lines().map(|l| self.map(l) + "\n").collect()
     }
 }

@@ -77,9 +77,11 @@ fn the_readme_cluster_steps_work_in_the_order_shown() {
         "{}",
         nodes[0].log()
     );
-    eventually(DEADLINE, "the write on the first host is on the second", || {
-        cb.call(b"get readme\r\n", b"END\r\n").contains("hello")
-    });
+    eventually(
+        DEADLINE,
+        "the write on the first host is on the second",
+        || cb.call(b"get readme\r\n", b"END\r\n").contains("hello"),
+    );
     for n in &mut nodes {
         n.signal(libc::SIGTERM);
         assert_eq!(n.wait_exit(DEADLINE).code(), Some(0), "{}", n.log());
