@@ -1,9 +1,9 @@
 //! deploy/systemd: the unit passes `systemd-analyze verify` and `systemd-analyze security`
-//! (offline, exposure at most 2.0, `--threshold=20`), carries Debian's hardening set, and its ExecStart line
-//! runs as written (with the shipped meshcached.toml on the host 10.0.0.1 it is written for, and
-//! the same file adapted on the two peers it names): the node serves, replicates, stops on KillSignal within
-//! TimeoutStopSec with exit 0, leaves its state file in StateDirectory, and the next start
-//! loads it.
+//! (offline, exposure at most 2.0: `--threshold=20`), carries Debian's hardening set, and
+//! its ExecStart line runs as written (the shipped meshcached.toml on the host 10.0.0.1 it
+//! is written for, the same file adapted on the two peers it names): the node serves,
+//! replicates, stops on KillSignal within TimeoutStopSec with exit 0, leaves its state file
+//! in StateDirectory, and the next start loads it.
 
 use std::collections::HashMap;
 use std::time::Duration;
