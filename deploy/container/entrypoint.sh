@@ -13,7 +13,7 @@
 #       A node: exec meshcached FLAGS... (it replaces this shell, so SIGTERM reaches it).
 #       With MESHCACHED_CERTS_FROM=DIR, a directory holding ca.crt and NAME.crt/NAME.key for
 #       every node (the Kubernetes Secret of deploy/kubernetes), this node's pair is first
-#       copied to MESHCACHED_CERTS_DIR as node.crt/node.key (mode 0600), NAME being
+#       copied to MESHCACHED_CERTS_DIR as node.crt/node.key (readable by its user only), NAME being
 #       MESHCACHED_NODE_NAME: a StatefulSet gives every pod the same volumes.
 set -eu
 
@@ -41,7 +41,7 @@ make_certs() {
 select_certs() {
     from=$MESHCACHED_CERTS_FROM
     name=${MESHCACHED_NODE_NAME:?MESHCACHED_NODE_NAME must name this node when MESHCACHED_CERTS_FROM is set}
-    dir=${MESHCACHED_CERTS_DIR:?MESHCACHED_CERTS_DIR must say where to put this node's certificates}
+    dir=${MESHCACHED_CERTS_DIR:?MESHCACHED_CERTS_DIR must say where this node certificates go}
     for f in ca.crt "$name.crt" "$name.key"; do
         if [ ! -r "$from/$f" ]; then
             echo "meshcached-entrypoint: $from/$f is missing: the certificates secret has no pair for node $name (deploy/kubernetes/make-certs.sh)" >&2

@@ -73,7 +73,7 @@ impl Ca {
         };
         let key = KeyPair::generate().map_err(gen)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name(&ca_common_name(not_before, &key.public_key_raw()));
+        params.distinguished_name = name(&ca_common_name(not_before, key.public_key_raw()));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = datetime(not_before);

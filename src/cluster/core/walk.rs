@@ -139,7 +139,7 @@ impl Replica {
         let w = s.walk.as_mut()?;
         let mut out = BytesMut::with_capacity(PIECE_BYTES + (16 << 10));
         let Some(cursor) = w.cursor.as_mut() else {
-            if w.origin.is_none() && self.store.len() == 0 {
+            if w.origin.is_none() && self.store.is_empty() {
                 // A new cluster's nodes snapshot each other's empty stores as they meet:
                 // nothing an operator needs to read (the counters in `stats` count them).
                 tracing::debug!(node = %self.name, peer = %s.peer, "sending an empty snapshot: {}", w.why);
