@@ -195,3 +195,24 @@ fn the_license_file_matches_cargo_toml() {
     }
     assert!(license.contains("Copyright (c) "), "{license}");
 }
+
+/// The upgrade policy is kept: the README's upgrade notes name the wire protocol and the
+/// state-file format this build speaks, so neither changes without the notes saying so.
+#[test]
+fn the_upgrade_notes_name_the_current_wire_and_state_file_versions() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme.find("\n## Upgrades\n").expect("an Upgrades section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let alpn = String::from_utf8_lossy(meshcached::replication::transport::ALPN);
+    assert!(
+        section.contains(&format!("today `{alpn}`")),
+        "the upgrade notes name {alpn}:\n{section}"
+    );
+    let format = meshcached::state::format::FORMAT;
+    assert!(
+        section.contains(&format!("format {format} today")),
+        "the upgrade notes name state-file format {format}:\n{section}"
+    );
+}
