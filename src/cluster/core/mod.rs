@@ -147,6 +147,12 @@ pub struct Replica {
     /// the previous run (told to peers in the hello: no catch-up needed).
     clean_start: bool,
     catch_ups: catch_up::CatchUps,
+    /// The initial sync donor's positions of origins that were not members yet when its
+    /// snapshot began (the member list and the snapshot travel on different streams, so
+    /// either may come first): taken when the origin becomes a member we say hello to, so
+    /// it streams from there instead of sending a second snapshot. At most
+    /// [`super::peers::MAX_MEMBERS`] entries.
+    donor_positions: HashMap<String, (RunId, u64)>,
 }
 
 impl Replica {
@@ -192,6 +198,7 @@ impl Replica {
             push_own: false,
             clean_start: false,
             catch_ups: catch_up::CatchUps::default(),
+            donor_positions: HashMap::new(),
         };
         let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
