@@ -7,6 +7,10 @@ use crate::store::StoreConfig;
 const T0: u64 = 1_800_000_000_000;
 
 fn replica(name: &str, id: u16) -> Replica {
+    replica_with_seeds(name, id, vec![])
+}
+
+fn replica_with_seeds(name: &str, id: u16, seeds: Vec<String>) -> Replica {
     let clock = Arc::new(ManualClock::new(T0));
     let hlc = Arc::new(Hlc::new(NodeId::new(id).unwrap(), clock));
     let store = Arc::new(Store::new(StoreConfig {
@@ -21,7 +25,7 @@ fn replica(name: &str, id: u16) -> Replica {
     let cfg = ReplicaConfig {
         name: name.into(),
         node_id: NodeId::new(id).unwrap(),
-        seeds: vec![],
+        seeds,
         max_skew: Duration::from_secs(5),
         tombstone_ttl_ms: 60_000,
         join_timeout_ms: 1000,
@@ -122,4 +126,33 @@ fn a_peer_cannot_queue_requests_without_bound_nor_claim_more_than_exists() {
         matches!(&outcome, Err(PeerError::Protocol(why)) if why.contains("catch-ups")),
         "{outcome:?}"
     );
+}
+
+#[test]
+fn a_donors_position_of_a_member_learned_later_is_the_joiners() {
+    let mut d = replica("d", 1);
+    let mut j = replica_with_seeds("j", 2, vec!["127.0.0.1:7000".into()]);
+    let ours = j.hello("d", T0);
+    assert!(ours.flags & crate::replication::frame::HELLO_DEFER != 0);
+    let theirs = d.hello("j", T0);
+    j.link_up(conn(1, "d", true), &ours, theirs, T0).unwrap();
+    j.tick(T0 + 1000);
+    assert_eq!(j.plan.donor(), Some("d"), "j chose d as its donor");
+    // d's snapshot names c, a member j has not heard of yet (the member list comes on the
+    // live stream, the snapshot on a stream of its own).
+    let begin = crate::replication::frame::SnapBegin {
+        log_seq: 0,
+        items: 0,
+        flush: Default::default(),
+        positions: vec![crate::replication::frame::Position {
+            origin: "c".into(),
+            run_id: RunId(7),
+            seq: 42,
+        }],
+        token: 0,
+    };
+    j.handle_snapshot(1, Frame::SnapBegin(begin), 64, T0 + 1000)
+        .unwrap();
+    let hello = j.hello("c", T0 + 1000);
+    assert_eq!((hello.have_run, hello.have_seq), (RunId(7), 42));
 }
