@@ -129,6 +129,11 @@ impl Replica {
             self.counters
                 .peers_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.clock_refused.len() < crate::cluster::peers::MAX_MEMBERS
+                || self.clock_refused.contains_key(cert_name)
+            {
+                self.clock_refused.insert(cert_name.to_string(), now_ms);
+            }
             return Err(Refusal::Clock(why));
         }
         let Some(their_node) = NodeId::new(theirs.node_id) else {
@@ -178,6 +183,7 @@ impl Replica {
             });
         }
         self.members_gen += 1;
+        self.clock_refused.remove(&theirs.name);
         let peer = theirs.name.clone();
         // (Our hello on this connection may have gone out before the donor's snapshot
         // began.)
