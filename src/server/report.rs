@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::cluster::sync::Phase;
 use crate::cluster::SyncCounters;
 use crate::protocol::{Invalid, Outcome};
 
@@ -220,6 +219,11 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
         cluster.map_or(0, |c| c.peers_connected()),
     );
     push(&mut s, "sync_state", sync_state(cluster));
+    push(
+        &mut s,
+        "clock_outvoted",
+        u64::from(cluster.is_some_and(|c| c.clock_outvoted().is_some())),
+    );
     let k = |f: fn(&SyncCounters) -> &std::sync::atomic::AtomicU64| {
         cluster.map_or(0, |c| f(&c.sync_counters).load(Ordering::Relaxed))
     };
@@ -289,12 +293,7 @@ fn replication(ctx: &Ctx<'_>) -> Stats {
 
 /// The node's `sync_state` (`stats`): where its initial sync stands.
 fn sync_state(cluster: Option<&crate::cluster::Cluster>) -> &'static str {
-    cluster.map_or("standalone", |c| match c.phase() {
-        Phase::Choosing if c.peers_connected() == 0 => "waiting_for_peers",
-        Phase::Choosing => "choosing_donor",
-        Phase::Syncing => "syncing",
-        Phase::Ready => "ready",
-    })
+    cluster.map_or("standalone", |c| c.sync_state())
 }
 
 /// `stats cluster`: one line per member and field, this node first, in the shape the

@@ -211,9 +211,11 @@ fn the_compose_topology_runs_as_processes() {
     });
     // Each node becomes ready once its initial sync is complete (a load balancer's check).
     for n in &nodes {
-        eventually(DEADLINE, &format!("{n} answers /ready with 200"), || {
-            matches!(lan.http_get(n, 9150, "/ready"), Ok((200, body)) if body.trim() == "ready")
-        });
+        eventually(
+            DEADLINE,
+            &format!("{n} answers /ready with 200"),
+            || matches!(lan.http_get(n, 9150, "/ready"), Ok((200, body)) if body.trim() == "ready"),
+        );
     }
     drop((first, last));
     // docker compose stop: SIGTERM, then SIGKILL after stop_grace_period.
