@@ -16,7 +16,9 @@ use meshcached::certs::{generate_ca, Ca, CertsError, NodeIdentity};
 use meshcached::clock::Version;
 use meshcached::replication::frame::{self, Frame};
 use meshcached::replication::log::{Entry, Mutation, Op, RunId};
-use meshcached::replication::transport::{PeerConn, PeerEndpoint, TransportError, ALPN};
+use meshcached::replication::transport::{
+    PeerConn, PeerEndpoint, TransportError, ALPN, MAX_UNI_STREAMS,
+};
 use quinn::ConnectionError;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
@@ -562,4 +564,41 @@ async fn a_stalled_handshake_delays_no_one() {
     let accepted = within("accept", b.accept()).await.expect("accept node-a");
     assert_eq!(accepted.name, "node-a");
     exchange_frame(&dialed.conn, &accepted.conn).await;
+}
+
+/// Whether `f` is ready at its first poll (a zero timeout polls it once, then gives up).
+async fn ready_at_once<F: Future>(f: F) -> bool {
+    tokio::time::timeout(Duration::ZERO, f).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_peer_may_open_only_a_few_unidirectional_streams_and_no_bidirectional_one() {
+    let ca = generate_ca().expect("CA");
+    let (a, _) = bind(identity(&ca, "node-a"));
+    let (b, b_addr) = bind(identity(&ca, "node-b"));
+    let accepting = accept_in_background(Arc::new(b));
+    let dialed = within("connect", a.connect(b_addr, "node-b"))
+        .await
+        .expect("connect");
+    let _accepted = within("accept", accepting).await.unwrap().unwrap();
+    // quinn's default is 100 of each; a peer is trusted to be a member, not to be
+    // well-behaved, so the node allows what the protocol uses and no more. (Opening a
+    // stream beyond the peer's limit waits locally for the peer to allow more: it is
+    // pending at once, whatever the timing.)
+    assert!(
+        !ready_at_once(dialed.conn.open_bi()).await,
+        "no bidirectional stream"
+    );
+    let mut open = Vec::new();
+    for _ in 0..MAX_UNI_STREAMS {
+        let mut s = within("open_uni", dialed.conn.open_uni())
+            .await
+            .expect("a stream within the limit");
+        s.write_all(b"x").await.expect("write");
+        open.push(s);
+    }
+    assert!(
+        !ready_at_once(dialed.conn.open_uni()).await,
+        "one more than {MAX_UNI_STREAMS} at once"
+    );
 }

@@ -88,7 +88,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// each kind and an unbounded connection window.
 /// - Streams: a peer opens one unidirectional stream for its live log and one per snapshot
 ///   (one at a time, and one more may be starting as the last ends); no bidirectional ones.
-const MAX_UNI_STREAMS: u32 = 4;
+pub const MAX_UNI_STREAMS: u32 = 4;
 /// - Per-stream and per-connection receive windows: one stream window covers a fast LAN's
 ///   bandwidth-delay product many times over (10 Gbit/s × 1 ms = 1.25 MB).
 const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;

@@ -31,45 +31,23 @@ pub fn check(data: &[u8]) {
     }
 }
 
-/// Decodes a stream fed in `sizes` pieces: the frames, then the error if one came.
-fn drive(stream: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut at = 0;
-    for &size in sizes {
-        buf.extend_from_slice(&stream[at..at + size]);
-        at += size;
-        loop {
-            let before = buf.len();
-            match decode(&mut buf) {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => {
-                    assert_eq!(buf.len(), before, "`need more` consumed bytes");
-                    if buf.len() >= 4 {
-                        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                        assert!(len <= MAX_FRAME, "waiting for a frame over MAX_FRAME");
-                        assert!(buf.len() < 4 + len, "a whole frame held undecoded");
-                    }
-                    break;
-                }
-                Err(e) => return (frames, Some(e)),
-            }
-        }
-    }
-    (frames, None)
-}
+type Decoded = (Vec<Frame>, Option<FrameError>);
 
-/// As [`drive`], with a [`Decoder`].
-fn drive_joining(stream: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
+/// Decodes a stream fed in `sizes` pieces with `decode`: the frames, then the error if one
+/// came.
+fn drive_with(
+    stream: &[u8],
+    sizes: &[usize],
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Option<Frame>, FrameError>,
+) -> Decoded {
     let mut buf = BytesMut::new();
-    let mut decoder = Decoder::default();
     let mut frames = Vec::new();
     let mut at = 0;
     for &size in sizes {
         buf.extend_from_slice(&stream[at..at + size]);
         at += size;
         loop {
-            match decoder.decode(&mut buf) {
+            match decode(&mut buf) {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
                 Err(e) => return (frames, Some(e)),
@@ -77,6 +55,24 @@ fn drive_joining(stream: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameErr
         }
     }
     (frames, None)
+}
+
+/// [`drive_with`] plain `decode`, checking that "need more" consumes nothing and holds
+/// less than one frame of at most `MAX_FRAME`.
+fn drive(stream: &[u8], sizes: &[usize]) -> Decoded {
+    drive_with(stream, sizes, |buf| {
+        let before = buf.len();
+        let got = decode(buf);
+        if let Ok(None) = got {
+            assert_eq!(buf.len(), before, "`need more` consumed bytes");
+            if buf.len() >= 4 {
+                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                assert!(len <= MAX_FRAME, "waiting for a frame over MAX_FRAME");
+                assert!(buf.len() < 4 + len, "a whole frame held undecoded");
+            }
+        }
+        got
+    })
 }
 
 fn stream(bytes: &[u8], seed: u64) {
@@ -91,7 +87,8 @@ fn stream(bytes: &[u8], seed: u64) {
     assert_eq!(whole, pieces, "whole vs pieces");
     // A stream decoder (which joins frames sent in parts) reads the same stream in pieces
     // without a panic; where no part came, it decodes exactly what `decode` does.
-    let joined = drive_joining(bytes, &sizes);
+    let mut decoder = Decoder::default();
+    let joined = drive_with(bytes, &sizes, |buf| decoder.decode(buf));
     if !matches!(whole.1, Some(FrameError::PartCut)) {
         assert_eq!(whole, joined, "decode vs Decoder");
     }
