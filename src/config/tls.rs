@@ -368,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_carries_them() {
+        let dir = crate::testdir::TempDir::new("tls-toml");
+        let path = dir.join("meshcached.toml");
+        let toml = "enable-ssl = true\nlisten = \"notls:127.0.0.1:7000,127.0.0.1\"\n\
+                    extended = [\"ssl_chain_cert=/c.pem\", \"ssl_min_version=tlsv1.3\"]\n";
+        std::fs::write(&path, toml).unwrap();
+        let words = crate::config::read_config_file(&path).unwrap().words;
+        let c = parse(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.chain_cert, PathBuf::from("/c.pem"));
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(c.listen[0].tls, ListenerTls::Off);
+        assert_eq!(c.listen[1].tls, ListenerTls::On);
+    }
+
+    #[test]
     fn refusals_name_the_option() {
         let tls_err = |argv: &[&str]| match parse(argv) {
             Err(ConfigError::Tls(e)) => e,

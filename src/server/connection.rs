@@ -104,9 +104,13 @@ async fn serve_tls(shared: &Shared, tcp: TcpStream, mode: ListenerTls, idle_time
         0 => HANDSHAKE_TIMEOUT,
         secs => HANDSHAKE_TIMEOUT.min(Duration::from_secs(secs.into())),
     };
-    let Some(stream) = tls.handshake(mode, tcp, limit).await else {
-        return;
+    // A shutdown does not wait for handshakes: those clients have sent no request yet.
+    let mut shutdown = shared.shutdown.subscribe();
+    let stream = tokio::select! {
+        s = tls.handshake(mode, tcp, limit) => s,
+        _ = shutdown.wait_for(|s| *s) => None,
     };
+    let Some(stream) = stream else { return };
     if let Some(e) = run(shared, stream, idle_timeout).await {
         // rustls reports a bad record (after the handshake) as invalid data.
         if e.kind() == io::ErrorKind::InvalidData {
