@@ -6,27 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::procs::{certify, loopback, resume, set, stop, Proc};
-use common::{binary, eventually, free_port, free_udp_pair, Client, Node, TempDir, DEADLINE};
+use common::{
+    binary, eventually, free_port, free_udp_pair, http_get, Client, Node, TempDir, DEADLINE,
+};
 use meshcached::certs::generate_ca;
-
-/// One GET over HTTP/1.1; `None` while nothing accepts on `addr`.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(DEADLINE)).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
 
 /// One sample as the Python parser read it.
 #[derive(Debug)]

@@ -132,6 +132,23 @@ impl Cluster {
         self.core().phase()
     }
 
+    /// `stats`'s `sync_state`.
+    pub fn sync_state(&self) -> &'static str {
+        match self.phase() {
+            Phase::Choosing if self.peers_connected() == 0 => "waiting_for_peers",
+            Phase::Choosing => "choosing_donor",
+            Phase::Syncing => "syncing",
+            Phase::Ready => "ready",
+        }
+    }
+
+    /// `(against, voters)` when most nodes that compared clocks with this one find it off
+    /// (see [`core::Replica::clock_outvoted`]).
+    pub fn clock_outvoted(&self) -> Option<(usize, usize)> {
+        let now = self.now_ms();
+        self.core().clock_outvoted(now)
+    }
+
     /// What this node has applied of every peer's log: for the state file.
     pub fn positions(&self) -> Vec<Position> {
         self.core().positions()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::core::{Flow, LinkId, Transmit};
+use super::core::{Flow, LinkId};
 use super::link::LinkError;
 use super::{Cluster, PeerCounters};
 use crate::replication::frame;
@@ -25,24 +25,15 @@ pub async fn send_live(
     loop {
         changed.borrow_and_update();
         let now = cl.now_ms();
-        match cl.with(|c| c.poll_live(link, now)) {
-            Some(Transmit::Frame(f)) => {
-                scratch.clear();
-                frame::encode(&f, &mut scratch);
-                send.write_all(&scratch).await?;
-                continue;
-            }
-            Some(Transmit::Batch { run_id, entries }) => {
-                frame::encode_batch_chunks(run_id, &entries, &mut scratch, &mut chunks);
-                let bytes: usize = chunks.iter().map(|c| c.len()).sum();
-                send.write_all_chunks(&mut chunks).await?;
-                chunks.clear();
-                counters
-                    .bytes_sent
-                    .fetch_add(bytes as u64, Ordering::Relaxed);
-                continue;
-            }
-            None => {}
+        if let Some(t) = cl.with(|c| c.poll_live(link, now)) {
+            t.encode(&mut scratch, &mut chunks);
+            let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+            send.write_all_chunks(&mut chunks).await?;
+            chunks.clear();
+            counters
+                .bytes_sent
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            continue;
         }
         let (cursor, until_ms) = cl.core().live_wait(link);
         let sleep = until_ms.map(|t| Duration::from_millis(t.saturating_sub(cl.now_ms())));
@@ -67,8 +58,9 @@ pub async fn recv_live(
     mut recv: quinn::RecvStream,
     mut buf: BytesMut,
 ) -> Result<(), LinkError> {
+    let mut decoder = frame::Decoder::default();
     loop {
-        while let Some(f) = frame::decode(&mut buf)? {
+        while let Some(f) = decoder.decode(&mut buf)? {
             let now = cl.now_ms();
             let mut flow = cl.with(|c| c.handle_live(link, f, now))?;
             while flow == Flow::Stalled {
@@ -116,7 +108,9 @@ pub async fn send_snapshots(
             // The core opens every snapshot with its first piece.
             return Err(LinkError::StreamEnded);
         };
-        s.write_chunk(piece.data).await?;
+        let mut chunks = vec![piece.data];
+        frame::split_into_parts(&mut chunks);
+        s.write_all_chunks(&mut chunks).await?;
         if piece.finish {
             s.finish().map_err(|_| LinkError::StreamEnded)?;
             stream = None;
@@ -138,13 +132,13 @@ pub async fn recv_snapshots(
     loop {
         let mut recv = conn.accept_uni().await?;
         let mut buf = BytesMut::with_capacity(1 << 20);
+        let mut decoder = frame::Decoder::default();
         'stream: loop {
             loop {
-                let before = buf.len();
-                let Some(f) = frame::decode(&mut buf)? else {
+                let Some(f) = decoder.decode(&mut buf)? else {
                     break;
                 };
-                let wire = before - buf.len();
+                let wire = decoder.take_wire();
                 let now = cl.now_ms();
                 if cl.with(|c| c.handle_snapshot(link, f, wire, now))? {
                     break 'stream;

@@ -16,7 +16,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::memcached::{counter, gauge};
-use crate::cluster::sync::Phase;
 use crate::cluster::{Cluster, ClusterCounters, PeerReport, SyncCounters};
 
 /// The sync states `stats` shows as `sync_state`, in the order a joining node goes
@@ -25,12 +24,7 @@ const SYNC_STATES: [&str; 4] = ["waiting_for_peers", "choosing_donor", "syncing"
 
 /// `stats`'s `sync_state` of a clustered node.
 pub fn sync_state(cluster: &Cluster) -> &'static str {
-    match cluster.phase() {
-        Phase::Choosing if cluster.peers_connected() == 0 => "waiting_for_peers",
-        Phase::Choosing => "choosing_donor",
-        Phase::Syncing => "syncing",
-        Phase::Ready => "ready",
-    }
+    cluster.sync_state()
 }
 
 /// Whether the initial sync is over (the node holds what its peers hold, or gave up
@@ -106,6 +100,12 @@ impl Collector for ClusterCollector {
             "meshcached_peers_connected",
             "Peers with a live replication link.",
             c.peers_connected() as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "meshcached_clock_outvoted",
+            "1 while most nodes comparing clocks with this one refuse it as further off than --max-clock-skew (its clock is the one that is off; /ready answers 503).",
+            u64::from(c.clock_outvoted().is_some()),
         )?;
         let state = sync_state(c);
         let mut m = enc.encode_descriptor(

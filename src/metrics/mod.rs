@@ -61,6 +61,11 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
                 cluster::sync_state(c)
             ));
         }
+        if let Some((against, voters)) = c.clock_outvoted() {
+            return Err(format!(
+                "clock outvoted: {against} of the {voters} nodes comparing clocks with this one find it further off than --max-clock-skew; fix the clock (NTP)"
+            ));
+        }
     }
     if !shared.is_serving() {
         return Err("starting: the client port is not open yet".into());

@@ -23,7 +23,8 @@
 //! str8   := len:u8 bytes (UTF-8)
 //! ```
 //!
-//! Kinds 5 to 12 are resync's, described in [`sync`].
+//! Kinds 5 to 13 are resync's, described in [`sync`]; kind 14 carries a frame longer than
+//! [`MAX_FRAME`] in parts ([`parts`]).
 //!
 //! The protocol version travels in the QUIC ALPN, so frames carry none. [`decode`] is
 //! `Ok(None)` until a whole frame is buffered and consumes nothing until then; keys and
@@ -37,7 +38,9 @@ use crate::clock::Version;
 use crate::key::MAX_KEY_LEN;
 pub use sync::{Position, SnapBegin, SnapItemsWriter};
 
+mod parts;
 mod sync;
+pub use parts::{split_into_parts, Decoder, MAX_ASSEMBLED, PART_BYTES};
 
 /// The largest frame accepted: a batch of values up to 1 GiB items would need more, so
 /// senders split batches; this bounds what a peer can make us buffer.
@@ -155,10 +158,21 @@ pub enum FrameError {
     KeyTooLong(usize),
     #[error("a name or address is not UTF-8")]
     NotUtf8,
+    #[error("a frame's parts were cut by another frame")]
+    PartCut,
 }
 
-/// Decodes one frame from the front of `buf`.
+/// Decodes one frame from the front of `buf` (a frame in parts is an error here: streams
+/// that may carry them read with a [`Decoder`]).
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    match split_frame(buf)? {
+        Some(body) => parse(body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Splits one frame's body (kind and contents) off the front of `buf`, once whole.
+fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -174,8 +188,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         return Ok(None);
     }
     buf.advance(4);
-    let body = buf.split_to(len).freeze();
-    parse(body).map(Some)
+    Ok(Some(buf.split_to(len).freeze()))
 }
 
 /// A bounds-checked reader over one frame's bytes.
@@ -307,6 +320,7 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             items: r.u64()?,
             bytes: r.u64()?,
         },
+        parts::PART => return Err(FrameError::PartCut),
         other => return Err(FrameError::UnknownKind(other)),
     };
     if !r.bytes.is_empty() {

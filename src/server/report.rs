@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::cluster::sync::Phase;
 use crate::cluster::SyncCounters;
 use crate::protocol::{Invalid, Outcome};
 
@@ -236,13 +235,13 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
         "peers_connected",
         cluster.map_or(0, |c| c.peers_connected()),
     );
-    let sync_state = cluster.map_or("standalone", |c| match c.phase() {
-        Phase::Choosing if c.peers_connected() == 0 => "waiting_for_peers",
-        Phase::Choosing => "choosing_donor",
-        Phase::Syncing => "syncing",
-        Phase::Ready => "ready",
-    });
+    let sync_state = cluster.map_or("standalone", |c| c.sync_state());
     push(&mut s, "sync_state", sync_state);
+    push(
+        &mut s,
+        "clock_outvoted",
+        u64::from(cluster.is_some_and(|c| c.clock_outvoted().is_some())),
+    );
     let k = |f: fn(&SyncCounters) -> &std::sync::atomic::AtomicU64| {
         cluster.map_or(0, |c| f(&c.sync_counters).load(Ordering::Relaxed))
     };

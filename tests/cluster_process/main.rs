@@ -9,6 +9,7 @@ mod catch_up;
 #[path = "../common/mod.rs"]
 mod common;
 mod demo;
+mod large;
 mod resync;
 mod security;
 

@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// One GET over HTTP/1.1; `None` while nothing accepts on `addr`.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(DEADLINE)).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
 /// Polls `cond` until it holds or `deadline` passes; panics with `what` on time-out.
 pub fn eventually(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
@@ -373,6 +386,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // MESHCACHED_KEEP_TEST_DIRS=1 keeps the logs of a failing test to read.
+        if std::env::var_os("MESHCACHED_KEEP_TEST_DIRS").is_some() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -89,3 +89,48 @@ fn a_node_an_hour_ahead_is_refused_at_the_handshake_naming_the_offset() {
     set(&mut cb, "k", "v");
     assert_eq!(stat(&mut cb, "peers_connected"), 0);
 }
+
+#[test]
+fn a_node_most_peers_refuse_on_time_says_it_is_not_ready() {
+    let dir = TempDir::new("clock-outvoted");
+    let ca = generate_ca().expect("CA");
+    for name in ["node-1", "node-2", "node-3"] {
+        certify(&ca, &dir, name);
+    }
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let n1 = Proc::start(&dir, "node-1", 1, p1, &[]);
+    let join1 = loopback(p1);
+    let n2 = Proc::start(&dir, "node-2", 2, p2, &["--join", &join1]);
+    wait_connected(&n1, 1);
+    // node-3, an hour ahead, knows both (a refused node learns no members from its peers).
+    let join2 = loopback(p2);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let wrapper = skewed("+1h");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let flags = [
+        "--join",
+        join1.as_str(),
+        "--join",
+        join2.as_str(),
+        "--join-timeout",
+        "1s",
+        "--metrics-listen",
+        metrics.as_str(),
+    ];
+    let n3 = Proc::start_wrapped(&wrapper, &dir, "node-3", 3, free_udp_port(), &flags);
+    let line = n3.wait_line(&["ERROR", "outvoted on time", "2 of the 3 nodes"]);
+    assert!(line.contains("node-3"), "{line}");
+    let mut c3 = n3.client();
+    assert_eq!(stat(&mut c3, "clock_outvoted"), 1);
+    let addr: std::net::SocketAddr = metrics.parse().unwrap();
+    let (status, body) = common::http_get(addr, "/ready").expect("/ready answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("clock outvoted: 2 of the 3 nodes"), "{body}");
+    // The other two agree with each other: each is refused by one node of three.
+    for n in [&n1, &n2] {
+        assert_eq!(stat(&mut n.client(), "clock_outvoted"), 0);
+    }
+    // It still serves the clients that reach it (it is alone, not broken).
+    set(&mut c3, "k", "v");
+    assert_eq!(get(&mut c3, "k").as_deref(), Some("v"));
+}

@@ -540,17 +540,11 @@ impl World {
 }
 
 fn encode(t: Transmit) -> Bytes {
+    let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
+    t.encode(&mut scratch, &mut chunks);
     let mut out = BytesMut::new();
-    match t {
-        Transmit::Frame(f) => frame::encode(&f, &mut out),
-        Transmit::Batch { run_id, entries } => {
-            let mut chunks = Vec::new();
-            frame::encode_batch_chunks(run_id, &entries, &mut out, &mut chunks);
-            out.clear();
-            for c in chunks {
-                out.extend_from_slice(&c);
-            }
-        }
+    for c in chunks {
+        out.extend_from_slice(&c);
     }
     out.freeze()
 }

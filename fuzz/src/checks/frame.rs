@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 use meshcached::clock::Version;
 use meshcached::key::MAX_KEY_LEN;
 use meshcached::replication::frame::{
-    decode, encode, encode_batch_chunks, Frame, FrameError, Hello, Member, Position, SnapBegin,
-    SnapItemsWriter, MAX_FRAME,
+    decode, encode, encode_batch_chunks, Decoder, Frame, FrameError, Hello, Member, Position,
+    SnapBegin, SnapItemsWriter, MAX_FRAME,
 };
 use meshcached::replication::log::{Entry, Mutation, Op, RunId};
 use meshcached::store::{Exported, Flush, FlushState};
@@ -59,6 +59,26 @@ fn drive(stream: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
     (frames, None)
 }
 
+/// As [`drive`], with a [`Decoder`].
+fn drive_joining(stream: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
+    let mut buf = BytesMut::new();
+    let mut decoder = Decoder::default();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    for &size in sizes {
+        buf.extend_from_slice(&stream[at..at + size]);
+        at += size;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
+}
+
 fn stream(bytes: &[u8], seed: u64) {
     let all = if bytes.is_empty() {
         vec![]
@@ -66,8 +86,15 @@ fn stream(bytes: &[u8], seed: u64) {
         vec![bytes.len()]
     };
     let whole = drive(bytes, &all);
-    let pieces = drive(bytes, &chunks(seed, bytes.len()));
+    let sizes = chunks(seed, bytes.len());
+    let pieces = drive(bytes, &sizes);
     assert_eq!(whole, pieces, "whole vs pieces");
+    // A stream decoder (which joins frames sent in parts) reads the same stream in pieces
+    // without a panic; where no part came, it decodes exactly what `decode` does.
+    let joined = drive_joining(bytes, &sizes);
+    if !matches!(whole.1, Some(FrameError::PartCut)) {
+        assert_eq!(whole, joined, "decode vs Decoder");
+    }
     for f in &whole.0 {
         round_trip(f);
     }

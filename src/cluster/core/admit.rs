@@ -76,6 +76,7 @@ pub struct LinkUp {
 impl Replica {
     /// Our hello for a new connection.
     pub fn hello(&mut self, peer: &str, now_ms: u64) -> Hello {
+        self.adopt_donor_position(peer);
         let (have_run, have_seq) = self.peer_counters(peer).have();
         let mut flags = 0;
         if self.plan.phase() == Phase::Ready {
@@ -128,6 +129,11 @@ impl Replica {
             self.counters
                 .peers_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.clock_refused.len() < crate::cluster::peers::MAX_MEMBERS
+                || self.clock_refused.contains_key(cert_name)
+            {
+                self.clock_refused.insert(cert_name.to_string(), now_ms);
+            }
             return Err(Refusal::Clock(why));
         }
         let Some(their_node) = NodeId::new(theirs.node_id) else {
@@ -177,7 +183,11 @@ impl Replica {
             });
         }
         self.members_gen += 1;
+        self.clock_refused.remove(&theirs.name);
         let peer = theirs.name.clone();
+        // (Our hello on this connection may have gone out before the donor's snapshot
+        // began.)
+        self.adopt_donor_position(&peer);
         let counters = self.peer_counters(&peer);
         let had = counters.have().0;
         if had != theirs.run_id {
@@ -231,6 +241,9 @@ impl Replica {
         self.act(actions);
         self.sync_step(now_ms);
         self.reconcile_if_due(link, &theirs, their_node, now_ms);
+        if theirs.flags & HELLO_EMPTY != 0 {
+            self.catch_ups.holds_nothing(&peer);
+        }
         self.ask_catch_ups();
         if !peer_defers {
             let p = SendPosition {
@@ -271,6 +284,17 @@ impl Replica {
         self.events.push_back(Event::Dial);
         self.wake = true;
         true
+    }
+
+    /// A member learned after the initial sync donor's snapshot began: the donor's
+    /// position of it is ours, as for the members known then (see `snapshot_began`).
+    fn adopt_donor_position(&mut self, peer: &str) {
+        if let Some((run, seq)) = self.donor_positions.remove(peer) {
+            let counters = self.peer_counters(peer);
+            if counters.have().0 == RunId(0) {
+                counters.set_have(run, seq);
+            }
+        }
     }
 
     /// Forgets a link's session: an incoming snapshot cut off leaves its gap (the position

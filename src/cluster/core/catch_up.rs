@@ -97,11 +97,24 @@ impl CatchUps {
         out
     }
 
-    /// Whether a snapshot from `peer` that echoes `token` answers one of our requests.
+    /// `peer` said in its hello that its store is empty: it holds nothing of any
+    /// origin's earlier runs, so it is not asked for the catch-ups under way. (What it
+    /// takes later it takes from members that are asked; an origin restarting later is
+    /// a new catch-up, which asks it again.)
+    pub fn holds_nothing(&mut self, peer: &str) {
+        for o in self.origins.values_mut() {
+            o.asked.entry(peer.to_string()).or_insert((0, true));
+        }
+    }
+
+    /// Whether a snapshot from `peer` that echoes `token` answers one of our requests
+    /// still open.
     pub fn answers(&self, peer: &str, token: u64) -> bool {
-        self.origins
-            .values()
-            .any(|o| o.asked.get(peer).is_some_and(|(t, _)| *t == token))
+        self.origins.values().any(|o| {
+            o.asked
+                .get(peer)
+                .is_some_and(|&(t, done)| t == token && !done)
+        })
     }
 
     /// The answer of `peer` to `token` is complete: `peer` is not asked again for that
@@ -162,6 +175,28 @@ mod tests {
             c.requests_due(["a"].into_iter()).len(),
             1,
             "a new restart asks afresh"
+        );
+    }
+
+    #[test]
+    fn an_empty_member_is_not_asked_and_does_not_hold_a_catch_up_open() {
+        let mut c = CatchUps::default();
+        c.origin_restarted("x", 3);
+        let asks = c.requests_due(["a"].into_iter());
+        let Frame::CatchUp { token, .. } = asks[0].1 else {
+            panic!("a catch-up request");
+        };
+        c.answered("a", token);
+        assert!(!c.unsettled("x"));
+        c.holds_nothing("fresh");
+        assert!(c.requests_due(["a", "fresh"].into_iter()).is_empty());
+        assert!(!c.unsettled("x"), "an empty joiner leaves x settled");
+        assert!(!c.answers("fresh", 0), "no answer is expected from it");
+        c.origin_restarted("x", 3);
+        assert_eq!(
+            c.requests_due(["a", "fresh"].into_iter()).len(),
+            2,
+            "a later restart of x asks it too"
         );
     }
 }

@@ -3,10 +3,12 @@
 
 use std::sync::atomic::Ordering;
 
+use bytes::{Bytes, BytesMut};
+
 use super::{LinkId, PeerError, Replica};
 use crate::cluster::send::Position as SendPosition;
 use crate::replication::apply::apply_entries;
-use crate::replication::frame::Frame;
+use crate::replication::frame::{self, Frame};
 use crate::replication::log::{Entry, Op, RunId};
 
 /// About how many bytes of log entries go in one batch frame.
@@ -45,6 +47,27 @@ pub enum Transmit {
         run_id: RunId,
         entries: Vec<Entry>,
     },
+}
+
+impl Transmit {
+    /// Appends what goes on the wire for `self` to `chunks`: a batch's large values as
+    /// chunks of their own (not copied), a frame over the frame limit cut into parts.
+    /// `scratch` is working space, left empty.
+    pub fn encode(self, scratch: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+        scratch.clear();
+        match self {
+            Transmit::Frame(f) => {
+                frame::encode(&f, scratch);
+                chunks.push(scratch.split().freeze());
+            }
+            Transmit::Batch { run_id, entries } => {
+                let mut own = Vec::new();
+                frame::encode_batch_chunks(run_id, &entries, scratch, &mut own);
+                frame::split_into_parts(&mut own);
+                chunks.append(&mut own);
+            }
+        }
+    }
 }
 
 impl Replica {

@@ -147,7 +147,22 @@ pub struct Replica {
     /// the previous run (told to peers in the hello: no catch-up needed).
     clean_start: bool,
     catch_ups: catch_up::CatchUps,
+    /// The initial sync donor's positions of origins that were not members yet when its
+    /// snapshot began (the member list and the snapshot travel on different streams, so
+    /// either may come first): taken when the origin becomes a member we say hello to, so
+    /// it streams from there instead of sending a second snapshot. At most
+    /// [`super::peers::MAX_MEMBERS`] entries.
+    donor_positions: HashMap<String, (RunId, u64)>,
+    /// Members whose clock we refused (further off than `--max-clock-skew`), and when we
+    /// last did: see [`Replica::clock_outvoted`].
+    clock_refused: HashMap<String, u64>,
+    /// Whether the last tick found this node outvoted on time (logged on each change).
+    outvoted: bool,
 }
+
+/// How long a refusal on clocks counts against this node's clock: peers redial within
+/// [`super::peers::BACKOFF_MAX_MS`], so a disagreement that lasts is renewed well within it.
+pub const CLOCK_VOTE_MS: u64 = 30_000;
 
 impl Replica {
     /// `positions`: what this node already has of each peer's log (from a state file),
@@ -192,6 +207,9 @@ impl Replica {
             push_own: false,
             clean_start: false,
             catch_ups: catch_up::CatchUps::default(),
+            donor_positions: HashMap::new(),
+            clock_refused: HashMap::new(),
+            outvoted: false,
         };
         let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
@@ -325,6 +343,32 @@ impl Replica {
     /// Timers: the sync plan's (the donor grace period, `--join-timeout`).
     pub fn tick(&mut self, now_ms: u64) {
         self.sync_step(now_ms);
+        let vote = self.clock_outvoted(now_ms);
+        if vote.is_some() != self.outvoted {
+            self.outvoted = vote.is_some();
+            match vote {
+                Some((against, of)) => {
+                    tracing::error!(node = %self.name, against, voters = of, "outvoted on time: {against} of the {of} nodes that compared clocks with this one (itself included) find its clock further off than --max-clock-skew; this node says it is not ready (/ready answers 503, stats clock_outvoted 1) until its clock is fixed (NTP)")
+                }
+                None => {
+                    tracing::info!(node = %self.name, "no longer outvoted on time: ready again")
+                }
+            }
+        }
+    }
+
+    /// Whether most of the nodes that compared clocks with this one recently (itself
+    /// included) refused each other on time: then this node's clock is the one that is
+    /// off, and it says it is not ready. `(against, voters)`. With two nodes it is a tie:
+    /// neither can tell whose clock is wrong, and both serve (README, "Behaviour worth knowing").
+    pub fn clock_outvoted(&self, now_ms: u64) -> Option<(usize, usize)> {
+        let against = self
+            .clock_refused
+            .values()
+            .filter(|&&at| now_ms < at + CLOCK_VOTE_MS)
+            .count();
+        let agreeing = 1 + self.table.connected();
+        (against > agreeing).then_some((against, against + agreeing))
     }
 
     fn sync_step(&mut self, now_ms: u64) {

@@ -7,6 +7,10 @@ use crate::store::StoreConfig;
 const T0: u64 = 1_800_000_000_000;
 
 fn replica(name: &str, id: u16) -> Replica {
+    replica_with_seeds(name, id, vec![])
+}
+
+fn replica_with_seeds(name: &str, id: u16, seeds: Vec<String>) -> Replica {
     let clock = Arc::new(ManualClock::new(T0));
     let hlc = Arc::new(Hlc::new(NodeId::new(id).unwrap(), clock));
     let store = Arc::new(Store::new(StoreConfig {
@@ -21,7 +25,7 @@ fn replica(name: &str, id: u16) -> Replica {
     let cfg = ReplicaConfig {
         name: name.into(),
         node_id: NodeId::new(id).unwrap(),
-        seeds: vec![],
+        seeds,
         max_skew: Duration::from_secs(5),
         tombstone_ttl_ms: 60_000,
         join_timeout_ms: 1000,
@@ -122,4 +126,119 @@ fn a_peer_cannot_queue_requests_without_bound_nor_claim_more_than_exists() {
         matches!(&outcome, Err(PeerError::Protocol(why)) if why.contains("catch-ups")),
         "{outcome:?}"
     );
+}
+
+#[test]
+fn a_donors_position_of_a_member_learned_later_is_the_joiners() {
+    let mut d = replica("d", 1);
+    let mut j = replica_with_seeds("j", 2, vec!["127.0.0.1:7000".into()]);
+    let ours = j.hello("d", T0);
+    assert!(ours.flags & crate::replication::frame::HELLO_DEFER != 0);
+    let theirs = d.hello("j", T0);
+    j.link_up(conn(1, "d", true), &ours, theirs, T0).unwrap();
+    j.tick(T0 + 1000);
+    assert_eq!(j.plan.donor(), Some("d"), "j chose d as its donor");
+    // d's snapshot names c, a member j has not heard of yet (the member list comes on the
+    // live stream, the snapshot on a stream of its own).
+    let begin = crate::replication::frame::SnapBegin {
+        log_seq: 0,
+        items: 0,
+        flush: Default::default(),
+        positions: vec![crate::replication::frame::Position {
+            origin: "c".into(),
+            run_id: RunId(7),
+            seq: 42,
+        }],
+        token: 0,
+    };
+    j.handle_snapshot(1, Frame::SnapBegin(begin), 64, T0 + 1000)
+        .unwrap();
+    let hello = j.hello("c", T0 + 1000);
+    assert_eq!((hello.have_run, hello.have_seq), (RunId(7), 42));
+}
+
+#[test]
+fn transmits_encode_to_exactly_their_frames_one_after_another() {
+    // One scratch buffer for a link's life, as the live stream's sender keeps it: a batch
+    // after a control frame must not carry that frame again (it did: every Ack, Status or
+    // snapshot request was sent twice when a batch followed it).
+    let ack = Frame::Ack {
+        run_id: RunId(1),
+        seq: 5,
+    };
+    let entries = vec![crate::replication::log::Entry {
+        seq: 6,
+        mutation: crate::replication::log::Mutation {
+            key: bytes::Bytes::from_static(b"k"),
+            version: Version(1 << 22 | 1),
+            op: crate::replication::log::Op::Put {
+                value: bytes::Bytes::from(vec![1u8; 2000]),
+                flags: 0,
+                exptime: 0,
+            },
+        },
+    }];
+    let batch = Frame::Batch {
+        run_id: RunId(1),
+        entries: entries.clone(),
+    };
+    let (mut scratch, mut chunks) = (bytes::BytesMut::new(), Vec::new());
+    let mut wire = bytes::BytesMut::new();
+    for t in [
+        Transmit::Frame(ack.clone()),
+        Transmit::Batch {
+            run_id: RunId(1),
+            entries,
+        },
+        Transmit::Frame(ack.clone()),
+    ] {
+        t.encode(&mut scratch, &mut chunks);
+        for c in chunks.drain(..) {
+            wire.extend_from_slice(&c);
+        }
+    }
+    let mut got = Vec::new();
+    let mut decoder = crate::replication::frame::Decoder::default();
+    while let Some(f) = decoder.decode(&mut wire).unwrap() {
+        got.push(f);
+    }
+    assert!(wire.is_empty());
+    assert_eq!(got, vec![ack.clone(), batch, ack]);
+}
+
+#[test]
+fn a_node_most_peers_refuse_on_time_is_outvoted_and_a_pair_is_a_tie() {
+    let hour = 3_600_000;
+    let mut x = replica("x", 1);
+    let mut a = replica("a", 2);
+    let mut b = replica("b", 3);
+    // x's clock is an hour ahead: its hellos carry that wall time.
+    let x_to_a = x.hello("a", T0 + hour);
+    let x_to_b = x.hello("b", T0 + hour);
+    let a_to_x = a.hello("x", T0);
+    let b_to_x = b.hello("x", T0);
+    let refused = a.link_up(conn(1, "x", true), &a_to_x, x_to_a.clone(), T0);
+    assert!(matches!(refused, Err(Refusal::Clock(_))), "{refused:?}");
+    let up = x.link_up(conn(1, "a", false), &x_to_a, a.hello("x", T0), T0 + hour);
+    assert!(matches!(up, Err(Refusal::Clock(_))));
+    // Against a alone it is a tie (one each side): neither is outvoted.
+    assert_eq!(x.clock_outvoted(T0 + hour), None);
+    assert_eq!(a.clock_outvoted(T0), None);
+    let up = x.link_up(conn(2, "b", false), &x_to_b, b_to_x, T0 + hour);
+    assert!(matches!(up, Err(Refusal::Clock(_))));
+    assert_eq!(x.clock_outvoted(T0 + hour), Some((2, 3)));
+    x.tick(T0 + hour);
+    // a agrees with b: one refusal against two (a and b) is not a majority.
+    let ab = a.hello("b", T0);
+    let ba = b.hello("a", T0);
+    a.link_up(conn(2, "b", true), &ab, ba, T0).unwrap();
+    assert_eq!(a.clock_outvoted(T0), None);
+    // Refusals count for a while only: peers that stop dialing stop voting.
+    assert_eq!(x.clock_outvoted(T0 + hour + CLOCK_VOTE_MS), None);
+    // A peer whose hello is accepted again withdraws its vote at once.
+    let mut x2 = replica("x", 1);
+    let hello = x2.hello("a", T0);
+    let up = x.link_up(conn(3, "a", false), &hello, a.hello("x", T0), T0 + 10);
+    assert!(up.is_ok(), "{up:?}");
+    assert_eq!(x.clock_outvoted(T0 + hour), None);
 }

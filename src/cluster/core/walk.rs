@@ -407,9 +407,16 @@ impl Replica {
             // next donor's positions are the ones its snapshot makes true, and the other
             // peers resending from there is harmless. Only for members: a peer cannot make
             // us keep positions (and counters) for names it invents.
+            self.donor_positions.clear();
             for p in &begin.positions {
-                let known = self.table.peer(&p.origin).is_some();
-                if !known || p.origin == self.name || p.origin == peer {
+                if p.origin == self.name || p.origin == peer {
+                    continue;
+                }
+                if self.table.peer(&p.origin).is_none() {
+                    if self.donor_positions.len() < crate::cluster::peers::MAX_MEMBERS {
+                        self.donor_positions
+                            .insert(p.origin.clone(), (p.run_id, p.seq));
+                    }
                     continue;
                 }
                 // An origin already streaming to us in a newer run than the donor knew:

@@ -314,3 +314,120 @@ fn the_previous_releases_flushes_still_decode() {
     assert_eq!(b.flush.flushes[0].barrier(), Version(40));
     assert_eq!((b.log_seq, b.items), (7, 100));
 }
+
+proptest! {
+    /// A frame cut into parts (here at a small size, as [`split_into_parts`] does above
+    /// MAX_FRAME) is joined back by the decoder whatever the reads' sizes, with the frames
+    /// around it; its wire size is all its parts'.
+    #[test]
+    fn parts_join_back_into_the_frame(
+        frames in proptest::collection::vec(frame(), 1..3),
+        big in 200usize..3000,
+        part in 1usize..200,
+        read in 1usize..500,
+    ) {
+        let entry = Entry {
+            seq: 9,
+            mutation: Mutation {
+                key: Bytes::from_static(b"big"),
+                version: Version(77),
+                op: Op::Put { value: Bytes::from(vec![5u8; big]), flags: 1, exptime: 0 },
+            },
+        };
+        let (mut scratch, mut chunks) = (BytesMut::new(), Vec::new());
+        encode_batch_chunks(RunId(3), std::slice::from_ref(&entry), &mut scratch, &mut chunks);
+        let whole: usize = chunks.iter().map(Bytes::len).sum();
+        parts::split_at(&mut chunks, 100, part);
+        let mut wire = BytesMut::new();
+        encode(&frames[0], &mut wire);
+        let before = wire.len();
+        for c in &chunks {
+            wire.extend_from_slice(c);
+        }
+        let parted = wire.len() - before;
+        prop_assert!(parted > whole, "parts add headers");
+        for f in &frames[1..] {
+            encode(f, &mut wire);
+        }
+        let mut want = vec![frames[0].clone(), Frame::Batch { run_id: RunId(3), entries: vec![entry] }];
+        want.extend(frames[1..].iter().cloned());
+        let mut decoder = Decoder::default();
+        let (mut buf, mut got, mut wires) = (BytesMut::new(), Vec::new(), Vec::new());
+        for piece in wire.chunks(read) {
+            buf.extend_from_slice(piece);
+            while let Some(f) = decoder.decode(&mut buf).unwrap() {
+                got.push(f);
+                wires.push(decoder.take_wire());
+            }
+        }
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(wires[1], parted);
+    }
+
+    /// Garbage, parts included, is an error or a need for more bytes, never a panic.
+    #[test]
+    fn garbage_parts_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut buf = BytesMut::new();
+        for b in bytes.chunks(7) {
+            buf.put_u32(1 + b.len() as u32);
+            buf.put_u8(parts::PART);
+            buf.put_slice(b);
+        }
+        let mut decoder = Decoder::default();
+        while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+    }
+}
+
+fn part(data: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u32(1 + data.len() as u32);
+    b.put_u8(parts::PART);
+    b.put_slice(data);
+    b
+}
+
+#[test]
+fn malformed_parts_are_errors() {
+    // A part where a whole frame is due (a hello, or any stream read without a decoder).
+    assert_eq!(decode(&mut part(b"xyz")), Err(FrameError::PartCut));
+    // Another frame between the parts of one.
+    let mut buf = part(&[0, 0, 1, 0]);
+    encode(&Frame::SnapEnd { items: 1, bytes: 2 }, &mut buf);
+    assert_eq!(
+        Decoder::default().decode(&mut buf),
+        Err(FrameError::PartCut)
+    );
+    // A joined frame over the limit is refused as soon as its length is known.
+    let over = (MAX_ASSEMBLED as u32 + 1).to_be_bytes();
+    assert_eq!(
+        Decoder::default().decode(&mut part(&over)),
+        Err(FrameError::TooLarge(MAX_ASSEMBLED + 1))
+    );
+    // Parts that run past the frame they carry.
+    let mut inner = BytesMut::new();
+    encode(&Frame::SnapEnd { items: 1, bytes: 2 }, &mut inner);
+    inner.put_u8(0);
+    assert_eq!(
+        Decoder::default().decode(&mut part(&inner)),
+        Err(FrameError::Trailing(1))
+    );
+    // Parts within parts.
+    let mut nested = BytesMut::new();
+    nested.put_u32(2);
+    nested.put_u8(parts::PART);
+    nested.put_u8(0);
+    assert_eq!(
+        Decoder::default().decode(&mut part(&nested)),
+        Err(FrameError::PartCut)
+    );
+}
+
+#[test]
+fn frames_up_to_the_limit_are_not_cut() {
+    let mut chunks = vec![Bytes::from(vec![0u8; 104])];
+    parts::split_at(&mut chunks, 100, 10);
+    assert_eq!(chunks.len(), 1);
+    parts::split_at(&mut chunks, 99, 10);
+    assert_eq!(chunks.len(), 22, "11 parts, each a header and a slice");
+}
