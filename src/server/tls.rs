@@ -145,7 +145,9 @@ impl ClientTls {
     }
 
     /// Runs the server side of a handshake on `tcp`, within `limit`. A failure or time-out
-    /// is counted and logged at debug level (a port scanner is not worth more).
+    /// is counted and logged at debug level (a port scanner is not worth more); a client
+    /// that closes before finishing (a TCP health check) is not a TLS error and is not
+    /// counted.
     pub async fn handshake(
         &self,
         mode: ListenerTls,
@@ -156,6 +158,10 @@ impl ClientTls {
         let peer = tcp.peer_addr().ok();
         let failed = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => return Some(stream),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(client = ?peer, "client closed during the TLS handshake");
+                return None;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no handshake within {limit:?}"),
         };

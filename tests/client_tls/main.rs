@@ -451,8 +451,8 @@ fn refresh_certs_swaps_the_served_certificate() {
     assert_eq!(got.as_deref(), Some("VALUE kept 0 4\r\nopen\r\nEND\r\n"));
 }
 
-/// Clients that do not speak TLS to a TLS listener: plaintext requests get no answer and
-/// the connection is closed; a client that sends nothing is closed after the handshake
+/// Clients that do not speak TLS to a TLS listener: a TCP probe is not counted as an
+/// error; plaintext requests get no answer and the connection is closed; a client that sends nothing is closed after the handshake
 /// limit (here `-o idle_timeout=1`) while others are served meanwhile; a forged record
 /// after the handshake closes that connection and counts in `ssl_proto_errors`.
 #[test]
@@ -461,6 +461,12 @@ fn plaintext_silent_and_forged_clients_on_a_tls_port() {
     let ca = pki.path("ca.pem");
     let node = TlsNode::start(&pki.dir, &[""], &strs(&pki.flags("idle_timeout=1")));
     let port = node.tls[0];
+    // A TCP probe (connect, close) is not a TLS error.
+    drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    eventually(DEADLINE, "the probe's connection is closed", || {
+        node.stat("curr_connections") == 1
+    });
+    assert_eq!(node.stat("ssl_handshake_errors"), 0);
     let mut plain = Client::connect(([127, 0, 0, 1], port).into());
     plain.send(b"version\r\n");
     let mut rest = Vec::new();
