@@ -183,6 +183,7 @@ impl Options {
             memory_mb: MEMORY_MB,
             pin_to,
             extra_args: extra,
+            tls_port: None,
         }
     }
 }

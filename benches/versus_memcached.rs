@@ -174,6 +174,7 @@ impl Options {
             } else {
                 &[]
             },
+            tls_port: None,
         }
     }
 }

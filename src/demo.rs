@@ -232,7 +232,7 @@ mod tests {
             let cc = c.cluster.unwrap();
             assert_eq!(cc.node_name, format!("node-{i}"));
             assert_eq!(cc.join.len(), usize::from(i > 1));
-            assert_eq!(c.listen[0].port(), 11210 + i);
+            assert_eq!(c.listen[0].addr.port(), 11210 + i);
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Every value the generator stores is this long, as the issue specifies.
@@ -137,25 +137,38 @@ fn decode(buf: &mut BytesMut) -> Result<Option<Reply>> {
     Ok(Some(reply))
 }
 
-/// One client connection with its read buffer.
-pub struct Conn {
-    stream: TcpStream,
+/// One client connection with its read buffer: plain TCP, or (for the client_tls bench) a
+/// TLS session over it.
+pub struct Conn<S = TcpStream> {
+    stream: S,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
 }
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        // Pipelined batches are written in one call and must go out at once.
-        stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-        Ok(Conn {
+        Ok(Conn::over(tcp_connect(addr).await?))
+    }
+}
+
+/// A TCP connection to `addr`, with Nagle off: pipelined batches are written in one call
+/// and must go out at once.
+pub async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    Ok(stream)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// A connection over a stream that is already set up.
+    pub fn over(stream: S) -> Conn<S> {
+        Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: Vec::with_capacity(64 * 1024),
-        })
+        }
     }
 
     /// Sends `wbuf` and reads `n` replies; returns how many were misses.
@@ -164,6 +177,8 @@ impl Conn {
             .write_all(&self.wbuf)
             .await
             .context("writing requests")?;
+        // A TLS stream may hold the end of its last record until flushed (a no-op on TCP).
+        self.stream.flush().await.context("writing requests")?;
         let mut misses = 0;
         let mut seen = 0;
         while seen < n {
@@ -211,8 +226,8 @@ pub struct ConnStats {
 /// replies, and repeats until the window closes. With `depth == 1` this is the
 /// classic closed-loop client; with a larger depth, each latency sample covers
 /// a whole batch.
-pub async fn drive(
-    mut conn: Conn,
+pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
     reqs: &Requests,
     depth: usize,
     window: Window,

@@ -27,6 +27,9 @@ pub struct Launch<'a> {
     /// Flags only this implementation needs (memcached refuses to run as root
     /// without `-u`).
     pub extra_args: &'a [&'a str],
+    /// A second listener on this port, TLS (the client_tls bench; `extra_args` then
+    /// carry `-Z` and the certificates): the main port becomes a `notls:` listener.
+    pub tls_port: Option<u16>,
 }
 
 pub struct Server {
@@ -47,7 +50,11 @@ impl Server {
             }
             None => Command::new(launch.program),
         };
-        cmd.args(["-p", &addr.port().to_string(), "-l", "127.0.0.1", "-U", "0"])
+        let listen = match launch.tls_port {
+            None => "127.0.0.1".to_string(),
+            Some(tls) => format!("notls:127.0.0.1:{},127.0.0.1:{tls}", addr.port()),
+        };
+        cmd.args(["-p", &addr.port().to_string(), "-l", &listen, "-U", "0"])
             .args([
                 "-t",
                 &launch.threads.to_string(),
@@ -189,7 +196,7 @@ impl Drop for Server {
 
 /// Asks the kernel for an unused port. Another process could take it before the
 /// server binds; the server then exits and `start` reports it.
-fn free_port() -> Result<SocketAddr> {
+pub fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     listener.local_addr().context("reading the bound address")
 }

@@ -3,19 +3,23 @@
 //! `-o` takes a comma-separated list of `name[=value]`, and may be given more than once, as
 //! in memcached. Only the options with a meaning here are accepted; the others are refused
 //! by name rather than ignored, so that an operator never believes a setting took effect
-//! (memcached's slab and LRU tuning has nothing to act on in meshcached's store).
+//! (memcached's slab and LRU tuning has nothing to act on in meshcached's store). The
+//! client TLS options (`ssl_*`) are read by [`super::tls`].
 
+use super::tls::{parse_ssl_option, SslOptions};
 use super::ConfigError;
 
 /// memcached's default `-a`: only the owner may connect to the unix socket.
 pub const DEFAULT_UNIX_MASK: u32 = 0o700;
 
 /// The `-o` settings meshcached understands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extended {
     /// `idle_timeout=N`: close client connections that sent no command for more than N
     /// seconds; 0 (the default) never does.
     pub idle_timeout: u32,
+    /// `ssl_chain_cert=`, `ssl_key=`, ...: client TLS, checked against `-Z` later.
+    pub ssl: SslOptions,
 }
 
 /// Parses every `-o` argument, later ones overriding earlier ones.
@@ -38,6 +42,7 @@ pub fn parse_extended(args: &[String]) -> Result<Extended, ConfigError> {
                     .parse()
                     .map_err(|_| ConfigError::IdleTimeout(opt.to_string()))?;
             }
+            _ if parse_ssl_option(&mut ext.ssl, name, value)? => {}
             _ => return Err(ConfigError::Extended(name.to_string())),
         }
     }
@@ -73,7 +78,10 @@ mod tests {
         assert_eq!(ext(&["idle_timeout=5"]).unwrap().idle_timeout, 5);
         assert_eq!(
             ext(&["idle_timeout=5", "idle_timeout=7,"]).unwrap(),
-            Extended { idle_timeout: 7 }
+            Extended {
+                idle_timeout: 7,
+                ..Extended::default()
+            }
         );
         for bad in ["idle_timeout", "idle_timeout=-1", "idle_timeout=x"] {
             assert!(

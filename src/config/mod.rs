@@ -13,6 +13,7 @@ use clap::Parser;
 mod cluster;
 mod extended;
 mod file;
+mod tls;
 
 use cluster::cluster_config;
 pub use cluster::{
@@ -21,6 +22,7 @@ pub use cluster::{
 use extended::{parse_extended, parse_unix_mask};
 pub use extended::{Extended, DEFAULT_UNIX_MASK};
 pub use file::{config_path, parse_command_line, read_config_file, ConfigFileError, FileArgs};
+pub use tls::{Listener, ListenerTls, TlsConfig, TlsConfigError, TlsVersion, VerifyMode};
 
 /// `--help`'s sections: memcached's own flags, the cluster's, client TLS and operations.
 pub const HELP_MEMCACHED: &str = "memcached flags";
@@ -60,7 +62,9 @@ pub struct Args {
     #[arg(help_heading = HELP_MEMCACHED, short = 'p', long = "port", default_value_t = 11211)]
     pub port: u16,
 
-    /// Interface(s) to listen on, comma separated.
+    /// Interface(s) to listen on, comma separated: IP addresses or host names, each
+    /// ADDR or ADDR:PORT. With -Z, a `notls:` prefix serves one plaintext, `btls:` TLS
+    /// without client certificates, `mtls:` TLS requiring them.
     #[arg(help_heading = HELP_MEMCACHED, short = 'l', long = "listen", default_value = "127.0.0.1")]
     pub listen: String,
 
@@ -72,9 +76,16 @@ pub struct Args {
     #[arg(help_heading = HELP_MEMCACHED, short = 'a', long = "unix-mask", default_value = "0700")]
     pub unix_mask: String,
 
-    /// memcached's extended options, comma separated: idle_timeout=SECONDS (0: never).
+    /// memcached's extended options, comma separated: idle_timeout=SECONDS (0: never);
+    /// with -Z, ssl_chain_cert=FILE, ssl_key=FILE, ssl_ca_cert=FILE, ssl_verify_mode=0..3,
+    /// ssl_min_version=tlsv1.2|tlsv1.3, ssl_session_cache.
     #[arg(help_heading = HELP_MEMCACHED, short = 'o', long = "extended")]
     pub extended: Vec<String>,
+
+    /// Serve TLS to clients (memcached's -Z): -o ssl_chain_cert=FILE is required, and
+    /// ssl_key=FILE unless the key is in that file. `refresh_certs` or SIGHUP reloads them.
+    #[arg(short = 'Z', long = "enable-ssl", help_heading = HELP_TLS)]
+    pub enable_ssl: bool,
 
     /// Item memory in megabytes (or with a unit: 512k, 2g).
     #[arg(help_heading = HELP_MEMCACHED, short = 'm', long = "memory-limit", default_value = "64")]
@@ -214,7 +225,10 @@ pub struct Args {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    /// The TCP listeners, each plaintext or TLS.
+    pub listen: Vec<Listener>,
+    /// Client TLS (`-Z`): certificates and client verification; `None` when off.
+    pub tls: Option<TlsConfig>,
     pub unix_socket: Option<PathBuf>,
     /// Permission bits of the unix socket file (`-a`).
     pub unix_mask: u32,
@@ -238,7 +252,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 11211))],
+            listen: vec![Listener {
+                addr: SocketAddr::from(([127, 0, 0, 1], 11211)),
+                tls: ListenerTls::Off,
+            }],
+            tls: None,
             unix_socket: None,
             unix_mask: DEFAULT_UNIX_MASK,
             idle_timeout: 0,
@@ -299,10 +317,12 @@ pub enum ConfigError {
     MetricsListen(String),
     #[error("-a {0:?}: expected an octal access mask between 0 and 0777, such as 0700")]
     UnixMask(String),
-    #[error("-o {0}: not supported by meshcached (supported: idle_timeout=SECONDS)")]
+    #[error("-o {0}: not supported by meshcached (supported: idle_timeout=SECONDS and, with -Z, ssl_chain_cert, ssl_key, ssl_ca_cert, ssl_verify_mode, ssl_min_version, ssl_session_cache, ssl_keyformat=1)")]
     Extended(String),
     #[error("-o {0}: expected idle_timeout=SECONDS, a whole number (0 turns it off)")]
     IdleTimeout(String),
+    #[error("{0}")]
+    Tls(#[from] TlsConfigError),
 }
 
 /// Parses `64`, `64k`, `64m`, `1g` (case-insensitive, optional `b`). A bare number is
@@ -395,23 +415,36 @@ impl Config {
             return Err(ConfigError::Conns);
         }
         let mut listen = Vec::new();
-        for part in args
+        let mut prefixed = Vec::new();
+        for entry in args
             .listen
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
+            let (tls, part) = tls::split_listener_prefix(entry);
+            if part.len() != entry.len() {
+                prefixed.push(entry.to_string());
+            }
             for addr in resolve_bind(part, args.port)? {
-                if !listen.contains(&addr) {
-                    listen.push(addr);
+                if !listen.iter().any(|l: &Listener| l.addr == addr) {
+                    listen.push(Listener { addr, tls });
                 }
             }
         }
         if listen.is_empty() {
             return Err(ConfigError::Listen(args.listen.clone()));
         }
-        let cluster = cluster_config(args, &listen)?;
+        let addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
+        let cluster = cluster_config(args, &addrs)?;
         let extended = parse_extended(&args.extended)?;
+        let tls = tls::tls_config(
+            args.enable_ssl,
+            &extended.ssl,
+            &mut listen,
+            &prefixed,
+            args.unix_socket.is_some(),
+        )?;
         let metrics_listen = match &args.metrics_listen {
             // A port is required: there is no conventional default to fall back on.
             Some(a)
@@ -428,6 +461,7 @@ impl Config {
         Ok(Config {
             cluster,
             listen,
+            tls,
             unix_socket: args.unix_socket.clone(),
             unix_mask: parse_unix_mask(&args.unix_mask)?,
             idle_timeout: extended.idle_timeout,
@@ -459,7 +493,7 @@ pub(crate) mod tests {
     #[test]
     fn defaults_match_memcached() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:11211".parse().unwrap()]);
+        assert_eq!(c.listen[0].addr, "127.0.0.1:11211".parse().unwrap());
         assert_eq!(c.mem_limit, 64 << 20);
         assert_eq!(c.max_item_size, 1 << 20);
         assert_eq!(c.max_conns, 1024);
@@ -485,7 +519,7 @@ pub(crate) mod tests {
         assert_eq!(c.mem_limit, 128 << 20);
         assert_eq!(c.max_item_size, 2 << 20);
         assert!(!c.evict && !c.cas_enabled && !c.flush_enabled);
-        assert_eq!(c.listen, vec!["127.0.0.2:0".parse().unwrap()]);
+        assert_eq!(c.listen[0].addr, "127.0.0.2:0".parse().unwrap());
         assert_eq!(parse(&["-I", "512k"]).unwrap().max_item_size, 512 << 10);
         assert_eq!(parse(&["-I", "4096"]).unwrap().max_item_size, 4096);
         assert_eq!(parse(&["-m", "1g"]).unwrap().mem_limit, 1 << 30);
@@ -499,10 +533,11 @@ pub(crate) mod tests {
         assert!(c
             .listen
             .iter()
-            .all(|a| a.ip().is_loopback() && a.port() == 7));
+            .all(|l| l.addr.ip().is_loopback() && l.addr.port() == 7));
         let c = parse(&["-l", "localhost:8,127.0.0.2"]).unwrap();
-        assert!(c.listen.iter().any(|a| a.port() == 8));
-        assert!(c.listen.contains(&"127.0.0.2:11211".parse().unwrap()));
+        assert!(c.listen.iter().any(|l| l.addr.port() == 8));
+        let want: SocketAddr = "127.0.0.2:11211".parse().unwrap();
+        assert!(c.listen.iter().any(|l| l.addr == want));
         let c = parse(&["--metrics-listen", "localhost:9150"]).unwrap();
         assert!(c.metrics_listen.unwrap().ip().is_loopback());
         let c = parse(&[

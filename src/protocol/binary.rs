@@ -419,7 +419,9 @@ pub fn encode(r: &BinReply, outcome: &Outcome, out: &mut BytesMut) {
             (FLUSH, Invalid::Client(_)) => error_std(out, r, AUTH_ERROR),
             (_, Invalid::Client(_)) => error_std(out, r, EINVAL),
             (_, Invalid::Server(text)) => error(out, r, ENOMEM, text),
-            (_, Invalid::Unknown | Invalid::Raw(_)) => error_std(out, r, UNKNOWN_COMMAND),
+            (_, Invalid::Unknown | Invalid::Raw(_) | Invalid::Line(_)) => {
+                error_std(out, r, UNKNOWN_COMMAND)
+            }
         },
     }
 }

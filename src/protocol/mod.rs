@@ -93,6 +93,8 @@ pub enum Command {
     Noop,
     Quit,
     Shutdown,
+    /// `refresh_certs`: reload the client TLS certificates (text only, as in memcached).
+    RefreshCerts,
     Meta(meta::MetaCommand),
     /// A malformed request that still gets an answer (and may close the connection).
     Invalid(Invalid),
@@ -109,6 +111,8 @@ pub enum Invalid {
     Server(&'static str),
     /// A whole line of memcached's own wording, e.g. `ERROR: shutdown not enabled`.
     Raw(&'static str),
+    /// A whole line made at run time (why `refresh_certs` failed); one line, no CR or LF.
+    Line(String),
 }
 
 /// How to answer: dialect plus per-dialect options.

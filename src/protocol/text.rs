@@ -365,6 +365,8 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
             req
         }
         b"shutdown" => text(Command::Shutdown, false),
+        // memcached ignores anything after it.
+        b"refresh_certs" => text(Command::RefreshCerts, false),
         // The crawler's other subcommands tune machinery meshcached does not have: they
         // stay unknown commands (tests/diff/text_admin.txt).
         b"lru_crawler" if n == 3 && tok(1) == b"metadump" => match dump_classes(tok(2)) {
@@ -450,6 +452,7 @@ pub fn encode(noreply: bool, outcome: &Outcome, out: &mut BytesMut) {
             m.as_bytes()
         }
         Outcome::Invalid(Invalid::Raw(m)) => m.as_bytes(),
+        Outcome::Invalid(Invalid::Line(m)) => m.as_bytes(),
     };
     out.extend_from_slice(line);
     out.extend_from_slice(b"\r\n");

@@ -5,9 +5,14 @@
 //! and once pending answers pass [`WRITE_HIGH_WATER`] they are written out (waiting for the
 //! client to read them) before another request is decoded. A client that never reads
 //! therefore stalls only itself.
+//!
+//! The loop is generic over the stream: plain TCP, TLS over TCP (after its handshake, which
+//! runs here, in the connection's own task) and the unix socket share it.
 
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -16,7 +21,9 @@ use tokio::net::{TcpStream, UnixStream};
 use super::dispatch::{self, After, Ctx};
 use super::idle::IdleTimer;
 use super::stats::{Counter, LocalCounters};
+use super::tls::HANDSHAKE_TIMEOUT;
 use super::Shared;
+use crate::config::ListenerTls;
 use crate::protocol::stream::ClientDecoder;
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -29,15 +36,19 @@ const SHRINK_ABOVE: usize = 64 * 1024;
 /// directly instead of hopping through the acceptor's thread.
 pub enum Stream {
     Tcp(std::net::TcpStream),
+    /// A connection to a TLS listener, its handshake still to do.
+    Tls(std::net::TcpStream, ListenerTls),
     Unix(std::os::unix::net::UnixStream),
 }
 
 impl Stream {
-    /// Best-effort refusal message (the socket is non-blocking), then close.
+    /// Best-effort refusal message (the socket is non-blocking), then close. A TLS client
+    /// gets no message: it would read plaintext as a broken record.
     pub fn refuse(self, msg: &[u8]) {
         use std::io::Write;
         let _ = match self {
             Stream::Tcp(mut s) => s.write(msg),
+            Stream::Tls(..) => Ok(0),
             Stream::Unix(mut s) => s.write(msg),
         };
     }
@@ -63,6 +74,13 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
             }
             Err(e) => Err(e),
         },
+        Stream::Tls(s, mode) => match TcpStream::from_std(s) {
+            Ok(s) => {
+                serve_tls(&shared, s, mode, idle_timeout).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
         Stream::Unix(s) => match UnixStream::from_std(s) {
             Ok(s) => {
                 run(&shared, s, 0).await;
@@ -76,9 +94,39 @@ pub async fn serve(shared: Arc<Shared>, stream: Stream) {
     }
 }
 
+/// Runs the TLS handshake, then serves the connection like any other. The handshake has
+/// [`HANDSHAKE_TIMEOUT`], or the idle timeout if that is shorter: a client that has not
+/// finished it has sent no command.
+async fn serve_tls(shared: &Shared, tcp: TcpStream, mode: ListenerTls, idle_timeout: u32) {
+    // Only TLS listeners hand out `Stream::Tls`, and they exist only with `shared.tls`.
+    let Some(tls) = &shared.tls else { return };
+    let limit = match idle_timeout {
+        0 => HANDSHAKE_TIMEOUT,
+        secs => HANDSHAKE_TIMEOUT.min(Duration::from_secs(secs.into())),
+    };
+    // A shutdown does not wait for handshakes: those clients have sent no request yet.
+    let mut shutdown = shared.shutdown.subscribe();
+    let stream = tokio::select! {
+        s = tls.handshake(mode, tcp, limit) => s,
+        _ = shutdown.wait_for(|s| *s) => None,
+    };
+    let Some(stream) = stream else { return };
+    if let Some(e) = run(shared, stream, idle_timeout).await {
+        // rustls reports a bad record (after the handshake) as invalid data.
+        if e.kind() == io::ErrorKind::InvalidData {
+            tls.counters.proto_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Serves requests until the client leaves, errs, is idle for more than `idle_timeout`
-/// seconds (0: no limit), or the server shuts down.
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, idle_timeout: u32) {
+/// seconds (0: no limit), or the server shuts down. Returns the read error that ended the
+/// connection, if one did.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut stream: S,
+    idle_timeout: u32,
+) -> Option<io::Error> {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut counters = LocalCounters::default();
@@ -89,6 +137,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, 
     tokio::pin!(stopping);
     let mut decoder = ClientDecoder::new(shared.config.max_item_size);
     let mut idle = IdleTimer::new(idle_timeout, shared.clock().now_ms());
+    let mut read_error = None;
     loop {
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -114,6 +163,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, 
             Ok(n) => counters.add(Counter::BytesRead, n as u64),
             Err(e) => {
                 tracing::debug!(error = %e, "client read failed");
+                read_error = Some(e);
                 break;
             }
         }
@@ -187,6 +237,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut stream: S, 
     let _ = flush(&mut stream, &mut wbuf, &mut counters).await;
     shared.counters.absorb(&mut counters);
     let _ = stream.shutdown().await;
+    read_error
 }
 
 /// Counts and writes out pending answers; `false` when the client is gone.
@@ -204,7 +255,9 @@ async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, wbuf: &mut BytesMut) -
     if wbuf.is_empty() {
         return true;
     }
-    let ok = stream.write_all(wbuf).await.is_ok();
+    // A TLS stream may keep the end of the last record until it is flushed; for a socket
+    // the flush is a no-op.
+    let ok = stream.write_all(wbuf).await.is_ok() && stream.flush().await.is_ok();
     if wbuf.capacity() > SHRINK_ABOVE {
         *wbuf = BytesMut::with_capacity(READ_CHUNK);
     } else {

@@ -179,6 +179,7 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
             };
             return super::meta_dispatch::execute(ctx, cmd, meta_reply, out);
         }
+        Command::RefreshCerts => Some(refresh_certs(ctx)),
         Command::Invalid(inv) => Some(Outcome::Invalid(inv)),
     };
     if let Some(outcome) = outcome {
@@ -188,6 +189,24 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
         After::Close
     } else {
         After::Continue
+    }
+}
+
+/// `refresh_certs`: reloads the client TLS certificates for new connections; on failure
+/// the ones in use stay, and the answer says why, as memcached's does.
+fn refresh_certs(ctx: &Ctx<'_>) -> Outcome {
+    let Some(tls) = &ctx.shared.tls else {
+        return Outcome::Invalid(Invalid::Raw("Error TLS not enabled"));
+    };
+    match tls.refresh(ctx.shared.clock().now_ms()) {
+        Ok(()) => {
+            tracing::info!("refresh_certs: client TLS certificates reloaded");
+            Outcome::Ok
+        }
+        Err(e) => {
+            tracing::error!("refresh_certs: the certificates in use are kept: error {e}");
+            Outcome::Invalid(Invalid::Line(format!("Error {e}")))
+        }
     }
 }
 

@@ -11,8 +11,10 @@ mod dump;
 mod idle;
 mod meta_dispatch;
 pub mod report;
+mod signals;
 pub mod state_file;
 pub mod stats;
+pub mod tls;
 mod unix_socket;
 
 use std::io;
@@ -28,13 +30,14 @@ use crate::certs::{load_node_identity, CertsError};
 use crate::clock::{Clock, Hlc, NodeId};
 use crate::cluster::outbox::Outbox;
 use crate::cluster::Cluster;
-use crate::config::{ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config, ListenerTls};
 use crate::replication::transport::{PeerEndpoint, TransportError};
 use crate::state;
 use crate::store::{Store, StoreConfig};
 use connection::Stream;
 use state_file::{Saving, StateFile};
 use stats::{ConnStats, Counters};
+use tls::{ClientTls, TlsError};
 use unix_socket::bind_unix;
 pub use unix_socket::UnixSocketError;
 
@@ -66,6 +69,8 @@ pub struct Shared {
     pub config: Config,
     pub counters: Counters,
     pub conns: ConnStats,
+    /// Client TLS (`-Z`): what TLS listeners serve, and its counters.
+    pub tls: Option<ClientTls>,
     pub started_ms: u64,
     shutdown: watch::Sender<bool>,
     /// True once the client listeners accept connections.
@@ -102,6 +107,7 @@ impl Shared {
             config,
             counters: Counters::default(),
             conns: ConnStats::default(),
+            tls: None,
             started_ms,
             shutdown: watch::channel(false).0,
             serving: watch::Sender::new(false),
@@ -156,6 +162,8 @@ pub enum ServerError {
     Transport(#[from] TransportError),
     #[error("--state-file: {0}; the node saves its store there when it stops, so the path must be writable from the start")]
     StateFile(#[from] state::StateError),
+    #[error("client TLS (-Z): error {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A bound, not yet running server. Its client sockets are bound (so the ports are taken
@@ -163,7 +171,8 @@ pub enum ServerError {
 /// node with peers does only once its initial sync is complete.
 pub struct Server {
     shared: Arc<Shared>,
-    tcp: Vec<TcpSocket>,
+    /// The client TCP sockets, each with whether it serves TLS.
+    tcp: Vec<(TcpSocket, ListenerTls)>,
     unix: Option<UnixSocket>,
     /// The runtime of the cluster tasks (a thread of its own), when clustered.
     cluster_rt: Option<tokio::runtime::Runtime>,
@@ -179,20 +188,27 @@ impl Server {
         if let Some(path) = &config.unix_socket {
             unix = Some(bind_unix(path, config.unix_mask)?);
         } else {
-            for addr in &config.listen {
-                let socket = if addr.is_ipv4() {
+            for listener in &config.listen {
+                let socket = if listener.addr.is_ipv4() {
                     TcpSocket::new_v4()?
                 } else {
                     TcpSocket::new_v6()?
                 };
                 socket.set_reuseaddr(true)?;
-                socket.bind(*addr).map_err(|source| ServerError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-                tcp.push(socket);
+                socket
+                    .bind(listener.addr)
+                    .map_err(|source| ServerError::Bind {
+                        addr: listener.addr,
+                        source,
+                    })?;
+                tcp.push((socket, listener.tls));
             }
         }
+        // Before anything else starts: a certificate that cannot be served stops the node.
+        let tls = match &config.tls {
+            Some(t) => Some(ClientTls::new(t.clone(), clock.now_ms())?),
+            None => None,
+        };
         let store = Arc::new(Store::new(StoreConfig {
             mem_limit: config.mem_limit,
             max_item_size: config.max_item_size,
@@ -220,7 +236,7 @@ impl Server {
         // queue until `run`), as memcached's does once it is started.
         if sync_gate(cluster.as_ref(), &config).is_none() {
             use std::os::fd::AsRawFd;
-            let fds = tcp.iter().map(|s| s.as_raw_fd());
+            let fds = tcp.iter().map(|(s, _)| s.as_raw_fd());
             for fd in fds.chain(unix.iter().map(|s| s.as_raw_fd())) {
                 // SAFETY: listen(2) on a socket this function owns; `run` listens again
                 // (which only sets the backlog) to get the tokio listener.
@@ -238,6 +254,7 @@ impl Server {
             cluster,
             counters: Counters::default(),
             conns: ConnStats::default(),
+            tls,
             started_ms: clock.now_ms(),
             config,
             shutdown,
@@ -260,7 +277,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.tcp
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -447,21 +464,28 @@ async fn wait_until_ready(
 
 async fn accept_loop(
     shared: Arc<Shared>,
-    tcp: Vec<TcpSocket>,
+    tcp: Vec<(TcpSocket, ListenerTls)>,
     unix: Option<UnixSocket>,
     senders: Vec<mpsc::UnboundedSender<Stream>>,
     handle_signals: bool,
 ) -> io::Result<()> {
-    let signal = signal(&shared.name, handle_signals);
+    // First of all: SIGHUP's default action would end the process.
+    let mut hangups = signals::hangup_signals(handle_signals);
+    let signal = signals::stop(&shared.name, handle_signals);
     tokio::pin!(signal);
     if !wait_until_ready(&shared, &mut signal).await {
         return Ok(());
     }
     let (accepted_tx, mut accepted) = mpsc::channel::<Stream>(64);
     let mut tasks = Vec::new();
-    for socket in tcp {
+    for (socket, tls) in tcp {
         let l = socket.listen(LISTEN_BACKLOG)?;
-        tracing::info!(node = %shared.name, addr = %l.local_addr()?, "listening");
+        let serves = if tls == ListenerTls::Off {
+            "plaintext"
+        } else {
+            "TLS"
+        };
+        tracing::info!(node = %shared.name, addr = %l.local_addr()?, serves, "listening");
         let tx = accepted_tx.clone();
         let name = shared.name.clone();
         tasks.push(tokio::spawn(async move {
@@ -470,7 +494,11 @@ async fn accept_loop(
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
                         let Ok(s) = s.into_std() else { continue };
-                        if tx.send(Stream::Tcp(s)).await.is_err() {
+                        let conn = match tls {
+                            ListenerTls::Off => Stream::Tcp(s),
+                            mode => Stream::Tls(s, mode),
+                        };
+                        if tx.send(conn).await.is_err() {
                             return;
                         }
                     }
@@ -523,6 +551,7 @@ async fn accept_loop(
                 shared.request_shutdown();
                 break;
             }
+            _ = signals::hangup(&mut hangups) => signals::reload_certificates(&shared),
         }
     }
     for t in tasks {
@@ -554,27 +583,6 @@ fn admit(shared: &Shared, conn: Stream) -> Option<Stream> {
     Some(conn)
 }
 
-async fn signal(node: &str, enabled: bool) {
-    if !enabled {
-        return std::future::pending().await;
-    }
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!(
-            %node,
-            "cannot install signal handlers; stop the server with the shutdown command"
-        );
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 /// Reclaims expired and flushed items in the background, one shard per wake-up.
 ///
 /// The pace follows activity, as memcached's maintainer threads do, and that matters for
@@ -604,10 +612,10 @@ async fn sweep_loop(shared: Arc<Shared>) {
 fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
     // IO only: a time driver would sit in every park of the hot loop, and workers need no
     // timers (the shutdown grace period is kept by the thread that joins them), except for
-    // the idle timeout when it is on.
+    // the idle timeout when it is on and the time limit of TLS handshakes.
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_io();
-    if shared.config.idle_timeout > 0 {
+    if shared.config.idle_timeout > 0 || shared.tls.is_some() {
         builder.enable_time();
     }
     let rt = match builder.build() {

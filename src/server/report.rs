@@ -156,6 +156,28 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
     push(&mut s, "log_watcher_skipped", 0);
     push(&mut s, "log_watcher_sent", 0);
     push(&mut s, "log_watchers", 0);
+    if let Some(tls) = &shared.tls {
+        // memcached's, in its order; ssl_new_sessions only with ssl_session_cache.
+        if let Some(n) = tls.new_sessions() {
+            push(&mut s, "ssl_new_sessions", n);
+        }
+        let counters = &tls.counters;
+        push(
+            &mut s,
+            "ssl_handshake_errors",
+            counters.handshake_errors.load(Ordering::Relaxed),
+        );
+        push(
+            &mut s,
+            "ssl_proto_errors",
+            counters.proto_errors.load(Ordering::Relaxed),
+        );
+        push(
+            &mut s,
+            "time_since_server_cert_refresh",
+            tls.secs_since_refresh(now_ms),
+        );
+    }
     push(&mut s, "unexpected_napi_ids", 0);
     push(&mut s, "round_robin_fallback", 0);
     push(&mut s, "bytes", store.bytes);
@@ -387,13 +409,13 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     push(
         &mut s,
         "tcpport",
-        cfg.listen.first().map_or(0, |a| a.port()),
+        cfg.listen.first().map_or(0, |l| l.addr.port()),
     );
     push(&mut s, "udpport", 0);
     let inter = cfg
         .listen
         .iter()
-        .map(|a| a.ip().to_string())
+        .map(|l| l.addr.ip().to_string())
         .collect::<Vec<_>>()
         .join(",");
     push(
@@ -440,10 +462,50 @@ fn settings(ctx: &Ctx<'_>) -> Stats {
     push(&mut s, "flush_enabled", on_off(cfg.flush_enabled));
     push(&mut s, "dump_enabled", "yes");
     push(&mut s, "idle_timeout", cfg.idle_timeout);
-    push(&mut s, "ssl_enabled", "no");
+    tls_settings(&mut s, cfg.tls.as_ref());
     push(&mut s, "eviction_policy", "clock");
     cluster_settings(&mut s, cfg);
     s
+}
+
+/// The `ssl_*` lines of `stats settings`, which memcached built with TLS (as Debian's is)
+/// shows whether or not `-Z` is on; what C's printf shows for an unset path is kept.
+fn tls_settings(s: &mut Stats, tls: Option<&crate::config::TlsConfig>) {
+    let path = |p: Option<&std::path::PathBuf>, none: &str| {
+        p.map_or(none.to_string(), |p| p.display().to_string())
+    };
+    let on_off = |b: bool| if b { "yes" } else { "no" };
+    push(s, "ssl_enabled", on_off(tls.is_some()));
+    push(
+        s,
+        "ssl_chain_cert",
+        path(tls.map(|t| &t.chain_cert), "(null)"),
+    );
+    push(
+        s,
+        "ssl_key",
+        path(tls.and_then(|t| t.key.as_ref()), "(null)"),
+    );
+    let verify = tls.map_or(0, |t| t.verify_mode.openssl_flags());
+    push(s, "ssl_verify_mode", verify);
+    // OpenSSL's SSL_FILETYPE_PEM, the only format read.
+    push(s, "ssl_keyformat", 1);
+    push(s, "ssl_ciphers", "NULL");
+    push(
+        s,
+        "ssl_ca_cert",
+        path(tls.and_then(|t| t.ca_cert.as_ref()), "NULL"),
+    );
+    // rustls' largest record, as memcached's default buffer.
+    push(s, "ssl_wbuf_size", 16384);
+    push(
+        s,
+        "ssl_session_cache",
+        on_off(tls.is_some_and(|t| t.session_cache)),
+    );
+    push(s, "ssl_kernel_tls", "no");
+    let min = tls.map_or(crate::config::TlsVersion::Tls12, |t| t.min_version);
+    push(s, "ssl_min_version", min.name());
 }
 
 /// `stats items`: memcached reports per slab class; we have one class, reported as 1.

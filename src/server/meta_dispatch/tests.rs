@@ -24,7 +24,10 @@ struct TestServer {
 impl TestServer {
     fn start(tune: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config {
-            listen: vec!["127.0.0.1:0".parse().expect("addr")],
+            listen: vec![crate::config::Listener {
+                addr: "127.0.0.1:0".parse().expect("addr"),
+                tls: crate::config::ListenerTls::Off,
+            }],
             threads: 1,
             ..Config::default()
         };
