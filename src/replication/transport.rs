@@ -91,8 +91,8 @@ const SOCKET_BUFFER: usize = 4 << 20;
 pub const MAX_UNI_STREAMS: u32 = 4;
 /// - Per-stream and per-connection receive windows: one stream window covers a fast LAN's
 ///   bandwidth-delay product many times over (10 Gbit/s × 1 ms = 1.25 MB).
-const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
-const CONNECTION_RECEIVE_WINDOW: u32 = 3 * STREAM_RECEIVE_WINDOW;
+pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 3 * STREAM_RECEIVE_WINDOW;
 /// - Handshakes: at most this many under way at once; beyond [`RETRY_ABOVE`] a client must
 ///   first prove its address (a QUIC Retry), beyond [`MAX_HANDSHAKES`] it is refused. A
 ///   cluster has at most a few dozen members, all of which dial in at most once each.
