@@ -76,6 +76,9 @@ pub struct SyncCounters {
     /// Keys dropped by reconciliation: a peer's full snapshot, after a separation longer
     /// than the tombstone TTL, showed them gone there.
     pub reconciled_drops: AtomicU64,
+    /// Starts from a state file that a peer proved stale (it applied a later run of this
+    /// node): the node then asked every member for its own writes.
+    pub stale_state_files: AtomicU64,
 }
 
 /// Totals over every peer, for `stats`.

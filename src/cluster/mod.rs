@@ -265,9 +265,9 @@ impl Cluster {
         self.endpoint.get().and_then(|e| e.local_addr().ok())
     }
 
-    /// See [`Replica::unacked_own`].
-    pub fn unacked_own(&self) -> Option<(RunId, u64)> {
-        self.core().unacked_own()
+    /// See [`Replica::own_position`].
+    pub fn own_position(&self) -> (RunId, u64) {
+        self.core().own_position()
     }
 
     pub fn peers_connected(&self) -> usize {

@@ -72,6 +72,7 @@ const SYNC_COUNTERS: &[Plain<SyncCounters>] = &[
     ("meshcached_snapshot_received_items", "Items received in snapshots.", |c| &c.snapshot_items_received),
     ("meshcached_snapshot_received_bytes", "Bytes received in snapshots.", |c| &c.snapshot_bytes_received),
     ("meshcached_reconciled_drops", "Keys dropped by reconciliation after a separation longer than --tombstone-ttl (deleted on the peer).", |c| &c.reconciled_drops),
+    ("meshcached_stale_state_files", "State files found stale after loading (a peer had applied a later run of this node); this node's own writes were then asked back from every member.", |c| &c.stale_state_files),
 ];
 
 /// The collector of a clustered node.

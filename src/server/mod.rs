@@ -361,7 +361,7 @@ impl Server {
                     now_ms: self.shared.clock().now_ms(),
                     phase: cluster.phase(),
                     positions: cluster.positions(),
-                    undrained: cluster.unacked_own(),
+                    own: cluster.own_position(),
                 });
             }
         }

@@ -268,6 +268,7 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
         k(|c| &c.catch_up_items_received),
     );
     push(&mut s, "reconciled_drops", k(|c| &c.reconciled_drops));
+    push(&mut s, "stale_state_files", k(|c| &c.stale_state_files));
     s
 }
 

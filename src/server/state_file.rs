@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::clock::Hlc;
+use crate::cluster::core::DRAINED;
 use crate::cluster::sync::Phase;
 use crate::replication::frame::Position;
 use crate::replication::log::RunId;
@@ -28,11 +29,12 @@ pub struct Saving<'a> {
     pub phase: Phase,
     /// What the node holds of every peer's log.
     pub positions: Vec<Position>,
-    /// When some member had not acknowledged every write of this node's run (the drain
-    /// timed out, or the member was cut off): the run and the last sequence every member
-    /// acknowledged. Some of its own writes are then only here, and the next run must
-    /// hand them to its peers by snapshot (DESIGN.md section 6).
-    pub undrained: Option<(RunId, u64)>,
+    /// This node's run, and the last sequence of it every member acknowledged, or
+    /// [`DRAINED`] when they all have all of it. Below `DRAINED`, some of its own writes
+    /// are only here, and the next run must hand them to its peers by snapshot (DESIGN.md
+    /// section 6). The run also dates the file: a later run of this node that peers know
+    /// of makes the file stale (see [`crate::cluster::core`]'s `file_run`).
+    pub own: (RunId, u64),
 }
 
 impl StateFile {
@@ -48,15 +50,16 @@ impl StateFile {
         }
         let started = std::time::Instant::now();
         let mut positions = s.positions;
-        if let Some((run_id, seq)) = s.undrained {
-            // Our own name among the positions: "peers hold this run of mine only up to
-            // here". A release that does not know it skips its own name.
-            positions.push(Position {
-                origin: self.node_name.clone(),
-                run_id,
-                seq,
-            });
-        }
+        // Our own name among the positions: the run that wrote the file, and how much of
+        // it peers hold. (Releases before 0.7 wrote it only when undrained, and read any
+        // own entry as "undrained": reading a newer file, they hand their writes to peers
+        // by snapshot once more than needed, which is safe.)
+        let (run_id, seq) = s.own;
+        positions.push(Position {
+            origin: self.node_name.clone(),
+            run_id,
+            seq,
+        });
         let header = StateHeader {
             cluster_id: self.cluster_id,
             node_name: self.node_name.clone(),
@@ -71,7 +74,7 @@ impl StateFile {
                 items = saved.items,
                 tombstones = saved.tombstones,
                 bytes = saved.bytes,
-                undrained = s.undrained.is_some(),
+                undrained = seq != DRAINED,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "state file saved"
             ),

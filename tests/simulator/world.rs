@@ -50,6 +50,9 @@ pub struct World {
     pub cut: BTreeSet<(usize, usize)>,
     /// Graceful stops under way: the drain's deadline per node.
     pub draining: Vec<Option<u64>>,
+    /// Per node, whether its current run was started without its `--state-file` (the
+    /// operator left the flag out): it neither loads nor saves, and an older file stays.
+    pub file_off: Vec<bool>,
     pub check: Checker,
     next_link: u64,
     /// Dials nobody answered: when each gives up, by whom (node, run).
@@ -66,6 +69,7 @@ impl World {
             rng: Rng::new(seed),
             setups,
             nodes: (0..n).map(|_| None).collect(),
+            file_off: vec![false; n],
             runs: vec![0; n],
             conns: Vec::new(),
             cut: BTreeSet::new(),
@@ -88,8 +92,8 @@ impl World {
         trace(
             self.now,
             format_args!(
-                "start n{i} run {run} load_state {load_state} -> opened {}",
-                node.opened
+                "start n{i} run {run} load_state {load_state} file_off {} -> opened {}",
+                self.file_off[i], node.opened
             ),
         );
         self.check.run_started(i, &node, self.now);
@@ -504,13 +508,14 @@ impl World {
                 self.now,
                 format_args!("n{i} leaves, drained {}", behind == 0),
             );
-            let saved = node.setup.state_file.as_ref().map(|path| {
+            let file = node.setup.state_file.as_ref();
+            let saved = file.filter(|_| !self.file_off[i]).map(|path| {
                 state_file(&node.setup, path).save(Saving {
                     store: node.replica.store(),
                     now_ms: node.now_ms(),
                     phase: node.replica.phase(),
                     positions: node.replica.positions(),
-                    undrained: node.replica.unacked_own(),
+                    own: node.replica.own_position(),
                 });
             });
             self.check.run_ended(i, &node, saved.is_some(), self.now);

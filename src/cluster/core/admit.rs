@@ -104,6 +104,35 @@ impl Replica {
         }
     }
 
+    /// A state file is trusted only for the run that wrote it (DESIGN.md section 6). A run
+    /// without `--state-file` (or with another path) leaves an older file in place, and a
+    /// later start from it would take that file's contents for current: its own writes of
+    /// the runs between would never come back (a node gets its own writes back only by
+    /// snapshot or catch-up), and it would serve the values they overwrote. The peers'
+    /// hellos tell: each names the last run of ours it applied. One that is neither the
+    /// file's run nor this one proves a run after the file (or, harmlessly, one before it
+    /// that this peer missed: the cost is a catch-up). Then this start is not clean: every
+    /// member is asked for our own writes, and later hellos no longer say clean.
+    fn check_file_run(&mut self, theirs: &Hello) {
+        let Some(file_run) = self.file_run else {
+            return;
+        };
+        let seen = theirs.have_run;
+        if seen == RunId(0) || seen == file_run || seen == self.outbox.run_id() {
+            return;
+        }
+        self.file_run = None;
+        tracing::warn!(node = %self.name, peer = %theirs.name, file_run = format_args!("{:016x}", file_run.0), peer_has_run = format_args!("{:016x}", seen.0), "the state file is stale: the peer applied a run of this node that is not the file's (a run without --state-file since?); asking every member for this node's own writes");
+        self.sync_counters
+            .stale_state_files
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.clean_start {
+            self.clean_start = false;
+            let (name, id) = (self.name.clone(), self.node_id.get());
+            self.catch_ups.origin_restarted(&name, id);
+        }
+    }
+
     /// The peer's hello arrived on `conn`; `ours` is the hello we sent on it. On success
     /// the connection is the peer's link now.
     pub fn link_up(
@@ -148,6 +177,7 @@ impl Replica {
                 theirs.name
             )));
         }
+        self.check_file_run(&theirs);
         let meta = LinkMeta {
             dialed_by_me,
             addr,

@@ -65,10 +65,16 @@ impl CatchUps {
 
     /// Whether catching up with `origin` is under way: then this node does not hold that
     /// origin's writes whole, and claims no position of it (to a joiner, in a state file).
-    pub fn unsettled(&self, origin: &str) -> bool {
-        self.origins
-            .get(origin)
-            .is_some_and(|o| o.asked.is_empty() || o.asked.values().any(|(_, done)| !done))
+    /// It is under way until every one of `members` answered, also the members not linked
+    /// yet: one of them may be the only holder of the writes missing here (a donor that
+    /// claimed the origin after hearing only from the members linked at the time handed
+    /// its joiner a position that the joiner never caught up behind).
+    pub fn unsettled<'a>(&self, origin: &str, mut members: impl Iterator<Item = &'a str>) -> bool {
+        self.origins.get(origin).is_some_and(|o| {
+            o.asked.is_empty()
+                || o.asked.values().any(|(_, done)| !done)
+                || members.any(|m| !o.asked.contains_key(m))
+        })
     }
 
     /// The requests to send now: to every linked member not yet asked.
@@ -187,10 +193,17 @@ mod tests {
             panic!("a catch-up request");
         };
         c.answered("a", token);
-        assert!(!c.unsettled("x"));
+        assert!(!c.unsettled("x", ["a"].into_iter()));
+        assert!(
+            c.unsettled("x", ["a", "b"].into_iter()),
+            "b, a member not linked yet, has not answered"
+        );
         c.holds_nothing("fresh");
         assert!(c.requests_due(["a", "fresh"].into_iter()).is_empty());
-        assert!(!c.unsettled("x"), "an empty joiner leaves x settled");
+        assert!(
+            !c.unsettled("x", ["a", "fresh"].into_iter()),
+            "an empty joiner leaves x settled"
+        );
         assert!(!c.answers("fresh", 0), "no answer is expected from it");
         c.origin_restarted("x", 3);
         assert_eq!(

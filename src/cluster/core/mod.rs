@@ -48,6 +48,10 @@ pub use live::{Flow, Transmit};
 use session::Session;
 pub use walk::SnapOut;
 
+/// The sequence of a node's own position (in its state file) when every member
+/// acknowledged every write of the run.
+pub const DRAINED: u64 = u64::MAX;
+
 /// A connection to a peer, as the caller numbers them (unique for the core's lifetime).
 pub type LinkId = u64;
 
@@ -146,6 +150,10 @@ pub struct Replica {
     /// Started from a state file saved when every member had acknowledged every write of
     /// the previous run (told to peers in the hello: no catch-up needed).
     clean_start: bool,
+    /// The run that wrote the state file this node started from, if the file says. A
+    /// peer that applied a later run of ours proves the file stale (see
+    /// [`Replica::link_up`]).
+    file_run: Option<RunId>,
     catch_ups: catch_up::CatchUps,
     /// The initial sync donor's positions of origins that were not members yet when its
     /// snapshot began (the member list and the snapshot travel on different streams, so
@@ -206,6 +214,7 @@ impl Replica {
             wake: false,
             push_own: false,
             clean_start: false,
+            file_run: None,
             catch_ups: catch_up::CatchUps::default(),
             donor_positions: HashMap::new(),
             clock_refused: HashMap::new(),
@@ -214,8 +223,11 @@ impl Replica {
         let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
             if p.origin == r.name {
-                // Written only when the last drain timed out (see `StateFile::save`).
-                r.push_own = true;
+                // The run that wrote the file, and whether its drain was complete (see
+                // `StateFile::save`; files of releases before 0.7 name themselves only
+                // when it was not).
+                r.file_run = Some(p.run_id);
+                r.push_own = p.seq != DRAINED;
             } else {
                 r.peer_counters(&p.origin).set_have(p.run_id, p.seq);
             }
@@ -284,7 +296,10 @@ impl Replica {
         self.peer_counters
             .iter()
             .filter(|(_, c)| c.holds_have())
-            .filter(|(name, _)| !self.catch_ups.unsettled(name))
+            .filter(|(name, _)| {
+                let members = self.table.peers().map(|(m, _)| m.as_str());
+                !self.catch_ups.unsettled(name, members)
+            })
             .filter_map(|(name, c)| {
                 let (run_id, seq) = c.have();
                 (run_id != RunId(0)).then(|| Position {
@@ -319,11 +334,11 @@ impl Replica {
             .count()
     }
 
-    /// When some member has not acknowledged every write of this run (it was cut off, or
-    /// the shutdown drain timed out): our run and the last sequence every member
-    /// acknowledged. A warm restart must then hand this run's writes to the peers by
-    /// snapshot: they are in the state file, and nowhere else (see `StateFile::save`).
-    pub fn unacked_own(&self) -> Option<(RunId, u64)> {
+    /// Our run and the last sequence of it every member acknowledged, or
+    /// [`DRAINED`] when they all have all of it. Below that (a member was cut off, or the
+    /// shutdown drain timed out) a warm restart must hand this run's writes to the peers
+    /// by snapshot: they are in the state file, and nowhere else (see `StateFile::save`).
+    pub fn own_position(&self) -> (RunId, u64) {
         let last = self.outbox.last_seq();
         let acked = self
             .table
@@ -337,7 +352,8 @@ impl Replica {
             // Knowing no member, a node cannot say that its members have its writes (a
             // first node whose peers join it later, say).
             .unwrap_or(0);
-        (acked < last).then_some((self.outbox.run_id(), acked))
+        let seq = if acked < last { acked } else { DRAINED };
+        (self.outbox.run_id(), seq)
     }
 
     /// Timers: the sync plan's (the donor grace period, `--join-timeout`).
