@@ -572,8 +572,9 @@ async fn ready_at_once<F: Future>(f: F) -> bool {
     tokio::time::timeout(Duration::ZERO, f).await.is_ok()
 }
 
-#[tokio::test]
-async fn a_peer_may_open_only_a_few_unidirectional_streams_and_no_bidirectional_one() {
+/// node-a's connection to node-b, and node-b's side of it (which the caller keeps, and
+/// may leave unread).
+async fn connected_pair() -> (PeerConn, PeerConn) {
     let ca = generate_ca().expect("CA");
     let (a, _) = bind(identity(&ca, "node-a"));
     let (b, b_addr) = bind(identity(&ca, "node-b"));
@@ -581,7 +582,13 @@ async fn a_peer_may_open_only_a_few_unidirectional_streams_and_no_bidirectional_
     let dialed = within("connect", a.connect(b_addr, "node-b"))
         .await
         .expect("connect");
-    let _accepted = within("accept", accepting).await.unwrap().unwrap();
+    let accepted = within("accept", accepting).await.unwrap().unwrap();
+    (dialed, accepted)
+}
+
+#[tokio::test]
+async fn a_peer_may_open_only_a_few_unidirectional_streams_and_no_bidirectional_one() {
+    let (dialed, _accepted) = connected_pair().await;
     // quinn's default is 100 of each; a peer is trusted to be a member, not to be
     // well-behaved, so the node allows what the protocol uses and no more. (Opening a
     // stream beyond the peer's limit waits locally for the peer to allow more: it is
@@ -631,15 +638,8 @@ async fn write_until(streams: &mut [quinn::SendStream], total: usize) -> Vec<usi
 
 #[tokio::test]
 async fn a_peer_can_make_the_node_buffer_only_its_receive_windows() {
-    let ca = generate_ca().expect("CA");
-    let (a, _) = bind(identity(&ca, "node-a"));
-    let (b, b_addr) = bind(identity(&ca, "node-b"));
-    let accepting = accept_in_background(Arc::new(b));
-    let dialed = within("connect", a.connect(b_addr, "node-b"))
-        .await
-        .expect("connect");
     // node-b never reads what node-a sends: everything node-a gets to send is held there.
-    let _accepted = within("accept", accepting).await.unwrap().unwrap();
+    let (dialed, _accepted) = connected_pair().await;
     let mut streams = Vec::new();
     for _ in 0..MAX_UNI_STREAMS {
         streams.push(
