@@ -402,3 +402,34 @@ fn an_unwritable_state_file_path_stops_the_node_at_startup() {
     );
     assert!(text.contains("writable"), "{text}");
 }
+
+/// A run without `--state-file` leaves the file of the run before it; the next start with
+/// the flag loads that file, and node-a's hello (it applied node-b's later run) proves it
+/// stale: node-b asks every member for its own writes and ends with its later value, not
+/// the file's. (Before: node-b served `v1` for good, since peers send only their own
+/// writes.)
+#[test]
+fn a_state_file_older_than_the_last_run_is_found_stale() {
+    let dir = TempDir::new("stale");
+    let state = dir.join("node-b.state").display().to_string();
+    let (a, b, b_flags) = pair_with_state(&dir, &state);
+    set(&mut b.client(), "k", "v1");
+    wait_value(&a, "k", "v1");
+    let stop = |mut b: Proc| {
+        b.node.signal(libc::SIGTERM);
+        assert_eq!(b.node.wait_exit().code(), Some(0), "{}", b.log());
+        b
+    };
+    let b = stop(b);
+    b.wait_line(&["state file saved"]);
+    // The same node, its --state-file left out (the first two flags are its --join).
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags[..2]));
+    set(&mut b.client(), "k", "v2");
+    wait_value(&a, "k", "v2");
+    stop(b);
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags));
+    b.wait_line(&["state file loaded"]);
+    wait_value(&b, "k", "v2");
+    b.wait_line(&["the state file is stale", "node=node-b", "peer=node-a"]);
+    assert_eq!(stat(&mut b.client(), "stale_state_files"), 1);
+}
