@@ -90,8 +90,12 @@ pub struct ClientTls {
     config: TlsConfig,
     provider: Arc<CryptoProvider>,
     served: RwLock<Arc<Served>>,
-    /// With `ssl_session_cache`: one cache for the node's lifetime, kept across refreshes.
+    /// With `ssl_session_cache`: one cache for the node's lifetime, each configuration
+    /// seeing only its own sessions of the current certificates (see [`ScopedSessions`]).
     sessions: Option<Arc<CountingSessions>>,
+    /// Bumped by every refresh: sessions of earlier certificates (or an earlier CA) do not
+    /// resume.
+    generation: AtomicU64,
     pub counters: TlsCounters,
     /// When the certificates in use were loaded (the server clock's milliseconds).
     loaded_ms: AtomicU64,
@@ -107,12 +111,13 @@ impl ClientTls {
                 new: AtomicU64::new(0),
             })
         });
-        let served = build(&config, &provider, sessions.as_ref())?;
+        let served = build(&config, &provider, sessions.as_ref().map(|s| (s, 0)))?;
         Ok(ClientTls {
             config,
             provider,
             served: RwLock::new(Arc::new(served)),
             sessions,
+            generation: AtomicU64::new(0),
             counters: TlsCounters::default(),
             loaded_ms: AtomicU64::new(now_ms),
         })
@@ -125,7 +130,9 @@ impl ClientTls {
     /// Reads the files again and serves them to new connections; on failure nothing
     /// changes. Connections already open keep their session.
     pub fn refresh(&self, now_ms: u64) -> Result<(), TlsError> {
-        let served = build(&self.config, &self.provider, self.sessions.as_ref())?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let sessions = self.sessions.as_ref().map(|s| (s, generation));
+        let served = build(&self.config, &self.provider, sessions)?;
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
         self.loaded_ms.store(now_ms, Ordering::Relaxed);
         Ok(())
@@ -188,7 +195,7 @@ impl ClientTls {
 fn build(
     config: &TlsConfig,
     provider: &Arc<CryptoProvider>,
-    sessions: Option<&Arc<CountingSessions>>,
+    sessions: Option<(&Arc<CountingSessions>, u64)>,
 ) -> Result<Served, TlsError> {
     let key = Arc::new(load_key_pair(config, provider)?);
     let roots = match &config.ca_cert {
@@ -214,7 +221,9 @@ fn build(
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let make = |verifier: Arc<dyn ClientCertVerifier>| -> Result<Arc<ServerConfig>, TlsError> {
+    let make = |verifier: Arc<dyn ClientCertVerifier>,
+                kind: Kind|
+     -> Result<Arc<ServerConfig>, TlsError> {
         let mut sc = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| TlsError::Chain {
@@ -224,7 +233,12 @@ fn build(
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
         match sessions {
-            Some(cache) => sc.session_storage = cache.clone(),
+            Some((cache, generation)) => {
+                sc.session_storage = Arc::new(ScopedSessions {
+                    shared: cache.clone(),
+                    scope: scope(kind, generation),
+                })
+            }
             None => {
                 // memcached's default: no session cache, so no tickets either.
                 sc.session_storage = Arc::new(NoServerSessionStorage {});
@@ -234,17 +248,17 @@ fn build(
         Ok(Arc::new(sc))
     };
     let on = if config.verify_mode.verifies() {
-        make(verifier(config.verify_mode.requires())?)?
+        make(verifier(config.verify_mode.requires())?, Kind::On)?
     } else {
-        make(WebPkiClientVerifier::no_client_auth())?
+        make(WebPkiClientVerifier::no_client_auth(), Kind::On)?
     };
     let peer = match &roots {
-        Some(_) => Some(make(verifier(true)?)?),
+        Some(_) => Some(make(verifier(true)?, Kind::Peer)?),
         None => None,
     };
     Ok(Served {
         on,
-        no_peer: make(WebPkiClientVerifier::no_client_auth())?,
+        no_peer: make(WebPkiClientVerifier::no_client_auth(), Kind::NoPeer)?,
         peer,
     })
 }
@@ -331,6 +345,62 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 
 fn one_line(e: &io::Error) -> String {
     e.to_string().replace(['\r', '\n'], " ")
+}
+
+/// The three configurations a listener may serve: unprefixed (`ssl_verify_mode`), `btls:`
+/// (no client certificate) and `mtls:` (one required).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    On = 0,
+    NoPeer = 1,
+    Peer = 2,
+}
+
+/// A session's scope: the configuration and the certificates' generation.
+fn scope(kind: Kind, generation: u64) -> [u8; 9] {
+    let mut s = [0u8; 9];
+    s[0] = kind as u8;
+    s[1..].copy_from_slice(&generation.to_be_bytes());
+    s
+}
+
+/// One configuration's view of the shared session cache: its keys carry the configuration
+/// and the certificates' generation, as OpenSSL ties a session to its context. rustls
+/// checks only the cipher suite, extended master secret and SNI when it resumes a session
+/// and restores the client certificate stored with it: with one view for all, a session
+/// made on a listener that asks no certificate resumed on one that requires it, and
+/// sessions outlived a refresh that changed `ssl_ca_cert`.
+#[derive(Debug)]
+struct ScopedSessions {
+    shared: Arc<CountingSessions>,
+    scope: [u8; 9],
+}
+
+impl ScopedSessions {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.scope.len() + key.len());
+        k.extend_from_slice(&self.scope);
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl StoresServerSessions for ScopedSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.shared.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 /// rustls' session cache, counting the sessions stored (memcached's `ssl_new_sessions`).

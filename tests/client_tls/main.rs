@@ -10,6 +10,7 @@
 mod clients;
 #[path = "../common/mod.rs"]
 mod common;
+mod resume;
 
 use std::collections::HashMap;
 use std::net::TcpStream;
