@@ -24,6 +24,9 @@ mod delete;
 mod store;
 mod touch;
 
+#[cfg(test)]
+mod tests;
+
 pub use arith::{arith, ArithOp, Counted};
 pub use delete::{delete, DeleteOp};
 pub use store::{refuse_too_large, store, StoreOp};
