@@ -60,12 +60,7 @@ fn answer(
         return;
     };
     let digits = n.to_string();
-    if reply.value {
-        out.extend_from_slice(b"VA ");
-        put_u64(out, digits.len() as u64);
-    } else {
-        out.extend_from_slice(b"HD");
-    }
+    meta::put_number_start(reply, &digits, out);
     let mut view = HitView {
         key: a.key.as_bytes(),
         value: digits.as_bytes(),
@@ -83,9 +78,5 @@ fn answer(
             meta::put_ret(reply, r, &view, out);
         }
     }
-    if reply.value {
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(digits.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
+    meta::put_number_end(reply, &digits, out);
 }
