@@ -4,8 +4,10 @@
 //!  client ──TCP/unix──► server::connection ──► protocol::{text,meta,binary}::decode
 //!                              │                         │ Request (one command model)
 //!                              │                         ▼
-//!                              │                 server::dispatch ──► store (sharded,
-//!                              │                         │             versioned by clock::Hlc)
+//!                              │          server::{dispatch,meta_dispatch} (per dialect)
+//!                              │                         │
+//!                              │                 server::ops ──► store (sharded,
+//!                              │                         │        versioned by clock::Hlc)
 //!                              ◄──── answers ◄── protocol::encode ◄──┘
 //!
 //!  replication:  store journal ─► cluster::outbox (replication::log ring) ─► one sender per
@@ -15,9 +17,11 @@
 //!
 //! The client path: a connection reads bytes, its [`protocol::stream::ClientDecoder`]
 //! (dialect, refused data blocks; sans-IO) has the dialect's decoder turn them into a
-//! [`protocol::Request`], the dispatcher runs memcached's semantics against the [`store`]
-//! under one shard lock, and the dialect's encoder writes the answer. Requests on one
-//! connection are answered in order; pipelining is just more requests in the read buffer.
+//! [`protocol::Request`], the dialect's dispatcher lowers it to an operation of the one
+//! operations layer (`server::ops`: memcached's rules, written once for every dialect), which
+//! runs against the [`store`] under one shard lock, and the dialect's encoder writes the
+//! answer. Requests on one connection are answered in order; pipelining is just more
+//! requests in the read buffer.
 //!
 //! Consistency, in plain words: each key is linearizable on one node (every command on a
 //! key runs under that key's shard lock). Every write is stamped with a hybrid-logical-clock
@@ -29,7 +33,8 @@
 //! waits for the network.
 //!
 //! Layering: `clock`, `key` and `protocol` know nothing of the network or the store; the
-//! `store` knows nothing of protocols; only `server::dispatch` joins protocol to store.
+//! `store` knows nothing of protocols; only the server's dispatchers and operations join
+//! protocol to store.
 
 pub mod certs;
 pub mod clock;

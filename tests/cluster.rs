@@ -182,8 +182,9 @@ fn gats_answers_the_cas_the_touch_gave() {
 }
 
 /// Meta flags whose effect could not replicate are refused in a cluster with a clear
-/// error, and change nothing: `E` (a client-chosen CAS would break the version order) and
-/// `I` (the stale mark does not travel with replication).
+/// error, by every command that has them (`ms`, `md`, `mg`, `ma`), and change nothing:
+/// `E` (a client-chosen CAS would break the version order) and `I` (the stale mark does not
+/// travel with replication).
 #[test]
 fn meta_e_and_i_are_refused_in_a_cluster() {
     let c = TestCluster::start(2);
@@ -195,6 +196,10 @@ fn meta_e_and_i_are_refused_in_a_cluster() {
         "ms k 2 I\r\nv2",
         "md k I",
         "md k E99",
+        "mg k T30 E99",
+        "mg fresh N30 E99",
+        "ma k E99",
+        "ma fresh N0 E99",
     ] {
         let reply = a.line(req);
         assert!(
@@ -208,6 +213,7 @@ fn meta_e_and_i_are_refused_in_a_cluster() {
         Some(("v1".to_string(), cas)),
         "nothing changed"
     );
+    assert_eq!(get(&mut a, "fresh"), "END\r\n", "nothing created");
 }
 
 /// A write made on a node whose replication is held up, older than a delete made meanwhile

@@ -252,8 +252,9 @@ fn store(
         _ => (0, 0),
     };
     let value = frame.slice(head..total);
-    // A nonzero CAS makes any mode conditional (memcached turns set/add/replace into
-    // NREAD_CAS and checks it on append/prepend); the dispatcher applies that rule.
+    // A nonzero CAS is a condition: memcached turns set/add/replace into NREAD_CAS and
+    // checks it on append/prepend against an item that exists; the dispatcher applies
+    // that rule.
     let cas = h.cas;
     Some(answer(
         Command::Store {

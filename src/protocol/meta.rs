@@ -18,11 +18,14 @@ mod tests;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{put_u64, text, Command, Invalid, Outcome, Reply, Request, StoreMode};
+use super::{text, Command, Invalid, Outcome, Reply, Request, StoreMode};
 use crate::key::Key;
 pub use flags::{base64_decode, MAX_OPAQUE};
 use flags::{KeySource, RetToken, BAD_FORMAT};
-pub use render::{put_base64, put_echo, put_echo_one, put_error, put_key, put_ret, HitView};
+pub use render::{
+    put_base64, put_echo, put_echo_one, put_error, put_key, put_number_end, put_number_start,
+    put_ret, HitView,
+};
 
 /// Decoding problems that would end the connection. memcached answers every malformed meta
 /// line and carries on, so there are none; the type exists for the text decoder's sake.
@@ -438,18 +441,9 @@ pub fn encode(reply: &MetaReply, outcome: &Outcome, out: &mut BytesMut) {
                 return;
             }
             let digits = n.to_string();
-            if reply.value {
-                out.extend_from_slice(b"VA ");
-                put_u64(out, digits.len() as u64);
-            } else {
-                out.extend_from_slice(b"HD");
-            }
+            put_number_start(reply, &digits, out);
             put_echo(reply, key, Some(v.0), out);
-            out.extend_from_slice(b"\r\n");
-            if reply.value {
-                out.extend_from_slice(digits.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+            put_number_end(reply, &digits, out);
             return;
         }
         Outcome::Invalid(inv) => return put_error(inv, out),

@@ -42,8 +42,8 @@ pub enum Command {
         touch: Option<i64>,
         cas: bool,
     },
-    /// set/add/replace/append/prepend/cas. A nonzero `cas` makes any mode conditional on it
-    /// (the binary protocol allows CAS on set, replace, append...).
+    /// set/add/replace/append/prepend/cas. A nonzero `cas` is a condition in any mode (the
+    /// binary protocol allows CAS on set, replace, append...): the dispatcher says how.
     Store {
         mode: StoreMode,
         key: Key,

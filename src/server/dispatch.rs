@@ -1,21 +1,20 @@
-//! The dispatcher: memcached's command semantics, written once against the store.
-//!
-//! Every dialect's request arrives here as a [`Command`]; each command becomes a closure run
-//! by [`Store::mutate`] or [`Store::read`] under one shard lock, and its [`Outcome`] goes back
-//! to the dialect's encoder. This is the only module that joins protocol to store.
+//! The text and binary dispatcher: each decoded [`Command`] becomes one call into the
+//! operations layer ([`super::ops`]), where memcached's rules live once for every dialect,
+//! and its [`Outcome`] goes back to the dialect's encoder. Meta commands go to
+//! [`super::meta_dispatch`], which lowers them to the same operations. What is left here is
+//! translation (which options a text or binary command means) and the commands that change
+//! no item (stats, flush_all, version...).
 
 use bytes::BytesMut;
 
-use crate::clock::Version;
 use crate::key::Key;
 use crate::protocol::{self, Command, Invalid, Outcome, Reply, Request, StoreMode};
-use crate::store::{Flush, FlushMerge, ItemRef, Mutation, NewValue, Put, StoreError};
+use crate::store::{Flush, FlushMerge};
 
-use super::stats::{Counter, LocalCounters};
-use super::Shared;
+use super::ops::{self, ArithOp, DeleteOp, StoreOp};
+use super::stats::Counter;
 
-/// memcached's REALTIME_MAXDELTA: expiry times up to 30 days are relative.
-const RELATIVE_MAX: i64 = 60 * 60 * 24 * 30;
+pub use super::ops::Ctx;
 
 /// What the connection must do after a request.
 #[derive(Debug, Clone)]
@@ -30,57 +29,6 @@ pub enum After {
 
 /// How much answer a connection may hold before writing it out.
 pub const ANSWER_CHUNK: usize = 256 * 1024;
-
-/// Everything a command needs: the shared server state, the time of this batch of requests
-/// and the connection's counters.
-pub struct Ctx<'a> {
-    pub shared: &'a Shared,
-    /// Unix seconds.
-    pub now: u32,
-    pub counters: &'a mut LocalCounters,
-}
-
-impl Ctx<'_> {
-    /// memcached's `realtime()`: 0 is never; negative is already expired; up to 30 days is
-    /// relative to now; anything larger is an absolute unix time.
-    pub fn expiry(&self, exptime: i64) -> u32 {
-        match exptime {
-            0 => 0,
-            e if e < 0 => 1,
-            e if e > RELATIVE_MAX => u32::try_from(e).unwrap_or(u32::MAX),
-            e => self.now.saturating_add(e as u32),
-        }
-    }
-
-    fn bump(&mut self, c: Counter) {
-        self.counters.bump(c);
-    }
-
-    /// The item as clients may see it: with `-C` its CAS reads as 0 (memcached's items have
-    /// no CAS then), although the version is still kept for replication.
-    pub fn visible<'i>(&self, item: ItemRef<'i>) -> ItemRef<'i> {
-        if self.shared.config.cas_enabled {
-            item
-        } else {
-            ItemRef {
-                version: Version::NONE,
-                ..item
-            }
-        }
-    }
-
-    fn visible_outcome(&self, outcome: Outcome) -> Outcome {
-        if self.shared.config.cas_enabled {
-            return outcome;
-        }
-        match outcome {
-            Outcome::Stored(_) => Outcome::Stored(Version::NONE),
-            Outcome::Touched(_) => Outcome::Touched(Version::NONE),
-            Outcome::Number(n, _) => Outcome::Number(n, Version::NONE),
-            other => other,
-        }
-    }
-}
 
 /// Runs one request and writes its answer to `out`. Returns what the connection must do
 /// next; for a multi-key get that answered only part of its keys, the rest to run.
@@ -119,11 +67,8 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
             cas,
         } => Some(store(ctx, mode, &key, flags, exptime, &value, cas)),
         Command::TooLarge { mode, key } => {
-            ctx.bump(Counter::StoreTooLarge);
-            if let (StoreMode::Set, Some(key)) = (mode, key) {
-                drop_after_failed_set(ctx, key.as_bytes());
-            }
-            Some(Outcome::TooLarge)
+            let key = key.as_ref().map(Key::as_bytes);
+            Some(ops::refuse_too_large(ctx, key, mode == StoreMode::Set))
         }
         Command::Delete { key, cas } => Some(delete(ctx, &key, cas)),
         Command::Arith {
@@ -133,7 +78,10 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
             initial,
             cas,
         } => Some(arith(ctx, &key, incr, delta, initial, cas)),
-        Command::Touch { key, exptime } => Some(touch(ctx, &key, exptime)),
+        Command::Touch { key, exptime } => {
+            let exptime = ctx.expiry(exptime);
+            Some(ops::touch(ctx, key.as_bytes(), exptime))
+        }
         Command::Flush { delay } => Some(flush(ctx, delay)),
         Command::Version => Some(Outcome::Version(super::VERSION)),
         Command::Verbosity => Some(Outcome::Ok),
@@ -183,13 +131,71 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
         Command::Invalid(inv) => Some(Outcome::Invalid(inv)),
     };
     if let Some(outcome) = outcome {
-        protocol::encode(&reply, &ctx.visible_outcome(outcome), out);
+        protocol::encode(&reply, &outcome, out);
     }
     if req.close {
         After::Close
     } else {
         After::Continue
     }
+}
+
+/// A text or binary store. A binary set, add or replace carrying a CAS is conditional on
+/// it, as memcached's `process_bin_update` makes it (`NREAD_CAS`; with `-C` no CAS is held,
+/// so none is); binary append/prepend keep their mode and check the CAS only against an
+/// item that exists. Only a `set` that fails drops the old item, as in memcached.
+fn store(
+    ctx: &mut Ctx<'_>,
+    mode: StoreMode,
+    key: &Key,
+    flags: u32,
+    exptime: i64,
+    value: &[u8],
+    cas: u64,
+) -> Outcome {
+    let conditional = matches!(mode, StoreMode::Set | StoreMode::Add | StoreMode::Replace)
+        && ctx.held_cas(cas) != 0;
+    let op = StoreOp {
+        mode: if conditional { StoreMode::Cas } else { mode },
+        value,
+        flags,
+        exptime: ctx.expiry(exptime),
+        cas,
+        stale_ok: false,
+        vivify: false,
+        version: None,
+        drop_on_failure: mode == StoreMode::Set,
+    };
+    ops::store(ctx, key.as_bytes(), &op).outcome
+}
+
+/// A text or binary delete; binary's CAS of 0 is none.
+fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
+    let op = DeleteOp {
+        cas: (cas != 0).then_some(cas),
+        ..DeleteOp::default()
+    };
+    ops::delete(ctx, key.as_bytes(), &op)
+}
+
+/// A text or binary incr/decr; binary's initial value creates a missing counter.
+fn arith(
+    ctx: &mut Ctx<'_>,
+    key: &Key,
+    incr: bool,
+    delta: u64,
+    initial: Option<(u64, i64)>,
+    cas: u64,
+) -> Outcome {
+    let op = ArithOp {
+        incr,
+        delta,
+        cas,
+        create: initial.map(|(n, e)| (n, ctx.expiry(e))),
+        touch: None,
+        version: None,
+    };
+    ops::arith(ctx, key.as_bytes(), &op).outcome
 }
 
 /// `refresh_certs`: reloads the client TLS certificates for new connections; on failure
@@ -259,344 +265,12 @@ fn get(
             });
             continue;
         };
-        // gat/gats and binary touch count as touches, not gets, as in memcached. The item is
-        // answered as found, under the same lock as the touch: even a touch into the past
-        // returns it once, as memcached does, before it is gone.
-        ctx.bump(Counter::CmdTouch);
-        let touched = shared
-            .store
-            .fetch_mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
-                Some(item) => {
-                    // In a cluster the touch takes a new version, chosen here so that the
-                    // CAS answered is the item's from now on (a `gats` then `cas` works).
-                    let version = shared.replicated().then(|| shared.hlc.tick());
-                    let shown = ItemRef {
-                        exptime,
-                        version: version.unwrap_or(item.version),
-                        ..ctx.visible(item)
-                    };
-                    protocol::encode_hit(reply, &shown, cas, out);
-                    (touch_to(shared, exptime, version), true, true)
-                }
-                None => {
-                    protocol::encode_miss(reply, key, out);
-                    (Mutation::Keep, false, false)
-                }
-            });
-        let hit = matches!(touched, Ok((true, _)));
-        ctx.bump(if hit {
-            Counter::TouchHits
-        } else {
-            Counter::TouchMisses
+        ops::get_and_touch(ctx, key.as_bytes(), exptime, |item| match item {
+            Some(item) => protocol::encode_hit(reply, item, cas, out),
+            None => protocol::encode_miss(reply, key, out),
         });
     }
     keys.len()
-}
-
-/// A touch: a new expiry. On a standalone node the CAS stays, as in memcached (so `gets`,
-/// `touch`, `cas` works); once writes replicate, a touch must carry a new version to win
-/// by last-writer-wins everywhere (DESIGN.md section 2), and the CAS changes with it.
-pub fn touch_mutation(shared: &Shared, exptime: u32) -> Mutation<'static> {
-    touch_to(shared, exptime, None)
-}
-
-/// [`touch_mutation`] with the new version already chosen (`None`: the store ticks).
-fn touch_to(shared: &Shared, exptime: u32, version: Option<Version>) -> Mutation<'static> {
-    Mutation::Update {
-        exptime: Some(exptime),
-        set_bits: 0,
-        clear_bits: 0,
-        bump: shared.replicated(),
-        version,
-    }
-}
-
-/// memcached removes the old value when a set fails (too large, or no memory with `-M`)
-/// rather than let a stale value survive a write the client made.
-pub fn drop_after_failed_set(ctx: &Ctx<'_>, key: &[u8]) {
-    let _ = ctx
-        .shared
-        .store
-        .mutate(key, ctx.now, &ctx.shared.hlc, |_| (Mutation::Delete, ()));
-}
-
-/// Whether a storage request is conditional on the item's CAS: the text `cas` command, or
-/// any binary set/add/replace/append/prepend carrying a nonzero CAS.
-fn checks_cas(mode: StoreMode, cas: u64) -> bool {
-    mode == StoreMode::Cas || cas != 0
-}
-
-/// The storage decision shared by every dialect: given the current item, what to write and
-/// what to answer.
-pub fn store_decision<'v>(
-    mode: StoreMode,
-    cur: Option<ItemRef<'_>>,
-    value: &'v [u8],
-    flags: u32,
-    exptime: u32,
-    cas: u64,
-) -> (Mutation<'v>, Outcome) {
-    let put = |value| {
-        Mutation::Put(Put {
-            value,
-            flags,
-            exptime,
-            bits: 0,
-            version: None,
-        })
-    };
-    if checks_cas(mode, cas) {
-        let Some(cur) = cur else {
-            return (Mutation::Keep, Outcome::NotFound);
-        };
-        if cur.version.0 != cas {
-            return (Mutation::Keep, Outcome::Exists);
-        }
-    }
-    match (mode, cur) {
-        (StoreMode::Add, Some(_)) if !checks_cas(mode, cas) => {
-            (Mutation::Keep, Outcome::NotStored { exists: true })
-        }
-        (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
-            (Mutation::Keep, Outcome::NotStored { exists: false })
-        }
-        (StoreMode::Append, Some(cur)) => (
-            Mutation::Put(Put {
-                value: NewValue::Append(value),
-                flags: cur.flags,
-                exptime: cur.exptime,
-                bits: 0,
-                version: None,
-            }),
-            Outcome::Stored(Version::NONE),
-        ),
-        (StoreMode::Prepend, Some(cur)) => (
-            Mutation::Put(Put {
-                value: NewValue::Prepend(value),
-                flags: cur.flags,
-                exptime: cur.exptime,
-                bits: 0,
-                version: None,
-            }),
-            Outcome::Stored(Version::NONE),
-        ),
-        _ => (put(NewValue::Bytes(value)), Outcome::Stored(Version::NONE)),
-    }
-}
-
-fn store(
-    ctx: &mut Ctx<'_>,
-    mode: StoreMode,
-    key: &Key,
-    flags: u32,
-    exptime: i64,
-    value: &[u8],
-    cas: u64,
-) -> Outcome {
-    ctx.bump(Counter::CmdSet);
-    let shared = ctx.shared;
-    let exptime = ctx.expiry(exptime);
-    if shared
-        .store
-        .too_large(key.as_bytes().len(), value.len(), flags)
-    {
-        ctx.bump(Counter::StoreTooLarge);
-        if mode == StoreMode::Set {
-            drop_after_failed_set(ctx, key.as_bytes());
-        }
-        return Outcome::TooLarge;
-    }
-    let cas_disabled = !shared.config.cas_enabled && checks_cas(mode, cas);
-    let result = shared
-        .store
-        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-            if cas_disabled {
-                // With -C items have no CAS, so a CAS condition can never hold.
-                let outcome = if cur.is_some() {
-                    Outcome::Exists
-                } else {
-                    Outcome::NotFound
-                };
-                return (Mutation::Keep, outcome);
-            }
-            store_decision(mode, cur, value, flags, exptime, cas)
-        });
-    let outcome = match result {
-        Ok((Outcome::Stored(_), v)) => Outcome::Stored(v),
-        Ok((o, _)) => o,
-        // An append that would outgrow the item limit is NOT_STORED in memcached.
-        Err(StoreError::TooLarge) if matches!(mode, StoreMode::Append | StoreMode::Prepend) => {
-            Outcome::NotStored { exists: false }
-        }
-        Err(StoreError::TooLarge) => Outcome::TooLarge,
-        Err(StoreError::OutOfMemory) => {
-            ctx.bump(Counter::StoreNoMemory);
-            if mode == StoreMode::Set {
-                drop_after_failed_set(ctx, key.as_bytes());
-            }
-            Outcome::OutOfMemory
-        }
-    };
-    if checks_cas(mode, cas) {
-        ctx.bump(match outcome {
-            Outcome::Stored(_) => Counter::CasHits,
-            Outcome::Exists => Counter::CasBadval,
-            _ => Counter::CasMisses,
-        });
-    }
-    outcome
-}
-
-fn delete(ctx: &mut Ctx<'_>, key: &Key, cas: u64) -> Outcome {
-    let shared = ctx.shared;
-    let miss = absent_delete(shared);
-    let result = shared
-        .store
-        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-            match cur.map(|c| ctx.visible(c)) {
-                None if cas == 0 => (miss, Outcome::NotFound),
-                None => (Mutation::Keep, Outcome::NotFound),
-                Some(cur) if cas != 0 && cur.version.0 != cas => (Mutation::Keep, Outcome::Exists),
-                Some(_) => (Mutation::Delete, Outcome::Deleted),
-            }
-        });
-    let outcome = result.map_or(Outcome::NotFound, |(o, _)| o);
-    ctx.bump(if outcome == Outcome::Deleted {
-        Counter::DeleteHits
-    } else {
-        Counter::DeleteMisses
-    });
-    outcome
-}
-
-/// What a delete of a key this node does not hold does. Standalone: nothing. In a cluster
-/// it still writes (and replicates) a tombstone while answering `NOT_FOUND`: the key may be
-/// missing here only because this node evicted it, or because the write that created it is
-/// still on its way, and a client's delete must not leave the key alive on the peers.
-pub fn absent_delete(shared: &Shared) -> Mutation<'static> {
-    if shared.replicated() {
-        Mutation::DeleteMissing
-    } else {
-        Mutation::Keep
-    }
-}
-
-/// memcached's `safe_strtoull` applied to a stored value: optional leading whitespace,
-/// digits, then the end or whitespace.
-pub fn parse_counter(value: &[u8]) -> Option<u64> {
-    let start = value.iter().position(|b| !b.is_ascii_whitespace())?;
-    let rest = &value[start..];
-    let rest = rest.strip_prefix(b"+").unwrap_or(rest);
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || rest.get(digits).is_some_and(|b| !b.is_ascii_whitespace()) {
-        return None;
-    }
-    protocol::parse_u64(&rest[..digits])
-}
-
-/// incr/decr on a stored value: `None` when it is not a number; incr wraps at 2^64, decr
-/// stops at 0, as in memcached.
-pub fn apply_delta(value: &[u8], incr: bool, delta: u64) -> Option<u64> {
-    let old = parse_counter(value)?;
-    Some(if incr {
-        old.wrapping_add(delta)
-    } else {
-        old.saturating_sub(delta)
-    })
-}
-
-/// The digits of an incr/decr result, padded with spaces to the old length when shorter, as
-/// memcached does when it rewrites a counter in place.
-pub fn counter_bytes(n: u64, old_len: usize) -> Vec<u8> {
-    let mut digits = n.to_string().into_bytes();
-    if digits.len() < old_len {
-        digits.resize(old_len, b' ');
-    }
-    digits
-}
-
-fn arith(
-    ctx: &mut Ctx<'_>,
-    key: &Key,
-    incr: bool,
-    delta: u64,
-    initial: Option<(u64, i64)>,
-    cas: u64,
-) -> Outcome {
-    let shared = ctx.shared;
-    let initial = initial.map(|(n, e)| (n, ctx.expiry(e)));
-    let result = shared
-        .store
-        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| {
-            let Some(cur) = cur else {
-                return match initial {
-                    Some((n, exptime)) => (
-                        Mutation::Put(Put {
-                            value: NewValue::Owned(n.to_string().into_bytes()),
-                            flags: 0,
-                            exptime,
-                            bits: 0,
-                            version: None,
-                        }),
-                        Outcome::Number(n, Version::NONE),
-                    ),
-                    None => (Mutation::Keep, Outcome::NotFound),
-                };
-            };
-            if cas != 0 && ctx.visible(cur).version.0 != cas {
-                return (Mutation::Keep, Outcome::Exists);
-            }
-            let Some(n) = apply_delta(cur.value, incr, delta) else {
-                return (Mutation::Keep, Outcome::NonNumeric);
-            };
-            let put = Put {
-                value: NewValue::Owned(counter_bytes(n, cur.value.len())),
-                flags: cur.flags,
-                exptime: cur.exptime,
-                bits: 0,
-                version: None,
-            };
-            (Mutation::Put(put), Outcome::Number(n, Version::NONE))
-        });
-    let outcome = match result {
-        Ok((Outcome::Number(n, _), v)) => Outcome::Number(n, v),
-        Ok((o, _)) => o,
-        Err(StoreError::TooLarge) => Outcome::TooLarge,
-        Err(StoreError::OutOfMemory) => Outcome::OutOfMemory,
-    };
-    let hit = matches!(
-        outcome,
-        Outcome::Number(..) | Outcome::NonNumeric | Outcome::Exists
-    );
-    ctx.bump(match (incr, hit) {
-        (true, true) => Counter::IncrHits,
-        (true, false) => Counter::IncrMisses,
-        (false, true) => Counter::DecrHits,
-        (false, false) => Counter::DecrMisses,
-    });
-    outcome
-}
-
-fn touch(ctx: &mut Ctx<'_>, key: &Key, exptime: i64) -> Outcome {
-    ctx.bump(Counter::CmdTouch);
-    let shared = ctx.shared;
-    let exptime = ctx.expiry(exptime);
-    let result = shared
-        .store
-        .mutate(key.as_bytes(), ctx.now, &shared.hlc, |cur| match cur {
-            Some(_) => (touch_mutation(shared, exptime), true),
-            None => (Mutation::Keep, false),
-        });
-    match result {
-        Ok((true, v)) => {
-            ctx.bump(Counter::TouchHits);
-            Outcome::Touched(v)
-        }
-        _ => {
-            ctx.bump(Counter::TouchMisses);
-            Outcome::NotFound
-        }
-    }
 }
 
 fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
@@ -625,21 +299,4 @@ fn flush(ctx: &mut Ctx<'_>, delay: i64) -> Outcome {
         None => shared.store.flush(flush, FlushMerge::Replace, ctx.now),
     }
     Outcome::Ok
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_parse_like_memcached() {
-        assert_eq!(parse_counter(b"12"), Some(12));
-        assert_eq!(parse_counter(b"9 "), Some(9));
-        assert_eq!(parse_counter(b" 7"), Some(7));
-        assert_eq!(parse_counter(b"12a"), None);
-        assert_eq!(parse_counter(b""), None);
-        assert_eq!(parse_counter(b"18446744073709551616"), None);
-        assert_eq!(counter_bytes(9, 2), b"9 ");
-        assert_eq!(counter_bytes(100, 2), b"100");
-    }
 }

@@ -10,6 +10,7 @@ pub mod dispatch;
 mod dump;
 mod idle;
 mod meta_dispatch;
+mod ops;
 pub mod report;
 mod signals;
 pub mod state_file;

@@ -51,6 +51,27 @@ pub fn put_echo_one(base64: bool, r: &Ret, key: &[u8], cas: Option<u64>, out: &m
     }
 }
 
+/// Starts the answer to a counter `ma` changed: `VA <length>` when the value is asked for
+/// (`v`), else `HD`. Its flags follow, then [`put_number_end`].
+pub fn put_number_start(reply: &MetaReply, digits: &str, out: &mut BytesMut) {
+    if reply.value {
+        out.extend_from_slice(b"VA ");
+        put_u64(out, digits.len() as u64);
+    } else {
+        out.extend_from_slice(b"HD");
+    }
+}
+
+/// Ends the answer [`put_number_start`] began: the line end, then the number as a value
+/// block when asked for.
+pub fn put_number_end(reply: &MetaReply, digits: &str, out: &mut BytesMut) {
+    out.extend_from_slice(b"\r\n");
+    if reply.value {
+        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes an error line; errors are never quiet.
 pub fn put_error(inv: &Invalid, out: &mut BytesMut) {
     text::encode(false, &Outcome::Invalid(inv.clone()), out);
