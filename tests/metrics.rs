@@ -279,3 +279,24 @@ fn ready_follows_the_initial_sync_and_the_drain() {
     });
     assert!(b.0.wait().unwrap().success());
 }
+
+/// Connections that never send a request cannot make a probe wait: beyond the endpoint's
+/// capacity a connection is answered `503` at once (before, it waited in the kernel's
+/// backlog until a header time-out freed a slot, seconds, past a kubelet probe's 1 s),
+/// and a slot freed is served again.
+#[test]
+fn idle_connections_cannot_make_a_probe_wait() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _node = Node::start(&["--metrics-listen", &metrics.to_string()]);
+    assert_eq!(http_get(metrics, "/health").map(|r| r.0), Some(200));
+    let idle: Vec<std::net::TcpStream> = (0..meshcached::metrics::MAX_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(metrics).expect("connect"))
+        .collect();
+    // The endpoint accepts them in order: the probe after them finds every slot taken.
+    let (status, body) = http_get(metrics, "/health").expect("an answer");
+    assert_eq!((status, body.as_str()), (503, "too many connections\n"));
+    drop(idle);
+    eventually(DEADLINE, "served again once the idle ones are gone", || {
+        http_get(metrics, "/health").is_some_and(|r| r.0 == 200)
+    });
+}

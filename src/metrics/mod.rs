@@ -30,11 +30,16 @@ use tokio::sync::Semaphore;
 
 use crate::server::Shared;
 
-/// Scrapes and probes served at once; more wait for the kernel's backlog. Bounds what a
-/// flood of connections to the endpoint can cost.
-const MAX_CONNECTIONS: usize = 16;
+/// Scrapes and probes served at once: bounds what a flood of connections to the endpoint
+/// can cost. One more is answered `503` at once and closed, rather than left in the
+/// kernel's backlog, where a probe would wait out its timeout behind idle connections.
+pub const MAX_CONNECTIONS: usize = 64;
 /// A request's header must arrive within this, or the connection is closed.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The answer to a connection beyond [`MAX_CONNECTIONS`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\n\
+too many connections\n";
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,16 +119,35 @@ async fn serve(listener: std::net::TcpListener, app: Arc<App>) {
     };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
+        let mut stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
                 tracing::debug!(node = %app.shared.name, error = %e, "metrics accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Answer, then take in the request (closing with it unread would reset the
+                // connection and lose the answer), bounded in time and bytes.
+                let _ = tokio::time::timeout(HEADER_TIMEOUT, async {
+                    stream.write_all(BUSY).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    let mut left: usize = 64 << 10;
+                    while left > 0 {
+                        match stream.read(&mut sink).await? {
+                            0 => break,
+                            n => left = left.saturating_sub(n),
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+            });
+            continue;
         };
         let app = app.clone();
         tokio::spawn(async move {
