@@ -179,6 +179,8 @@ pub struct Server {
     cluster_rt: Option<tokio::runtime::Runtime>,
     /// Where to save the store on a graceful shutdown (`--state-file`).
     state_file: Option<StateFile>,
+    /// The store came from that file: `run` removes it before serving.
+    state_loaded: bool,
 }
 
 impl Server {
@@ -226,12 +228,12 @@ impl Server {
             .as_ref()
             .map_or(NodeId::default(), |c| c.node_id);
         let hlc = Arc::new(Hlc::new(node_id, clock.clone()));
-        let (cluster, cluster_rt, state_file) = match &config.cluster {
+        let (cluster, cluster_rt, state_file, state_loaded) = match &config.cluster {
             Some(cc) => {
-                let (cluster, rt, state_file) = start_cluster(cc, &store, &hlc)?;
-                (Some(cluster), Some(rt), state_file)
+                let (cluster, rt, state_file, loaded) = start_cluster(cc, &store, &hlc)?;
+                (Some(cluster), Some(rt), state_file, loaded)
             }
-            None => (None, None, None),
+            None => (None, None, None, false),
         };
         // Without an initial sync to wait for, the port accepts from now on (connections
         // queue until `run`), as memcached's does once it is started.
@@ -267,6 +269,7 @@ impl Server {
             unix,
             cluster_rt,
             state_file,
+            state_loaded,
         })
     }
 
@@ -299,6 +302,16 @@ impl Server {
     /// Serves until shutdown is requested (signal, `shutdown` command or handle), then lets
     /// connections finish the requests they have read and returns. Blocks the calling thread.
     pub fn run(self, handle_signals: bool) -> io::Result<()> {
+        // Start-up can no longer fail: the loaded state file goes before the first client.
+        if let Some(sf) = self.state_file.as_ref().filter(|_| self.state_loaded) {
+            sf.invalidate().map_err(|e| {
+                io::Error::other(format!(
+                    "{e}; not serving, since a crash later would reload the file as if it \
+                     were current (the file is kept: fix the directory's permissions and \
+                     start again)"
+                ))
+            })?;
+        }
         let threads = self.shared.config.threads;
         let mut senders = Vec::with_capacity(threads);
         let mut workers = Vec::with_capacity(threads);
@@ -376,7 +389,15 @@ fn start_cluster(
     cc: &ClusterConfig,
     store: &Arc<Store>,
     hlc: &Arc<Hlc>,
-) -> Result<(Arc<Cluster>, tokio::runtime::Runtime, Option<StateFile>), ServerError> {
+) -> Result<
+    (
+        Arc<Cluster>,
+        tokio::runtime::Runtime,
+        Option<StateFile>,
+        bool,
+    ),
+    ServerError,
+> {
     let identity = load_node_identity(&cc.certs_dir)?;
     if identity.name != cc.node_name {
         return Err(ServerError::NameMismatch {
@@ -404,6 +425,7 @@ fn start_cluster(
         state::check_writable(&sf.path)?;
     }
     let positions = state_file.as_ref().and_then(|sf| sf.load(store, hlc));
+    let loaded = positions.is_some();
     let cluster = Cluster::new(cc, store.clone(), hlc.clone(), positions);
     let outbox = cluster.outbox.clone();
     if store
@@ -425,7 +447,7 @@ fn start_cluster(
         );
         cluster.start(endpoint);
     }
-    Ok((cluster, rt, state_file))
+    Ok((cluster, rt, state_file, loaded))
 }
 
 /// What the client port waits for before it listens: the cluster's initial sync, unless

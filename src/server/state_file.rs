@@ -86,8 +86,10 @@ impl StateFile {
 
     /// Loads the file into the store, if it is one this node may use; returns the log
     /// positions it holds (the node then asks its peers only for what it missed), or
-    /// `None` when the node starts without data. The file is removed once loaded: it is
-    /// trusted only for the run that wrote it.
+    /// `None` when the node starts without data. The file stays until [`Self::invalidate`],
+    /// which the server calls once its start-up can no longer fail, before it serves a
+    /// client: a start that fails after the load (a metrics port taken, a `-u` typo) leaves
+    /// the file for the next start, instead of a cold node.
     pub fn load(&self, store: &Store, hlc: &Hlc) -> Option<Vec<Position>> {
         let path = &self.path;
         let started = std::time::Instant::now();
@@ -106,17 +108,6 @@ impl StateFile {
                     tracing::warn!(node = %self.node_name, path = %path.display(), age_s = age_ms / 1000, dropped, "the state file is older than --tombstone-ttl, so it is not used (deletes made since could come back); this node resyncs by snapshot");
                     return None;
                 }
-                if let Err(e) = state::invalidate(path) {
-                    // Left in place, the file would be reloaded after a crash as if it
-                    // were current: not using it is the safe side.
-                    let dropped = store.clear();
-                    tracing::error!(
-                        node = %self.node_name,
-                        dropped,
-                        "{e}; so it is not used: this node resyncs by snapshot"
-                    );
-                    return None;
-                }
                 tracing::info!(
                     node = %self.node_name,
                     path = %path.display(),
@@ -125,7 +116,7 @@ impl StateFile {
                     expired = loaded.expired,
                     bytes = loaded.bytes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "state file loaded (and removed: it is trusted only for the run that wrote it)"
+                    "state file loaded"
                 );
                 Some(loaded.header.positions)
             }
@@ -138,5 +129,14 @@ impl StateFile {
                 None
             }
         }
+    }
+
+    /// Removes the loaded file: it is trusted only for the run that wrote it (DESIGN.md
+    /// section 6), and this run is about to change the store. On failure the node must not
+    /// serve: a crash later would reload the file as if it were current.
+    pub fn invalidate(&self) -> Result<(), StateError> {
+        state::invalidate(&self.path)?;
+        tracing::info!(node = %self.node_name, path = %self.path.display(), "state file removed: it is trusted only for the run that wrote it");
+        Ok(())
     }
 }

@@ -433,3 +433,60 @@ fn a_state_file_older_than_the_last_run_is_found_stale() {
     b.wait_line(&["the state file is stale", "node=node-b", "peer=node-a"]);
     assert_eq!(stat(&mut b.client(), "stale_state_files"), 1);
 }
+
+/// A start that fails after the state file was read (here: the metrics port is taken)
+/// keeps the file, so the next start is still warm. (Before, the file was removed as it
+/// was loaded: one misconfiguration pushed to every node left the whole cluster cold.)
+#[test]
+fn a_start_that_fails_after_loading_the_state_file_keeps_it() {
+    let dir = TempDir::new("keep");
+    let state = dir.join("node-b.state").display().to_string();
+    let (a, mut b, b_flags) = pair_with_state(&dir, &state);
+    set(&mut b.client(), "k", "v");
+    wait_value(&a, "k", "v");
+    b.node.signal(libc::SIGTERM);
+    assert_eq!(b.node.wait_exit().code(), Some(0), "{}", b.log());
+    b.wait_line(&["state file saved"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics = taken.local_addr().expect("addr").to_string();
+    let certs = dir.join("node-b").display().to_string();
+    let listen = loopback(free_udp_port());
+    let mut args = vec![
+        "-l",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "-t",
+        "2",
+        "--node-name",
+        "node-b",
+        "--node-id",
+        "2",
+        "--certs-dir",
+        &certs,
+        "--cluster-listen",
+        &listen,
+        "--metrics-listen",
+        &metrics,
+    ];
+    args.extend(strs(&b_flags));
+    let (code, out) = run_to_exit(&args);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        std::path::Path::new(&state).exists(),
+        "the state file is kept: {out}"
+    );
+    let b = Proc::start(&dir, "node-b", 2, free_udp_port(), &strs(&b_flags));
+    b.wait_line(&["state file loaded"]);
+    assert_eq!(get(&mut b.client(), "k").as_deref(), Some("v"));
+    assert_eq!(
+        stat(&mut b.client(), "snapshots_received"),
+        0,
+        "{}",
+        b.log()
+    );
+    assert!(
+        !std::path::Path::new(&state).exists(),
+        "removed once serving"
+    );
+}

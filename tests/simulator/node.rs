@@ -64,7 +64,15 @@ impl Node {
             seed,
         ));
         let positions = match (&setup.state_file, load_state) {
-            (Some(path), true) => state_file(setup, path).load(&store, &hlc),
+            (Some(path), true) => {
+                let file = state_file(setup, path);
+                let positions = file.load(&store, &hlc);
+                // As the server does before it serves (a failure there stops it).
+                if positions.is_some() {
+                    file.invalidate().expect("remove the loaded state file");
+                }
+                positions
+            }
             _ => None,
         };
         let cfg = ReplicaConfig {
