@@ -80,6 +80,18 @@ pub struct EntropyCounters {
 }
 
 impl EntropyCounters {
+    /// Rounds, buckets differing, keys sent, keys received, bytes.
+    pub fn values(&self) -> [u64; 5] {
+        [
+            &self.rounds,
+            &self.buckets_differing,
+            &self.keys_sent,
+            &self.keys_received,
+            &self.bytes,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn add(&self, field: fn(&Self) -> &AtomicU64, n: u64) {
         field(self).fetch_add(n, Ordering::Relaxed);
     }

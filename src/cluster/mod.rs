@@ -48,7 +48,7 @@ use crate::replication::frame::Position;
 use crate::replication::log::RunId;
 use crate::replication::transport::PeerEndpoint;
 use crate::store::Store;
-pub use counters::{ClusterCounters, PeerCounters, SyncCounters};
+pub use counters::{ClusterCounters, EntropyCounters, PeerCounters, SyncCounters};
 use outbox::Outbox;
 pub use report::{PeerReport, Report};
 use sync::Phase;

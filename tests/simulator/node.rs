@@ -78,7 +78,7 @@ impl Node {
             tombstone_ttl_ms: u64::from(TOMBSTONE_TTL_S) * 1000,
             join_timeout_ms: 10_000,
             repl_backlog: 16 << 10,
-            entropy: Entropy::every(AE_PERIOD_MS),
+            entropy: Entropy::every(ae_period_ms()),
         };
         let run_id = RunId(seed | 1);
         let replica = Replica::new(&cfg, store.clone(), hlc.clone(), positions, run_id, seed);
@@ -132,6 +132,15 @@ impl Node {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// [`AE_PERIOD_MS`], or `MESHCACHED_SIM_AE_PERIOD_MS` (0 turns anti-entropy off: to see
+/// which schedules need it).
+fn ae_period_ms() -> u64 {
+    std::env::var("MESHCACHED_SIM_AE_PERIOD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(AE_PERIOD_MS)
 }
 
 pub fn state_file(setup: &Setup, path: &std::path::Path) -> StateFile {
