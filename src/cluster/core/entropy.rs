@@ -27,7 +27,8 @@
 //! round. Each round lists at most [`BUCKETS_PER_ROUND`] buckets and asks for at most
 //! [`crate::replication::frame::MAX_REPAIR_KEYS`] keys; the peer answers within
 //! [`LIST_BYTES`] and [`REPAIR_BYTES`]: a large divergence is repaired over several
-//! rounds, the next one following soon ([`Entropy::confirm_ms`]) while differences remain.
+//! rounds, [`BUSY_MS`] apart while there is work (the buckets still differing were
+//! suspect at the comparison before, so each round confirms them at once).
 //!
 //! No round starts while this node is syncing or receiving any snapshot (its store is
 //! then incomplete by design); after a resync every link compares soon.
@@ -48,7 +49,11 @@ use crate::store::BUCKETS;
 
 /// Buckets listed per round (of the [`BUCKETS`]): bounds a round's lists to about this
 /// many thousandths of the store.
-pub const BUCKETS_PER_ROUND: usize = 16;
+pub const BUCKETS_PER_ROUND: usize = MAX_LIST_BUCKETS;
+/// Between rounds while a repair is under way: with the bounds above, at most about
+/// 1.3 MB per round, so about 6.5 MB/s per peer at the most, and a store that differs
+/// in every bucket is gone through in 16 rounds, about 3 s.
+pub const BUSY_MS: u64 = 200;
 /// About the most bytes of one keys answer: buckets that do not fit wait for a later round.
 pub const LIST_BYTES: usize = 256 << 10;
 /// About the most bytes of values in one repair answer (at least one entry is sent, so
@@ -332,12 +337,11 @@ impl Replica {
                 quiet.push((bucket, *digests));
             }
         }
-        let confirm = self.entropy.confirm_ms;
         let s = self.sessions.get_mut(&link).expect("looked up above");
         s.ae.quiet.extend(quiet);
         if want.is_empty() {
             s.ae.step = Step::Idle;
-            s.ae.next_ms = now_ms + confirm;
+            s.ae.next_ms = now_ms + BUSY_MS;
         } else {
             s.ae.owed.push_back(Frame::RepairRequest {
                 token: s.ae.token,
@@ -379,7 +383,7 @@ impl Replica {
         }
         let s = self.sessions.get_mut(&link).expect("looked up above");
         s.ae.step = Step::Idle;
-        s.ae.next_ms = now_ms + self.entropy.confirm_ms;
+        s.ae.next_ms = now_ms + BUSY_MS;
         let (c, peer) = (s.counters.clone(), s.peer.clone());
         self.count_ae(&c, |c| &c.keys_received, accepted);
         if accepted > 0 {

@@ -45,7 +45,7 @@ use crate::replication::frame::{Frame, Position};
 use crate::replication::log::RunId;
 use crate::store::Store;
 pub use admit::{Connection, LinkUp, Refusal};
-pub use entropy::{Entropy, BUCKETS_PER_ROUND, LIST_BYTES, REPAIR_BYTES};
+pub use entropy::{Entropy, BUCKETS_PER_ROUND, BUSY_MS, LIST_BYTES, REPAIR_BYTES};
 pub use live::{Flow, Transmit};
 use session::Session;
 pub use walk::SnapOut;
