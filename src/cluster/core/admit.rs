@@ -226,7 +226,7 @@ impl Replica {
             .sent_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
         let peer_defers = theirs.flags & HELLO_DEFER != 0;
-        let session = Session::new(
+        let mut session = Session::new(
             &peer,
             theirs.run_id,
             their_node,
@@ -234,11 +234,11 @@ impl Replica {
             counters,
             self.status_gen,
             now_ms,
-            // The first comparison soon after the link's resync (delta or snapshot) began.
-            super::entropy::PeerEntropy::new(
-                theirs.flags & HELLO_AE != 0 && self.entropy.period_ms > 0,
-                now_ms + self.entropy.confirm_ms,
-            ),
+        );
+        // The first comparison soon after the link's resync (delta or snapshot) began.
+        session.ae = super::entropy::PeerEntropy::new(
+            theirs.flags & HELLO_AE != 0 && self.entropy.period_ms > 0,
+            now_ms + self.entropy.confirm_ms,
         );
         self.sessions.insert(link, session);
         let actions = self.plan.up(

@@ -56,7 +56,6 @@ impl Session {
         counters: Arc<PeerCounters>,
         status_gen: u64,
         now_ms: u64,
-        ae: PeerEntropy,
     ) -> Session {
         let acked = counters.have().1;
         Session {
@@ -77,7 +76,7 @@ impl Session {
             catch_ups: VecDeque::new(),
             incoming: None,
             stalled: None,
-            ae,
+            ae: PeerEntropy::default(),
         }
     }
 }

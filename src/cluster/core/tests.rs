@@ -284,7 +284,7 @@ fn anti_entropy_repairs_what_the_stream_missed_and_never_what_was_forgotten() {
     let (mut a, mut b) = linked_pair();
     let now = (T0 / 1000) as u32;
     // Versions of a third origin (a node that died), ten seconds old.
-    let v = |n: u64| Version(Version::at_unix_ms(T0 - 10_000).0 + (n << 10) | 3);
+    let v = |n: u64| Version((Version::at_unix_ms(T0 - 10_000).0 + (n << 10)) | 3);
     let put = |ver| crate::store::Remote::Put {
         value: b"value",
         flags: 0,
