@@ -312,9 +312,10 @@ impl Shard {
         let tomb = slot.is_tombstone().then_some(slot.version);
         let old = std::mem::replace(&mut self.slots[idx as usize], slot);
         old.count(&mut self.stats, -1);
+        // The same key (see above): one hash, one XOR.
         let new = &self.slots[idx as usize];
-        self.digests.toggle(old.key(), old.version);
-        self.digests.toggle(new.key(), new.version);
+        debug_assert_eq!(old.key(), new.key());
+        self.digests.change(new.key(), old.version, new.version);
         if let Some(version) = tomb {
             self.queue_tombstone(idx, version);
         }
