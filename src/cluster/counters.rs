@@ -24,6 +24,8 @@ pub struct PeerCounters {
     /// is neither acknowledged, nor saved, nor given to a joiner; and if the link ends
     /// first, it is forgotten. Counts the snapshots arriving (connections may overlap).
     gap: AtomicU32,
+    /// What anti-entropy did with this peer.
+    pub entropy: EntropyCounters,
 }
 
 impl PeerCounters {
@@ -63,6 +65,38 @@ impl PeerCounters {
     }
 }
 
+/// Anti-entropy's figures, per peer and in total (`stats`, `stats replication`, /metrics).
+#[derive(Default, Debug)]
+pub struct EntropyCounters {
+    /// Comparisons started.
+    pub rounds: AtomicU64,
+    /// Buckets found differing, summed over comparisons.
+    pub buckets_differing: AtomicU64,
+    /// Entries pushed to peers that asked for them, and entries taken from peers.
+    pub keys_sent: AtomicU64,
+    pub keys_received: AtomicU64,
+    /// Bytes of anti-entropy frames, both ways.
+    pub bytes: AtomicU64,
+}
+
+impl EntropyCounters {
+    /// Rounds, buckets differing, keys sent, keys received, bytes.
+    pub fn values(&self) -> [u64; 5] {
+        [
+            &self.rounds,
+            &self.buckets_differing,
+            &self.keys_sent,
+            &self.keys_received,
+            &self.bytes,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn add(&self, field: fn(&Self) -> &AtomicU64, n: u64) {
+        field(self).fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Snapshot totals, for `stats`.
 #[derive(Default)]
 pub struct SyncCounters {
@@ -94,6 +128,8 @@ pub struct ClusterCounters {
     pub resyncs_needed: AtomicU64,
     /// Connections refused: bad certificates, wrong protocol, node id clashes.
     pub peers_refused: AtomicU64,
+    /// What anti-entropy did, with every peer.
+    pub entropy: EntropyCounters,
 }
 
 impl ClusterCounters {

@@ -12,7 +12,10 @@
 //! ```
 //!
 //! Each node sends only its own writes, to every peer directly (a full mesh): a write
-//! reaches every node in one hop, and no node relays another's.
+//! reaches every node in one hop, and no node relays another's. What that misses (a write
+//! in flight when its node died for good, one lost on the way) is repaired by
+//! anti-entropy on the same stream: each node compares the store's bucket digests with
+//! each peer's and pulls what its own merge would take ([`core`]'s `entropy`).
 //!
 //! Every decision lives in the sans-IO [`core::Replica`] (with [`peers::PeerTable`],
 //! [`sync::SyncPlan`], [`send::SendPlan`] and [`reconcile`]); this module is its async
@@ -48,7 +51,7 @@ use crate::replication::frame::Position;
 use crate::replication::log::RunId;
 use crate::replication::transport::PeerEndpoint;
 use crate::store::Store;
-pub use counters::{ClusterCounters, PeerCounters, SyncCounters};
+pub use counters::{ClusterCounters, EntropyCounters, PeerCounters, SyncCounters};
 use outbox::Outbox;
 pub use report::{PeerReport, Report};
 use sync::Phase;

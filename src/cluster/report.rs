@@ -36,6 +36,9 @@ pub struct PeerReport {
     pub black_holes: u64,
     pub blocked_sent: u64,
     pub blocked_received: u64,
+    /// Anti-entropy with the peer: rounds, buckets found differing, keys sent and
+    /// received, bytes (see [`super::counters::EntropyCounters`]).
+    pub ae: [u64; 5],
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +127,7 @@ impl Cluster {
                         blocked_received: quic.map_or(0, |q| {
                             q.frame_rx.stream_data_blocked + q.frame_rx.data_blocked
                         }),
+                        ae: c.entropy.values(),
                     }
                 },
             )

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::memcached::{counter, gauge};
-use crate::cluster::{Cluster, ClusterCounters, PeerReport, SyncCounters};
+use crate::cluster::{Cluster, ClusterCounters, EntropyCounters, PeerReport, SyncCounters};
 
 /// The sync states `stats` shows as `sync_state`, in the order a joining node goes
 /// through them.
@@ -63,6 +63,34 @@ const CLUSTER_COUNTERS: &[Plain<ClusterCounters>] = &[
         "meshcached_peers_refused",
         "Peer connections refused (clock too far off, node id clash, another cluster).",
         |c| &c.peers_refused,
+    ),
+];
+
+const ENTROPY_COUNTERS: &[Plain<EntropyCounters>] = &[
+    (
+        "meshcached_anti_entropy_rounds",
+        "Anti-entropy comparisons of this node's bucket digests with a peer's.",
+        |c| &c.rounds,
+    ),
+    (
+        "meshcached_anti_entropy_buckets_differing",
+        "Buckets found differing, summed over anti-entropy comparisons.",
+        |c| &c.buckets_differing,
+    ),
+    (
+        "meshcached_anti_entropy_keys_sent",
+        "Entries sent to peers that anti-entropy found lacking them.",
+        |c| &c.keys_sent,
+    ),
+    (
+        "meshcached_anti_entropy_keys_received",
+        "Entries taken from peers by anti-entropy (writes the live stream had missed).",
+        |c| &c.keys_received,
+    ),
+    (
+        "meshcached_anti_entropy_bytes",
+        "Bytes of anti-entropy frames, sent and received.",
+        |c| &c.bytes,
     ),
 ];
 
@@ -133,6 +161,9 @@ impl Collector for ClusterCollector {
         }
         for (name, help, field) in SYNC_COUNTERS {
             counter(&mut enc, name, help, load(field(&c.sync_counters)))?;
+        }
+        for (name, help, field) in ENTROPY_COUNTERS {
+            counter(&mut enc, name, help, load(field(&c.counters.entropy)))?;
         }
         encode_report(&mut enc, c)
     }

@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Kinds 5 to 13 are resync's, described in [`sync`]; kind 14 carries a frame longer than
-//! [`MAX_FRAME`] in parts ([`parts`]).
+//! [`MAX_FRAME`] in parts ([`parts`]); kinds 15 to 20 are anti-entropy's ([`entropy`]).
 //!
 //! The protocol version travels in the QUIC ALPN, so frames carry none. [`decode`] is
 //! `Ok(None)` until a whole frame is buffered and consumes nothing until then; keys and
@@ -36,8 +36,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::log::{Entry, Mutation, Op, RunId};
 use crate::clock::Version;
 use crate::key::MAX_KEY_LEN;
+pub use entropy::{wire_len, BucketList, Digest, MAX_LIST_BUCKETS, MAX_REPAIR_KEYS};
 pub use sync::{Position, SnapBegin, SnapItemsWriter};
 
+mod entropy;
 mod parts;
 mod sync;
 pub use parts::{split_into_parts, Decoder, MAX_ASSEMBLED, PART_BYTES};
@@ -96,6 +98,29 @@ pub enum Frame {
         items: u64,
         bytes: u64,
     },
+    /// Send me your bucket digests (anti-entropy, see `cluster::core::entropy`).
+    DigestRequest {
+        token: u64,
+    },
+    Digest(Digest),
+    /// List what you hold in these buckets.
+    KeysRequest {
+        token: u64,
+        buckets: Vec<u16>,
+    },
+    Keys {
+        token: u64,
+        lists: Vec<BucketList>,
+    },
+    /// Send me what you hold of these keys.
+    RepairRequest {
+        token: u64,
+        keys: Vec<Bytes>,
+    },
+    Repair {
+        token: u64,
+        items: Vec<Mutation>,
+    },
 }
 
 /// [`Hello::flags`]: the sender serves clients and can be a donor.
@@ -109,6 +134,9 @@ pub const HELLO_EMPTY: u8 = 4;
 /// [`Hello::flags`]: the sender started from a state file its previous run saved after
 /// every member had acknowledged every write of that run: nobody lacks any of them.
 pub const HELLO_CLEAN: u8 = 8;
+/// [`Hello::flags`]: the sender takes part in anti-entropy (frame kinds 15 to 20): only a
+/// peer that says so is sent them.
+pub const HELLO_AE: u8 = 16;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +188,8 @@ pub enum FrameError {
     NotUtf8,
     #[error("a frame's parts were cut by another frame")]
     PartCut,
+    #[error("{0} out of bounds: {1}")]
+    Count(&'static str, usize),
 }
 
 /// Decodes one frame from the front of `buf` (a frame in parts is an error here: streams
@@ -320,6 +350,24 @@ fn parse(body: Bytes) -> Result<Frame, FrameError> {
             items: r.u64()?,
             bytes: r.u64()?,
         },
+        entropy::DIGEST_REQUEST => Frame::DigestRequest { token: r.u64()? },
+        entropy::DIGEST => Frame::Digest(entropy::parse_digest(&mut r)?),
+        entropy::KEYS_REQUEST => {
+            let (token, buckets) = entropy::parse_keys_request(&mut r)?;
+            Frame::KeysRequest { token, buckets }
+        }
+        entropy::KEYS => {
+            let (token, lists) = entropy::parse_keys(&mut r)?;
+            Frame::Keys { token, lists }
+        }
+        entropy::REPAIR_REQUEST => {
+            let (token, keys) = entropy::parse_repair_request(&mut r)?;
+            Frame::RepairRequest { token, keys }
+        }
+        entropy::REPAIR => {
+            let (token, items) = entropy::parse_repair(&mut r)?;
+            Frame::Repair { token, items }
+        }
         parts::PART => return Err(FrameError::PartCut),
         other => return Err(FrameError::UnknownKind(other)),
     };
@@ -438,6 +486,15 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u64(*items);
             out.put_u64(*bytes);
         }
+        Frame::DigestRequest { token } => {
+            out.put_u8(entropy::DIGEST_REQUEST);
+            out.put_u64(*token);
+        }
+        Frame::Digest(d) => entropy::encode_digest(d, out),
+        Frame::KeysRequest { token, buckets } => entropy::encode_keys_request(*token, buckets, out),
+        Frame::Keys { token, lists } => entropy::encode_keys(*token, lists, out),
+        Frame::RepairRequest { token, keys } => entropy::encode_repair_request(*token, keys, out),
+        Frame::Repair { token, items } => entropy::encode_repair(*token, items, out),
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::cluster::SyncCounters;
+use crate::cluster::{EntropyCounters, SyncCounters};
 use crate::protocol::{Invalid, Outcome};
 
 use super::dispatch::Ctx;
@@ -269,6 +269,14 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
     );
     push(&mut s, "reconciled_drops", k(|c| &c.reconciled_drops));
     push(&mut s, "stale_state_files", k(|c| &c.stale_state_files));
+    let ae = |f: fn(&EntropyCounters) -> &std::sync::atomic::AtomicU64| {
+        cluster.map_or(0, |c| f(&c.counters.entropy).load(Ordering::Relaxed))
+    };
+    push(&mut s, "ae_rounds", ae(|c| &c.rounds));
+    push(&mut s, "ae_buckets_differing", ae(|c| &c.buckets_differing));
+    push(&mut s, "ae_keys_sent", ae(|c| &c.keys_sent));
+    push(&mut s, "ae_keys_received", ae(|c| &c.keys_received));
+    push(&mut s, "ae_bytes", ae(|c| &c.bytes));
     s
 }
 
@@ -310,6 +318,11 @@ fn replication(ctx: &Ctx<'_>) -> Stats {
         push(&mut s, &f("black_holes"), p.black_holes);
         push(&mut s, &f("flow_blocked_sent"), p.blocked_sent);
         push(&mut s, &f("flow_blocked_received"), p.blocked_received);
+        push(&mut s, &f("ae_rounds"), p.ae[0]);
+        push(&mut s, &f("ae_buckets_differing"), p.ae[1]);
+        push(&mut s, &f("ae_keys_sent"), p.ae[2]);
+        push(&mut s, &f("ae_keys_received"), p.ae[3]);
+        push(&mut s, &f("ae_bytes"), p.ae[4]);
     }
     s
 }

@@ -23,6 +23,7 @@
 //! that is the one place where "compaction" happens, and it means a stored item never pins a
 //! connection's read buffer. memcached copies into its slabs at the same point.
 
+mod digest;
 mod export;
 mod fence;
 mod flush;
@@ -30,6 +31,7 @@ mod journal;
 mod listing;
 mod merge;
 mod mutate;
+mod repair;
 mod shard;
 mod write;
 
@@ -40,6 +42,7 @@ use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::clock::Version;
+pub use digest::{bucket_of, entry_hash, key_hash, BUCKETS};
 pub use export::{ExportCursor, Exported};
 use fence::FENCE_COST;
 use flush::FlushSet;
@@ -250,6 +253,8 @@ pub struct Store {
     flush_due: AtomicU32,
     flushes: Mutex<FlushSet>,
     shard_shift: u32,
+    /// Per-bucket digests of every entry held, for anti-entropy ([`digest`]).
+    digests: std::sync::Arc<digest::Digests>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -279,8 +284,12 @@ impl Store {
         } else {
             (0, 0)
         };
+        let digests = std::sync::Arc::new(digest::Digests::new());
         let shards = (0..n)
-            .map(|_| Mutex::new(Shard::new(tomb_budget, fence_cap, cfg.tombstone_ttl)))
+            .map(|_| {
+                let d = digests.clone();
+                Mutex::new(Shard::new(tomb_budget, fence_cap, cfg.tombstone_ttl, d))
+            })
             .collect();
         Self {
             journal: std::sync::OnceLock::new(),
@@ -292,6 +301,7 @@ impl Store {
             flush_floor: AtomicU64::new(0),
             flush_due: AtomicU32::new(0),
             flushes: Mutex::new(FlushSet::default()),
+            digests,
         }
     }
 

@@ -104,14 +104,14 @@ impl Store {
                     self.journal(&at);
                     return Ok((r, Version::NONE));
                 }
+                if bump {
+                    at.shard.set_version(idx, new_version.0);
+                }
                 let slot = at.shard.slot_mut(idx);
                 if let Some(e) = exptime {
                     slot.exptime = e;
                 }
                 slot.bits = (slot.bits | set_bits) & !clear_bits;
-                if bump {
-                    slot.version = new_version.0;
-                }
                 let v = Version(slot.version);
                 if bump {
                     self.journal(&at);

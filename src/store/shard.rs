@@ -14,9 +14,11 @@
 //! ([`Fences`]), so that it still refuses older writes of that key.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use super::digest::Digests;
 use super::fence::Fences;
 use super::{entry_cost, ShardStats};
 
@@ -139,10 +141,13 @@ pub(super) struct Shard {
     tomb_ttl: u32,
     pub fences: Fences,
     pub stats: ShardStats,
+    /// The store's bucket digests: every slot placed, replaced or removed here updates
+    /// them (see [`super::digest`]), so no path that changes an entry can miss it.
+    digests: Arc<Digests>,
 }
 
 impl Shard {
-    pub fn new(tomb_budget: usize, fence_cap: usize, tomb_ttl: u32) -> Self {
+    pub fn new(tomb_budget: usize, fence_cap: usize, tomb_ttl: u32, digests: Arc<Digests>) -> Self {
         Self {
             table: HashTable::new(),
             slots: Vec::new(),
@@ -154,6 +159,7 @@ impl Shard {
             tomb_ttl,
             fences: Fences::new(fence_cap),
             stats: ShardStats::default(),
+            digests,
         }
     }
 
@@ -171,12 +177,21 @@ impl Shard {
         &mut self.slots[idx as usize]
     }
 
+    /// Gives the entry at `idx` a new version in place (a touch), keeping its bucket's
+    /// digest right (which is why [`Shard::slot_mut`] must not be used for it).
+    pub fn set_version(&mut self, idx: u32, version: u64) {
+        let slot = &mut self.slots[idx as usize];
+        self.digests.change(slot.key(), slot.version, version);
+        slot.version = version;
+    }
+
     /// Stores a new slot under `hash`; the key must not be present.
     pub fn insert(&mut self, hash: u64, slot: Slot, hasher: &impl Fn(&[u8]) -> u64) -> u32 {
         slot.count(&mut self.stats, 1);
         if !slot.is_tombstone() {
             self.stats.total_items += 1;
         }
+        self.digests.toggle(slot.key(), slot.version);
         let tomb = slot.is_tombstone().then_some(slot.version);
         let idx = match self.free.pop() {
             Some(idx) => {
@@ -217,6 +232,7 @@ impl Shard {
         let slot = std::mem::replace(&mut self.slots[idx as usize], Slot::free());
         self.free.push(idx);
         slot.count(&mut self.stats, -1);
+        self.digests.toggle(slot.key(), slot.version);
         if why != Removal::Explicit && slot.version >= flush_floor {
             self.fences.forget(hash, slot.version);
         }
@@ -296,6 +312,10 @@ impl Shard {
         let tomb = slot.is_tombstone().then_some(slot.version);
         let old = std::mem::replace(&mut self.slots[idx as usize], slot);
         old.count(&mut self.stats, -1);
+        // The same key (see above): one hash, one XOR.
+        let new = &self.slots[idx as usize];
+        debug_assert_eq!(old.key(), new.key());
+        self.digests.change(new.key(), old.version, new.version);
         if let Some(version) = tomb {
             self.queue_tombstone(idx, version);
         }
@@ -474,6 +494,9 @@ impl Shard {
             .filter(|s| !s.is_free() && !s.is_tombstone())
             .map(Slot::cost)
             .sum();
+        for s in self.slots.iter().filter(|s| !s.is_free()) {
+            self.digests.toggle(s.key(), s.version);
+        }
         self.table.clear();
         self.slots.clear();
         self.free.clear();

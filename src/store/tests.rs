@@ -193,6 +193,7 @@ fn too_large_matches_memcached_arithmetic() {
 }
 
 mod convergence;
+mod digest;
 mod forgetting;
 mod model;
 

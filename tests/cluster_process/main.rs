@@ -5,6 +5,7 @@
 //! snapshot; a late joiner is served only once it holds everything; SIGTERM drains, SIGKILL
 //! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags.
 
+mod anti_entropy;
 mod catch_up;
 #[path = "../common/mod.rs"]
 mod common;

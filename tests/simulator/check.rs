@@ -1,7 +1,9 @@
 //! The contract of DESIGN.md section 0, checked from outside the cores.
 //!
 //! - **No regression** is checked after every step: a node run never holds a version of a
-//!   key older than one it held (item or tombstone) earlier in the run.
+//!   key older than one it held (item or tombstone) earlier in the run, nor takes back a
+//!   version it stopped holding (evicted, expired and collected, flushed, dropped): what a
+//!   node forgot is never refilled, by repair or anything else.
 //! - At the end, once every node is back and connected: **agreement** (every node holding
 //!   a live item for a key holds the same value, flags, exptime and version); **no
 //!   resurrection** (no live item is older than a delete or a due flush that a node alive
@@ -37,6 +39,10 @@ struct RunView {
     /// at the end: every tombstone version seen.
     tombstones: BTreeMap<Vec<u8>, std::collections::BTreeSet<Version>>,
     flushes: BTreeSet<(u64, u64)>,
+    /// The keys held at the last sample, and per key the newest version held before the
+    /// node stopped holding anything for it.
+    present: BTreeSet<Vec<u8>>,
+    forgotten: BTreeMap<Vec<u8>, Version>,
 }
 
 pub struct Checker {
@@ -84,7 +90,24 @@ impl Checker {
             let store = node.replica.store();
             let secs = (node.now_ms() / 1000) as u32;
             let view = &mut self.runs[i];
-            for (key, value, version) in store.state(secs) {
+            let state = store.state(secs);
+            let now_present: BTreeSet<Vec<u8>> = state.iter().map(|e| e.0.clone()).collect();
+            for k in view.present.difference(&now_present) {
+                if let Some(h) = view.newest.get(k) {
+                    view.forgotten.insert(k.clone(), h.version);
+                }
+            }
+            view.present = now_present;
+            for (key, value, version) in state {
+                // (A tombstone may reappear at its version: an expired item is out of
+                // `state` until reclaimed into one.)
+                let forgot = view.forgotten.remove(&key);
+                if let Some(f) = forgot.filter(|f| version <= *f && value.is_some()) {
+                    self.violations.push(format!(
+                        "refill at {now}: node {i} holds {} at {version} after forgetting it at {f}",
+                        show(&key)
+                    ));
+                }
                 if value.is_some() {
                     self.live_versions.insert(version);
                 } else {

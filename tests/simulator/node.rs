@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use meshcached::clock::{Hlc, ManualClock, NodeId};
-use meshcached::cluster::core::{Replica, ReplicaConfig};
+use meshcached::cluster::core::{Entropy, Replica, ReplicaConfig};
 use meshcached::config::Config;
 use meshcached::protocol::stream::ClientDecoder;
 use meshcached::replication::log::RunId;
@@ -20,6 +20,9 @@ use meshcached::store::{Store, StoreConfig};
 
 pub const TOMBSTONE_TTL_S: u32 = 4;
 pub const MAX_SKEW: Duration = Duration::from_secs(5);
+/// Anti-entropy's period: well within the tombstone TTL, as in production (10 s against
+/// hours), so that a delete the stream missed is repaired before its tombstone may go.
+pub const AE_PERIOD_MS: u64 = 1000;
 
 /// How a node is set up, fixed for the whole schedule.
 #[derive(Debug, Clone)]
@@ -83,6 +86,7 @@ impl Node {
             tombstone_ttl_ms: u64::from(TOMBSTONE_TTL_S) * 1000,
             join_timeout_ms: 10_000,
             repl_backlog: 16 << 10,
+            entropy: Entropy::every(ae_period_ms()),
         };
         let run_id = RunId(seed | 1);
         let replica = Replica::new(&cfg, store.clone(), hlc.clone(), positions, run_id, seed);
@@ -136,6 +140,15 @@ impl Node {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// [`AE_PERIOD_MS`], or `MESHCACHED_SIM_AE_PERIOD_MS` (0 turns anti-entropy off: to see
+/// which schedules need it).
+fn ae_period_ms() -> u64 {
+    std::env::var("MESHCACHED_SIM_AE_PERIOD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(AE_PERIOD_MS)
 }
 
 pub fn state_file(setup: &Setup, path: &std::path::Path) -> StateFile {

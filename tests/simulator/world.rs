@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use meshcached::cluster::core::{Connection, Event, Flow, Transmit};
 use meshcached::cluster::peers::{Dial, DialEnd};
 use meshcached::replication::frame::{self, Frame};
+use meshcached::replication::log::Op;
 use meshcached::server::state_file::Saving;
 
 use crate::check::Checker;
@@ -53,6 +54,12 @@ pub struct World {
     /// Per node, whether its current run was started without its `--state-file` (the
     /// operator left the flag out): it neither loads nor saves, and an older file stays.
     pub file_off: Vec<bool>,
+    /// Nodes killed for good (never restarted, never waited for).
+    pub gone: Vec<bool>,
+    /// Percent chance that a batch delivered loses one of its writes on the way, the
+    /// sender none the wiser (a write the stream cannot repair: anti-entropy must).
+    pub drop_pct: u64,
+    drop_rng: Rng,
     pub check: Checker,
     next_link: u64,
     /// Dials nobody answered: when each gives up, by whom (node, run).
@@ -74,6 +81,9 @@ impl World {
             conns: Vec::new(),
             cut: BTreeSet::new(),
             draining: vec![None; n],
+            gone: vec![false; n],
+            drop_pct: 0,
+            drop_rng: Rng::new(seed ^ 0xd409_d409_d409_d409),
             check: Checker::new(n),
             next_link: 1,
             unanswered: Vec::new(),
@@ -119,6 +129,12 @@ impl World {
                 .map_ref(|e| if e.node == i { 0 } else { IDLE_TIMEOUT_MS });
             c.cut(self.now, notice);
         }
+    }
+
+    /// kill -9, and the node never comes back.
+    pub fn kill_for_good(&mut self, i: usize) {
+        self.crash(i);
+        self.gone[i] = true;
     }
 
     /// SIGTERM: no more clients; the node drains its log to its peers (bounded), saves its
@@ -200,6 +216,7 @@ impl World {
         let now = self.now;
         let lat = self.conns[c].latency[0];
         let (conn_ends, setups) = (&mut self.conns[c].ends, &self.setups);
+        let (drop_pct, drop_rng) = (self.drop_pct, &mut self.drop_rng);
         let (e, other) = split(conn_ends, side);
         let Some(node) = self.nodes[e.node].as_mut().filter(|n| n.run == e.run) else {
             return Ok(());
@@ -259,6 +276,28 @@ impl World {
                 }
                 continue;
             }
+            let f = match f {
+                Frame::Batch {
+                    run_id,
+                    mut entries,
+                } if drop_pct > 0 && drop_rng.chance(drop_pct) => {
+                    let puts: Vec<usize> = (0..entries.len())
+                        .filter(|&i| matches!(entries[i].mutation.op, Op::Put { .. }))
+                        .collect();
+                    if !puts.is_empty() {
+                        let lost = entries.remove(puts[drop_rng.below(puts.len() as u64) as usize]);
+                        trace(
+                            now,
+                            format_args!(
+                                "n{} loses the write of {:?} at {} from n{}",
+                                e.node, lost.mutation.key, lost.mutation.version, other.node
+                            ),
+                        );
+                    }
+                    Frame::Batch { run_id, entries }
+                }
+                f => f,
+            };
             match node.replica.handle_live(e.link, f, node_now) {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stalled) => {
@@ -529,12 +568,14 @@ impl World {
         }
     }
 
-    /// Whether every node is up, every pair connected both ways, and no node draining.
+    /// Whether every node (but those gone for good) is up, every pair connected both
+    /// ways, and no node draining.
     pub fn all_linked(&self) -> bool {
-        let n = self.nodes.len();
+        let n = self.nodes.len() - self.gone.iter().filter(|g| **g).count();
         self.nodes
             .iter()
-            .all(|x| x.as_ref().is_some_and(|x| x.opened))
+            .zip(&self.gone)
+            .all(|(x, gone)| *gone || x.as_ref().is_some_and(|x| x.opened))
             && self.draining.iter().all(Option::is_none)
             && self
                 .nodes

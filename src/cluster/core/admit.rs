@@ -10,7 +10,9 @@ use crate::clock::{NodeId, Version};
 use crate::cluster::peers::{LinkMeta, Offer};
 use crate::cluster::send::Position as SendPosition;
 use crate::cluster::sync::Phase;
-use crate::replication::frame::{Frame, Hello, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_READY};
+use crate::replication::frame::{
+    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
+};
 use crate::replication::log::RunId;
 
 /// Why a connection is not taken as the link to its peer.
@@ -90,6 +92,9 @@ impl Replica {
         }
         if self.clean_start {
             flags |= HELLO_CLEAN;
+        }
+        if self.entropy.period_ms > 0 {
+            flags |= HELLO_AE;
         }
         Hello {
             name: self.name.clone(),
@@ -251,7 +256,7 @@ impl Replica {
             .sent_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
         let peer_defers = theirs.flags & HELLO_DEFER != 0;
-        let session = Session::new(
+        let mut session = Session::new(
             &peer,
             theirs.run_id,
             their_node,
@@ -259,6 +264,11 @@ impl Replica {
             counters,
             self.status_gen,
             now_ms,
+        );
+        // The first comparison soon after the link's resync (delta or snapshot) began.
+        session.ae = super::entropy::PeerEntropy::new(
+            theirs.flags & HELLO_AE != 0 && self.entropy.period_ms > 0,
+            now_ms + self.entropy.confirm_ms,
         );
         self.sessions.insert(link, session);
         let actions = self.plan.up(

@@ -58,7 +58,10 @@ impl Transmit {
         match self {
             Transmit::Frame(f) => {
                 frame::encode(&f, scratch);
-                chunks.push(scratch.split().freeze());
+                // An anti-entropy repair may carry a value of any size.
+                let mut own = vec![scratch.split().freeze()];
+                frame::split_into_parts(&mut own);
+                chunks.append(&mut own);
             }
             Transmit::Batch { run_id, entries } => {
                 let mut own = Vec::new();
@@ -168,6 +171,12 @@ impl Replica {
                 self.plan.synced(&peer, snapshots);
                 self.sync_step(now_ms);
             }
+            f @ (Frame::DigestRequest { .. }
+            | Frame::Digest(_)
+            | Frame::KeysRequest { .. }
+            | Frame::Keys { .. }
+            | Frame::RepairRequest { .. }
+            | Frame::Repair { .. }) => self.handle_entropy(link, f, now_ms)?,
             Frame::Hello(_) => return Err(PeerError::Protocol("a second hello".into())),
             Frame::SnapBegin(_) | Frame::SnapItems(_) | Frame::SnapEnd { .. } => {
                 return Err(PeerError::Protocol(
@@ -296,6 +305,10 @@ impl Replica {
         if let Some(f) = s.outgoing.pop_front() {
             return Some(Transmit::Frame(f));
         }
+        if let Some(f) = self.poll_entropy(link) {
+            return Some(Transmit::Frame(f));
+        }
+        let s = self.sessions.get_mut(&link)?;
         let cursor = s.plan.cursor()?;
         match self.outbox.read(cursor, BATCH_BYTES) {
             Err(lagged) => {

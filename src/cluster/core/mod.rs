@@ -26,6 +26,7 @@
 
 mod admit;
 mod catch_up;
+mod entropy;
 mod live;
 mod session;
 mod walk;
@@ -44,6 +45,7 @@ use crate::replication::frame::{Frame, Position};
 use crate::replication::log::RunId;
 use crate::store::Store;
 pub use admit::{Connection, LinkUp, Refusal};
+pub use entropy::{Entropy, BUCKETS_PER_ROUND, BUSY_MS, LIST_BYTES, REPAIR_BYTES};
 pub use live::{Flow, Transmit};
 use session::Session;
 pub use walk::SnapOut;
@@ -101,6 +103,8 @@ pub struct ReplicaConfig {
     pub tombstone_ttl_ms: u64,
     pub join_timeout_ms: u64,
     pub repl_backlog: usize,
+    /// Anti-entropy's timing ([`entropy`]); a period of 0 turns it off.
+    pub entropy: Entropy,
 }
 
 impl From<&crate::config::ClusterConfig> for ReplicaConfig {
@@ -113,9 +117,16 @@ impl From<&crate::config::ClusterConfig> for ReplicaConfig {
             tombstone_ttl_ms: u64::from(c.tombstone_ttl) * 1000,
             join_timeout_ms: c.join_timeout.as_millis() as u64,
             repl_backlog: c.repl_backlog,
+            entropy: Entropy::every(DEFAULT_AE_PERIOD_MS),
         }
     }
 }
+
+/// How often a node compares its store with each peer's when nothing differs: frequent
+/// enough that a write the stream missed is repaired within seconds (well within any
+/// `--tombstone-ttl`, so that a missed delete is repaired before its tombstone may go),
+/// rare enough that the digests (8 KiB per peer per round) cost nothing.
+pub const DEFAULT_AE_PERIOD_MS: u64 = 10_000;
 
 /// One node's replica core.
 pub struct Replica {
@@ -166,6 +177,9 @@ pub struct Replica {
     clock_refused: HashMap<String, u64>,
     /// Whether the last tick found this node outvoted on time (logged on each change).
     outvoted: bool,
+    entropy: Entropy,
+    /// The last anti-entropy round's token (rounds are numbered per node).
+    ae_tokens: u64,
 }
 
 /// How long a refusal on clocks counts against this node's clock: peers redial within
@@ -219,6 +233,8 @@ impl Replica {
             donor_positions: HashMap::new(),
             clock_refused: HashMap::new(),
             outvoted: false,
+            entropy: cfg.entropy,
+            ae_tokens: 0,
         };
         let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
@@ -359,6 +375,7 @@ impl Replica {
     /// Timers: the sync plan's (the donor grace period, `--join-timeout`).
     pub fn tick(&mut self, now_ms: u64) {
         self.sync_step(now_ms);
+        self.entropy_tick(now_ms);
         let vote = self.clock_outvoted(now_ms);
         if vote.is_some() != self.outvoted {
             self.outvoted = vote.is_some();

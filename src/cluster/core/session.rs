@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::entropy::PeerEntropy;
 use super::live::Stall;
 use super::walk::{Incoming, Walk};
 use crate::clock::NodeId;
@@ -42,6 +43,8 @@ pub(super) struct Session {
     pub incoming: Option<Incoming>,
     /// The rest of a batch refused by the skew guard: nothing after it is applied.
     pub stalled: Option<Stall>,
+    /// Anti-entropy with the peer.
+    pub ae: PeerEntropy,
 }
 
 impl Session {
@@ -73,6 +76,7 @@ impl Session {
             catch_ups: VecDeque::new(),
             incoming: None,
             stalled: None,
+            ae: PeerEntropy::default(),
         }
     }
 }

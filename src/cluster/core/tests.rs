@@ -30,6 +30,7 @@ fn replica_with_seeds(name: &str, id: u16, seeds: Vec<String>) -> Replica {
         tombstone_ttl_ms: 60_000,
         join_timeout_ms: 1000,
         repl_backlog: 1 << 20,
+        entropy: Entropy::every(1000),
     };
     Replica::new(&cfg, store, hlc, None, RunId(u64::from(id)), 1)
 }
@@ -241,4 +242,128 @@ fn a_node_most_peers_refuse_on_time_is_outvoted_and_a_pair_is_a_tie() {
     let up = x.link_up(conn(3, "a", false), &hello, a.hello("x", T0), T0 + 10);
     assert!(up.is_ok(), "{up:?}");
     assert_eq!(x.clock_outvoted(T0 + hour), None);
+}
+
+/// Carries what each side's core sends on its live stream to the other, encoded and
+/// decoded as on the wire, firing both cores' timers, for `ms` of virtual time.
+fn pump(a: &mut Replica, b: &mut Replica, from_ms: u64, ms: u64) {
+    for t in (from_ms..from_ms + ms).step_by(10) {
+        a.tick(t);
+        b.tick(t);
+        carry(a, 1, b, 2, t);
+        carry(b, 2, a, 1, t);
+    }
+}
+
+fn carry(from: &mut Replica, from_link: LinkId, to: &mut Replica, to_link: LinkId, t: u64) {
+    while let Some(tx) = from.poll_live(from_link, t) {
+        let (mut scratch, mut chunks) = (bytes::BytesMut::new(), Vec::new());
+        tx.encode(&mut scratch, &mut chunks);
+        let mut wire = bytes::BytesMut::new();
+        for c in chunks {
+            wire.extend_from_slice(&c);
+        }
+        while let Some(f) = crate::replication::frame::decode(&mut wire).unwrap() {
+            to.handle_live(to_link, f, t).unwrap();
+        }
+    }
+}
+
+fn linked_pair() -> (Replica, Replica) {
+    let mut a = replica("a", 1);
+    let mut b = replica("b", 2);
+    let (ab, ba) = (a.hello("b", T0), b.hello("a", T0));
+    assert!(ab.flags & crate::replication::frame::HELLO_AE != 0);
+    a.link_up(conn(1, "b", true), &ab, ba.clone(), T0).unwrap();
+    b.link_up(conn(2, "a", false), &ba, ab, T0).unwrap();
+    (a, b)
+}
+
+#[test]
+fn anti_entropy_repairs_what_the_stream_missed_and_never_what_was_forgotten() {
+    let (mut a, mut b) = linked_pair();
+    let now = (T0 / 1000) as u32;
+    // Versions of a third origin (a node that died), ten seconds old.
+    let v = |n: u64| Version((Version::at_unix_ms(T0 - 10_000).0 + (n << 10)) | 3);
+    let put = |ver| crate::store::Remote::Put {
+        value: b"value",
+        flags: 0,
+        exptime: 0,
+        version: ver,
+    };
+    // b got writes a did not: a new key, and a delete of a key a holds older.
+    b.store().apply(b"only-b", &put(v(1)), now).unwrap();
+    a.store().apply(b"deleted", &put(v(2)), now).unwrap();
+    b.store()
+        .apply(
+            b"deleted",
+            &crate::store::Remote::Delete { version: v(3) },
+            now,
+        )
+        .unwrap();
+    // a held and then forgot a key b still holds (evicted, say): not taken back.
+    a.store().apply(b"forgotten", &put(v(4)), now).unwrap();
+    b.store().apply(b"forgotten", &put(v(4)), now).unwrap();
+    let h = a.store().hash(b"forgotten");
+    assert_eq!(a.store().forget_where(now, |hash, _| hash == h), 1);
+    // a holds a newer version than b: b pulls it, a does not go back.
+    a.store().apply(b"newer-on-a", &put(v(6)), now).unwrap();
+    b.store().apply(b"newer-on-a", &put(v(5)), now).unwrap();
+    assert_ne!(a.store().digest(), b.store().digest());
+    pump(&mut a, &mut b, T0, 5000);
+    let state = |r: &Replica| r.store().state(now);
+    let held = |r: &Replica, k: &[u8]| {
+        state(r)
+            .into_iter()
+            .find(|e| e.0 == k)
+            .map(|e| (e.1.is_some(), e.2))
+    };
+    assert_eq!(held(&a, b"only-b"), Some((true, v(1))));
+    assert_eq!(held(&a, b"deleted"), Some((false, v(3))), "the delete won");
+    assert_eq!(
+        held(&a, b"forgotten"),
+        None,
+        "a forgotten key is not refilled"
+    );
+    assert_eq!(held(&b, b"newer-on-a"), Some((true, v(6))));
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let (ca, cb) = (a.counters().clone(), b.counters().clone());
+    let (ea, eb) = (&ca.entropy, &cb.entropy);
+    assert_eq!((load(&ea.keys_received), load(&eb.keys_sent)), (2, 2));
+    assert_eq!((load(&eb.keys_received), load(&ea.keys_sent)), (1, 1));
+    assert!(load(&ea.rounds) >= 2 && load(&ea.buckets_differing) >= 2);
+    assert!(load(&ea.bytes) > 8192, "at least a digest each way");
+    let per_peer = a.peer_counters("b");
+    assert_eq!(load(&per_peer.entropy.keys_received), 2);
+    // Once repaired, the rest of the difference (the forgotten key) is quiet: no more
+    // lists are asked for it.
+    let sent = load(&eb.keys_sent);
+    let rounds = load(&ea.rounds);
+    pump(&mut a, &mut b, T0 + 5000, 5000);
+    assert!(load(&ea.rounds) > rounds, "rounds go on");
+    assert_eq!(load(&eb.keys_sent), sent);
+}
+
+#[test]
+fn an_anti_entropy_answer_nobody_asked_for_ends_the_link() {
+    let (mut a, _b) = linked_pair();
+    let unasked = Frame::Repair {
+        token: 99,
+        items: vec![],
+    };
+    let err = a.handle_live(1, unasked, T0).unwrap_err();
+    assert!(err.to_string().contains("nothing asked for"), "{err}");
+    // Requests are answered, but a peer cannot make us owe it without bound.
+    let (mut a, _b) = linked_pair();
+    let mut outcome = Ok(Flow::Continue);
+    for token in 0..8 {
+        outcome = a.handle_live(1, Frame::DigestRequest { token }, T0);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    assert!(
+        matches!(&outcome, Err(PeerError::Protocol(why)) if why.contains("faster")),
+        "{outcome:?}"
+    );
 }

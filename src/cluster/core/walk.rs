@@ -395,6 +395,7 @@ impl Replica {
                 }
                 self.plan.snapshot_applied(&peer);
                 self.sync_step(now_ms);
+                self.entropy_soon(now_ms);
                 Ok(true)
             }
             (other, _) => Err(PeerError::Protocol(format!(

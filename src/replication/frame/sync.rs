@@ -71,13 +71,7 @@ pub(super) fn encode_snap_begin(b: &SnapBegin, out: &mut BytesMut) {
     out.put_u8(SNAP_BEGIN);
     out.put_u64(b.log_seq);
     out.put_u64(b.items);
-    // A store holds at most MAX_PENDING + 1 flushes, well within a u8.
-    let flushes = &b.flush.flushes[..b.flush.flushes.len().min(usize::from(u8::MAX))];
-    out.put_u8(flushes.len() as u8);
-    for f in flushes {
-        out.put_u64(f.issued.0);
-        out.put_u64(f.at_ms);
-    }
+    put_flushes(&b.flush, out);
     let positions = &b.positions[..b.positions.len().min(usize::from(u16::MAX))];
     out.put_u16(positions.len() as u16);
     for p in positions {
@@ -94,15 +88,7 @@ pub(super) fn parse_snap_begin(r: &mut Reader, kind: u8) -> Result<SnapBegin, Fr
     let flush = if kind == SNAP_BEGIN_V1 {
         parse_flush_v1(r)?
     } else {
-        let count = usize::from(r.u8()?);
-        let mut flushes = Vec::with_capacity(count);
-        for _ in 0..count {
-            flushes.push(Flush {
-                issued: Version(r.u64()?),
-                at_ms: r.u64()?,
-            });
-        }
-        FlushState { flushes }
+        parse_flushes(r)?
     };
     let count = usize::from(r.u16()?);
     // Each position takes at least 17 bytes.
@@ -125,6 +111,29 @@ pub(super) fn parse_snap_begin(r: &mut Reader, kind: u8) -> Result<SnapBegin, Fr
         positions,
         token,
     })
+}
+
+/// `count:u8 (issued:u64 at_ms:u64)*`: the flushes that still matter to a store.
+pub(super) fn put_flushes(state: &FlushState, out: &mut BytesMut) {
+    // A store holds at most MAX_PENDING + 1 flushes, well within a u8.
+    let flushes = &state.flushes[..state.flushes.len().min(usize::from(u8::MAX))];
+    out.put_u8(flushes.len() as u8);
+    for f in flushes {
+        out.put_u64(f.issued.0);
+        out.put_u64(f.at_ms);
+    }
+}
+
+pub(super) fn parse_flushes(r: &mut Reader) -> Result<FlushState, FrameError> {
+    let count = usize::from(r.u8()?);
+    let mut flushes = Vec::with_capacity(count);
+    for _ in 0..count {
+        flushes.push(Flush {
+            issued: Version(r.u64()?),
+            at_ms: r.u64()?,
+        });
+    }
+    Ok(FlushState { flushes })
 }
 
 /// The previous release's flush barrier and pending flush, as flushes: the barrier is a
@@ -193,6 +202,12 @@ impl SnapItemsWriter {
 
 pub(super) fn encode_snap_items(items: &[Mutation], out: &mut BytesMut) {
     out.put_u8(SNAP_ITEMS);
+    put_items(items, out);
+}
+
+/// `count:u32 item*`, as a snapshot's items frame carries them (read by
+/// [`parse_snap_items`]).
+pub(super) fn put_items(items: &[Mutation], out: &mut BytesMut) {
     out.put_u32(items.len() as u32);
     for m in items {
         out.put_u64(m.version.0);

@@ -431,3 +431,98 @@ fn frames_up_to_the_limit_are_not_cut() {
     parts::split_at(&mut chunks, 99, 10);
     assert_eq!(chunks.len(), 22, "11 parts, each a header and a slice");
 }
+
+#[test]
+fn anti_entropy_frames_round_trip_and_their_lengths_are_known() {
+    let put = Mutation {
+        key: Bytes::from_static(b"k"),
+        version: Version(9),
+        op: Op::Put {
+            value: Bytes::from_static(b"value"),
+            flags: 3,
+            exptime: 7,
+        },
+    };
+    let tomb = Mutation {
+        key: Bytes::from_static(b"gone"),
+        version: Version(10),
+        op: Op::Delete,
+    };
+    let frames = vec![
+        Frame::DigestRequest { token: 1 },
+        Frame::Digest(Digest {
+            token: 2,
+            flush: FlushState {
+                flushes: vec![Flush {
+                    issued: Version(5),
+                    at_ms: 6,
+                }],
+            },
+            buckets: (0..crate::store::BUCKETS as u64).collect(),
+        }),
+        Frame::KeysRequest {
+            token: 3,
+            buckets: vec![0, 17, 1023],
+        },
+        Frame::Keys {
+            token: 4,
+            lists: vec![
+                (17, vec![(Bytes::from_static(b"a"), Version(1))]),
+                (1023, vec![]),
+            ],
+        },
+        Frame::RepairRequest {
+            token: 5,
+            keys: vec![Bytes::from_static(b"a"), Bytes::from_static(b"bb")],
+        },
+        Frame::Repair {
+            token: 6,
+            items: vec![put, tomb],
+        },
+    ];
+    for f in frames {
+        let mut out = BytesMut::new();
+        encode(&f, &mut out);
+        assert_eq!(wire_len(&f), out.len(), "{f:?}");
+        assert_eq!(decode(&mut out).unwrap(), Some(f));
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn anti_entropy_counts_out_of_bounds_are_errors() {
+    let frame = |body: &[u8]| {
+        let mut b = BytesMut::new();
+        b.put_u32(body.len() as u32);
+        b.put_slice(body);
+        decode(&mut b)
+    };
+    // A digest of the wrong number of buckets.
+    let mut d = vec![16u8];
+    d.extend_from_slice(&[0; 8]);
+    d.push(0);
+    d.extend_from_slice(&3u16.to_be_bytes());
+    d.extend_from_slice(&[0; 24]);
+    assert!(matches!(frame(&d), Err(FrameError::Count(..))));
+    // Too many buckets asked for, and a bucket out of range.
+    let mut k = vec![17u8];
+    k.extend_from_slice(&[0; 8]);
+    k.extend_from_slice(&65u16.to_be_bytes());
+    assert!(matches!(frame(&k), Err(FrameError::Count(..))));
+    let mut k = vec![17u8];
+    k.extend_from_slice(&[0; 8]);
+    k.extend_from_slice(&1u16.to_be_bytes());
+    k.extend_from_slice(&1024u16.to_be_bytes());
+    assert!(matches!(frame(&k), Err(FrameError::Count(..))));
+    // Too many keys asked for; a list claiming more entries than its bytes hold.
+    let mut r = vec![19u8];
+    r.extend_from_slice(&[0; 8]);
+    r.extend_from_slice(&5000u32.to_be_bytes());
+    assert!(matches!(frame(&r), Err(FrameError::Count(..))));
+    let mut l = vec![18u8];
+    l.extend_from_slice(&[0; 8]);
+    l.extend_from_slice(&1u16.to_be_bytes());
+    l.extend_from_slice(&0u16.to_be_bytes());
+    l.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(frame(&l), Err(FrameError::Truncated)));
+}
