@@ -113,3 +113,44 @@ fn config_check_prints_the_effective_configuration() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("invalid size \"lots\""), "{text}");
 }
+
+/// Repeated `-l` add up, as memcached's do (`memcached -l 127.0.0.1 -l 127.0.0.2` listens
+/// on both), and the command line's `-l` replace the file's set as a whole.
+#[test]
+fn repeated_listen_lines_add_up_and_the_command_line_replaces_them() {
+    let dir = TempDir::new("config-listen");
+    let path = dir.at("memcached.conf");
+    std::fs::write(
+        &path,
+        "# two interfaces\n-p 7\n-l 127.0.0.2\n-l 127.0.0.3\n",
+    )
+    .unwrap();
+    let (code, text) = run_to_exit(&["config", "check", &path]);
+    assert_eq!(code, Some(0), "{text}");
+    for addr in ["127.0.0.2:7", "127.0.0.3:7"] {
+        assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
+    }
+    let (code, text) = run_to_exit(&[
+        "config",
+        "check",
+        &path,
+        "-l",
+        "127.0.0.4",
+        "-l",
+        "127.0.0.5",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    for addr in ["127.0.0.4:7", "127.0.0.5:7"] {
+        assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
+    }
+    let config = text.split_once("Config {").unwrap().1;
+    assert!(
+        !config.contains("127.0.0.2") && !config.contains("127.0.0.3"),
+        "{text}"
+    );
+    let (code, text) = run_to_exit(&["config", "check", "-l", "127.0.0.6", "-l", "127.0.0.7"]);
+    assert_eq!(code, Some(0), "{text}");
+    for addr in ["127.0.0.6:11211", "127.0.0.7:11211"] {
+        assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
+    }
+}

@@ -6,7 +6,8 @@
 //! (`port = 11211`, `memory-limit = "1g"`, `join = ["10.0.0.2:11212"]`,
 //! `disable-evictions = true`, `verbose = 2`). Either way the file becomes command-line
 //! words placed before the real command line's, and clap reads them all: one parser, one
-//! set of checks, and the last occurrence of a flag wins (repeatable flags add up). Each
+//! set of checks, and the last occurrence of a flag wins (repeatable flags, `-l` among them,
+//! add up; the command line's `-l` replace the file's). Each
 //! line or key is first checked alone, so that an error names its line.
 
 use std::path::{Path, PathBuf};
@@ -218,9 +219,26 @@ pub fn parse_command_line(
     };
     let mut full: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
     full.extend(file.words.iter().map(Into::into));
-    full.extend(argv.into_iter().skip(1));
-    let args = <Args as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+    full.extend(argv.iter().skip(1).cloned());
+    let mut args = <Args as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+    if !file.words.is_empty() {
+        if let Some(listen) = command_line_listen(argv) {
+            args.listen = listen;
+        }
+    }
     Ok((args, file))
+}
+
+/// The command line's own `-l` values, if it has any. Repeated `-l` add up within one
+/// source, but the command line's set replaces the file's as a whole, as any other flag
+/// given on the command line overrides the file's.
+fn command_line_listen(argv: Vec<std::ffi::OsString>) -> Option<Vec<String>> {
+    // The same words were just parsed with the file's before them, so they parse alone.
+    let matches = Args::command().try_get_matches_from(argv).ok()?;
+    if matches.value_source("listen") != Some(clap::parser::ValueSource::CommandLine) {
+        return None;
+    }
+    Some(matches.get_many::<String>("listen")?.cloned().collect())
 }
 
 /// The value of `--config` in a command line, if any.
@@ -242,6 +260,27 @@ pub fn config_path(argv: &[std::ffi::OsString]) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::testdir::TempDir;
+
+    /// `parse_command_line`'s `-l` set: the file's, or the command line's in place of it.
+    fn listen_of(file: &str, flags: &[&str]) -> Vec<String> {
+        let dir = TempDir::new("config-listen");
+        let path = dir.join("c");
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<std::ffi::OsString> = vec!["meshcached".into(), "--config".into()];
+        argv.push(path.into());
+        argv.extend(flags.iter().map(Into::into));
+        parse_command_line(argv).unwrap().0.listen
+    }
+
+    #[test]
+    fn the_command_line_listen_set_replaces_the_file_one() {
+        let file = "-l 127.0.0.2\n-l 127.0.0.3\n";
+        assert_eq!(listen_of(file, &[]), ["127.0.0.2", "127.0.0.3"]);
+        assert_eq!(listen_of(file, &["-m", "8"]), ["127.0.0.2", "127.0.0.3"]);
+        let flags = ["-l", "127.0.0.4", "--listen=127.0.0.5"];
+        assert_eq!(listen_of(file, &flags), ["127.0.0.4", "127.0.0.5"]);
+        assert_eq!(listen_of("-m 8\n", &[]), ["127.0.0.1"]);
+    }
 
     fn read(text: &str) -> Result<FileArgs, ConfigFileError> {
         let dir = TempDir::new("config-file");
@@ -292,6 +331,8 @@ mod tests {
             .unwrap();
         assert_eq!(f.words, ["-d", "-m", "64", "-o", "idle_timeout=5"]);
         assert_eq!(f.notes.len(), 1);
+        let f = read("-l 127.0.0.2\n-l 127.0.0.3\n").unwrap();
+        assert_eq!(f.words, ["-l", "127.0.0.2", "-l", "127.0.0.3"]);
         let e = read("-m 64\n-k\n").unwrap_err().to_string();
         assert!(e.contains(":2: unexpected argument '-k'"), "{e}");
         let e = read("-m 64\n--config other\n").unwrap_err().to_string();
