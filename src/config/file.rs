@@ -76,8 +76,9 @@ fn is_debian_style(text: &str) -> bool {
 fn debian(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
     let mut out = FileArgs::default();
     for (i, line) in text.lines().enumerate() {
+        let line = strip_comment(line);
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        if line.is_empty() {
             continue;
         }
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
@@ -102,6 +103,25 @@ fn debian(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
         out.words.extend(words);
     }
     Ok(out)
+}
+
+/// `line` without its comment: from the first `#` not escaped as `\#` to the end, with
+/// the escapes undone. Debian's systemd-memcached-wrapper strips comments anywhere on a
+/// line (`-m 64  # megabytes`) and hands the rest to a shell, which undoes `\#`.
+fn strip_comment(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'#') => {
+                out.push('#');
+                chars.next();
+            }
+            '#' => break,
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn toml_file(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
@@ -331,6 +351,8 @@ mod tests {
             .unwrap();
         assert_eq!(f.words, ["-d", "-m", "64", "-o", "idle_timeout=5"]);
         assert_eq!(f.notes.len(), 1);
+        let f = read("-m 64   # megabytes\n  # indented\n-l 127.0.0.2 #a#b\n-o x=a\\#b\n").unwrap();
+        assert_eq!(f.words, ["-m", "64", "-l", "127.0.0.2", "-o", "x=a#b"]);
         let f = read("-l 127.0.0.2\n-l 127.0.0.3\n").unwrap();
         assert_eq!(f.words, ["-l", "127.0.0.2", "-l", "127.0.0.3"]);
         let e = read("-m 64\n-k\n").unwrap_err().to_string();
