@@ -131,10 +131,11 @@ fn toml_file(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+    let lines = key_lines(text);
     let command = Args::command();
     let mut out = FileArgs::default();
     for (key, value) in &table {
-        let line = line_of(text, key);
+        let line = lines.get(key.as_str()).copied().unwrap_or(0);
         let line_err = |message: String| ConfigFileError::Line {
             path: path.to_path_buf(),
             line,
@@ -194,18 +195,25 @@ fn scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
-/// The 1-based line where top-level `key` is set (0 if it cannot be found).
-fn line_of(text: &str, key: &str) -> usize {
-    let quoted = format!("\"{key}\"");
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            [key, quoted.as_str()].iter().any(|k| {
-                l.strip_prefix(k)
-                    .is_some_and(|rest| rest.trim_start().starts_with('='))
-            })
-        })
-        .map_or(0, |i| i + 1)
+/// The 1-based line of each top-level key, from the parser's spans: the line of `key =`,
+/// of a dotted `key.sub =` or of a `[key]` table header, where the key first appears.
+fn key_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    // `text` parsed as a `toml::Table` already, so it parses here too; an error leaves
+    // every key at line 0 rather than failing twice.
+    let Ok(table) = toml::de::DeTable::parse(text) else {
+        return Default::default();
+    };
+    let line = |offset: usize| {
+        1 + text.as_bytes()[..offset.min(text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    };
+    table
+        .get_ref()
+        .keys()
+        .map(|k| (k.get_ref().to_string(), line(k.span().start)))
+        .collect()
 }
 
 /// Parses `words` alone, so that a bad value is reported with its line.
@@ -333,6 +341,16 @@ mod tests {
     fn toml_refusals_name_the_line() {
         let e = read("port = 1\n\nbogus = 2\n").unwrap_err().to_string();
         assert!(e.ends_with(":3: unknown key `bogus` (the keys are the long flags of --help, such as port or memory-limit)"), "{e}");
+        let e = read("[server]\nport = 1\n").unwrap_err().to_string();
+        assert!(e.contains(":1: unknown key `server`"), "{e}");
+        let e = read("port = 1\n\nserver.port = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":3: unknown key `server`"), "{e}");
+        let e = read("port = 1\n\"memory-limit\" = 3\n[a.b]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":3: unknown key `a`"), "{e}");
         let e = read("port = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains(":1: invalid value 'x'"), "{e}");
         let e = read("disable-cas = 1\n").unwrap_err().to_string();
