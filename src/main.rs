@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "config") {
         return config_command(std::env::args_os().skip(2).collect());
     }
+    meshcached::server::ignore_hangups_until_handled();
     let (args, file) = match parse_command_line(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(e) => {

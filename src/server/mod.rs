@@ -12,6 +12,7 @@ mod idle;
 mod meta_dispatch;
 pub mod report;
 mod signals;
+pub use signals::ignore_hangups_until_handled;
 pub mod state_file;
 pub mod stats;
 pub mod tls;
