@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use meshcached::clock::SystemClock;
 use meshcached::config::{parse_command_line, Config};
+use meshcached::pidfile::PidFile;
 use meshcached::server::Server;
 
 fn main() -> ExitCode {
@@ -56,12 +57,14 @@ fn main() -> ExitCode {
         }
     }
     // As memcached, before dropping root: the pid file's directory is often root's.
-    if let Some(path) = &args.pidfile {
-        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
-            eprintln!("meshcached: -P {}: {e}", path.display());
+    // Removed when it drops: at every exit from here on.
+    let _pidfile = match args.pidfile.as_deref().map(PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("meshcached: {e}");
             return ExitCode::from(1);
         }
-    }
+    };
     // Everything is bound: now -u may drop root.
     let socket = server.shared().config.unix_socket.clone();
     if let Err(e) = meshcached::privileges::settle(&node, args.user.as_deref(), socket.as_deref()) {
@@ -77,18 +80,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let code = match server.run(true) {
+    match server.run(true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshcached: {e}");
             ExitCode::from(1)
         }
-    };
-    if let Some(path) = &args.pidfile {
-        // Best effort: after -u the directory may no longer be writable (memcached alike).
-        let _ = std::fs::remove_file(path);
     }
-    code
 }
 
 /// `meshcached config check [FILE] [FLAGS...]`: prints the effective configuration (the
