@@ -127,20 +127,53 @@ fn config_command(rest: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Config::from_args(&args) {
-        Ok(config) => {
-            for note in &file.notes {
-                println!("# note: {note}");
-            }
-            println!("# flags read: {}", file.words.join(" "));
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+    let config = match Config::from_args(&args) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("meshcached: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = check_as_at_start(&args, &config) {
+        eprintln!("meshcached: {e}");
+        return ExitCode::from(2);
+    }
+    for note in &file.notes {
+        println!("# note: {note}");
+    }
+    println!("# flags read: {}", file.words.join(" "));
+    println!("{config:#?}");
+    println!("user: {:?}", args.user);
+    println!("pidfile: {:?}", args.pidfile);
+    println!(
+        "daemon: {} (meshcached stays in the foreground)",
+        args.daemon
+    );
+    ExitCode::SUCCESS
+}
+
+/// What a start checks beyond the flags themselves, short of binding: the client TLS
+/// certificates (-Z), the node's certificates (in a cluster) and the -u user.
+fn check_as_at_start(args: &meshcached::config::Args, config: &Config) -> Result<(), String> {
+    if let Some(tls) = &config.tls {
+        meshcached::server::tls::ClientTls::new(tls.clone(), 0).map_err(|e| e.to_string())?;
+    }
+    if let Some(cc) = &config.cluster {
+        let identity =
+            meshcached::certs::load_node_identity(&cc.certs_dir).map_err(|e| e.to_string())?;
+        if identity.name != cc.node_name {
+            return Err(format!(
+                "--node-name is {:?} but the node certificate in {} is for {:?}",
+                cc.node_name,
+                cc.certs_dir.display(),
+                identity.name
+            ));
         }
     }
+    if let Some(user) = &args.user {
+        meshcached::privileges::lookup(user).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {

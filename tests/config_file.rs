@@ -154,3 +154,30 @@ fn repeated_listen_lines_add_up_and_the_command_line_replaces_them() {
         assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
     }
 }
+
+/// `config check` checks what a start would, short of binding: the client TLS files, the
+/// -u user; and it prints -u, -P and -d.
+#[test]
+fn config_check_refuses_what_start_would() {
+    let dir = TempDir::new("config-check-start");
+    let missing = dir.at("missing.crt");
+    let option = format!("ssl_chain_cert={missing}");
+    let (code, text) = run_to_exit(&["config", "check", "-Z", "-o", &option]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("missing.crt"), "{text}");
+    let (code, text) = run_to_exit(&["config", "check", "-u", "no-such-user-here"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("-u no-such-user-here: no such user"),
+        "{text}"
+    );
+    let pid = dir.at("m.pid");
+    let (code, text) = run_to_exit(&["config", "check", "-u", "root", "-P", &pid, "-d"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("user: Some(\"root\")"), "{text}");
+    assert!(
+        text.contains(&format!("pidfile: Some(\"{pid}\")")),
+        "{text}"
+    );
+    assert!(text.contains("daemon: true"), "{text}");
+}
