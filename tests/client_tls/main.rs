@@ -599,14 +599,17 @@ fn ssl_stat_names_match_memcached() {
     let ours = TlsNode::start(&pki.dir, &[""], &strs(&flags));
     let port = free_port();
     let listen = format!("notls:127.0.0.1:{port},127.0.0.1:{}", free_port());
-    let mut theirs = Command::new("memcached")
-        .args(["-U", "0", "-u", "root", "-l", &listen])
-        .args(strs(&flags))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn memcached");
+    // Killed when the test ends, failed assertions included.
+    let _theirs = KillOnDrop(
+        Command::new("memcached")
+            .args(["-U", "0", "-u", "root", "-l", &listen])
+            .args(strs(&flags))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn memcached"),
+    );
     eventually(DEADLINE, "memcached serves", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -632,6 +635,14 @@ fn ssl_stat_names_match_memcached() {
             String::from_utf8_lossy(req)
         );
     }
-    let _ = theirs.kill();
-    let _ = theirs.wait();
+}
+
+/// A reference process, killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
