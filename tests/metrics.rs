@@ -105,8 +105,7 @@ fn stat(c: &mut Client, name: &str) -> f64 {
 /// types, and agree with `stats`.
 #[test]
 fn metrics_use_memcached_exporter_names_and_agree_with_stats() {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let node = Node::start(&["--metrics-listen", &metrics.to_string()]);
+    let (node, metrics) = Node::start_with_metrics(&[]);
     let mut c = node.client();
     assert_eq!(c.line("set a 0 0 1\r\nx"), "STORED\r\n");
     assert_eq!(c.line("set b 0 0 1\r\ny"), "STORED\r\n");
