@@ -284,3 +284,30 @@ fn minus_u_on_a_cluster_member_keeps_it_replicating() {
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&state).unwrap());
     assert_eq!(owner, nobody.uid, "the state file belongs to the user");
 }
+
+/// `-P`: a symbolic link in the pid file's place is refused (it is written as root, before
+/// `-u`), and the file is removed on an early exit after it was written too.
+#[test]
+fn the_pid_file_follows_no_link_and_goes_on_every_exit() {
+    let dir = TempDir::new("pidfile");
+    let target = dir.join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = dir.at("link.pid");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (code, text) = run_to_exit(&["-p", "0", "-P", &link]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+
+    if !running_as_root() {
+        eprintln!("skipped the -u part: -u needs root (.ci/run runs as root)");
+        return;
+    }
+    // -u fails after the pid file is written: it is removed all the same.
+    let pid = dir.join("m.pid");
+    let pid_flag = pid.display().to_string();
+    let (code, text) = run_to_exit(&["-p", "0", "-P", &pid_flag, "-u", "no-such-user-here"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no such user"), "{text}");
+    assert!(!pid.exists(), "the pid file was left behind");
+}
