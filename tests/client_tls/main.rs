@@ -646,3 +646,34 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A private key file every user may read is served, as memcached does, but the node
+/// warns, naming the file and its mode, at start and at each reload.
+#[test]
+fn a_world_readable_key_is_served_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new("tls-key-mode");
+    let key = pki.path("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let flags = pki.flags("");
+    let node = TlsNode::start(&pki.dir, &[""], &strs(&flags));
+    assert!(
+        !node.log().contains("readable by every user"),
+        "{}",
+        node.log()
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(node.client().line("refresh_certs"), "OK\r\n");
+    eventually(DEADLINE, "the reload warns of the key's mode", || {
+        node.log().contains("readable by every user")
+    });
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("readable by every user"))
+        .unwrap();
+    assert!(
+        line.contains(&pki.at("server.key")) && line.contains("0644"),
+        "{line}"
+    );
+}
