@@ -43,6 +43,7 @@ pub mod config;
 pub mod demo;
 pub mod key;
 pub mod metrics;
+pub mod pidfile;
 pub mod privileges;
 pub mod protocol;
 pub mod replication;

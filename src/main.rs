@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use meshcached::clock::SystemClock;
 use meshcached::config::{parse_command_line, Config};
+use meshcached::pidfile::PidFile;
 use meshcached::server::Server;
 
 fn main() -> ExitCode {
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "config") {
         return config_command(std::env::args_os().skip(2).collect());
     }
+    meshcached::server::ignore_hangups_until_handled();
     let (args, file) = match parse_command_line(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -55,12 +57,14 @@ fn main() -> ExitCode {
         }
     }
     // As memcached, before dropping root: the pid file's directory is often root's.
-    if let Some(path) = &args.pidfile {
-        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
-            eprintln!("meshcached: -P {}: {e}", path.display());
+    // Removed when it drops: at every exit from here on.
+    let _pidfile = match args.pidfile.as_deref().map(PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("meshcached: {e}");
             return ExitCode::from(1);
         }
-    }
+    };
     // Everything is bound: now -u may drop root.
     let socket = server.shared().config.unix_socket.clone();
     if let Err(e) = meshcached::privileges::settle(&node, args.user.as_deref(), socket.as_deref()) {
@@ -76,18 +80,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let code = match server.run(true) {
+    match server.run(true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshcached: {e}");
             ExitCode::from(1)
         }
-    };
-    if let Some(path) = &args.pidfile {
-        // Best effort: after -u the directory may no longer be writable (memcached alike).
-        let _ = std::fs::remove_file(path);
     }
-    code
 }
 
 /// `meshcached config check [FILE] [FLAGS...]`: prints the effective configuration (the
@@ -128,20 +127,53 @@ fn config_command(rest: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Config::from_args(&args) {
-        Ok(config) => {
-            for note in &file.notes {
-                println!("# note: {note}");
-            }
-            println!("# flags read: {}", file.words.join(" "));
-            println!("{config:#?}");
-            ExitCode::SUCCESS
-        }
+    let config = match Config::from_args(&args) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("meshcached: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = check_as_at_start(&args, &config) {
+        eprintln!("meshcached: {e}");
+        return ExitCode::from(2);
+    }
+    for note in &file.notes {
+        println!("# note: {note}");
+    }
+    println!("# flags read: {}", file.words.join(" "));
+    println!("{config:#?}");
+    println!("user: {:?}", args.user);
+    println!("pidfile: {:?}", args.pidfile);
+    println!(
+        "daemon: {} (meshcached stays in the foreground)",
+        args.daemon
+    );
+    ExitCode::SUCCESS
+}
+
+/// What a start checks beyond the flags themselves, short of binding: the client TLS
+/// certificates (-Z), the node's certificates (in a cluster) and the -u user.
+fn check_as_at_start(args: &meshcached::config::Args, config: &Config) -> Result<(), String> {
+    if let Some(tls) = &config.tls {
+        meshcached::server::tls::ClientTls::new(tls.clone(), 0).map_err(|e| e.to_string())?;
+    }
+    if let Some(cc) = &config.cluster {
+        let identity =
+            meshcached::certs::load_node_identity(&cc.certs_dir).map_err(|e| e.to_string())?;
+        if identity.name != cc.node_name {
+            return Err(format!(
+                "--node-name is {:?} but the node certificate in {} is for {:?}",
+                cc.node_name,
+                cc.certs_dir.display(),
+                identity.name
+            ));
         }
     }
+    if let Some(user) = &args.user {
+        meshcached::privileges::lookup(user).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {

@@ -113,3 +113,71 @@ fn config_check_prints_the_effective_configuration() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("invalid size \"lots\""), "{text}");
 }
+
+/// Repeated `-l` add up, as memcached's do (`memcached -l 127.0.0.1 -l 127.0.0.2` listens
+/// on both), and the command line's `-l` replace the file's set as a whole.
+#[test]
+fn repeated_listen_lines_add_up_and_the_command_line_replaces_them() {
+    let dir = TempDir::new("config-listen");
+    let path = dir.at("memcached.conf");
+    std::fs::write(
+        &path,
+        "# two interfaces\n-p 7\n-l 127.0.0.2\n-l 127.0.0.3\n",
+    )
+    .unwrap();
+    let (code, text) = run_to_exit(&["config", "check", &path]);
+    assert_eq!(code, Some(0), "{text}");
+    for addr in ["127.0.0.2:7", "127.0.0.3:7"] {
+        assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
+    }
+    let (code, text) = run_to_exit(&[
+        "config",
+        "check",
+        &path,
+        "-l",
+        "127.0.0.4",
+        "-l",
+        "127.0.0.5",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    for addr in ["127.0.0.4:7", "127.0.0.5:7"] {
+        assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
+    }
+    let config = text.split_once("Config {").unwrap().1;
+    assert!(
+        !config.contains("127.0.0.2") && !config.contains("127.0.0.3"),
+        "{text}"
+    );
+    let (code, text) = run_to_exit(&["config", "check", "-l", "127.0.0.6", "-l", "127.0.0.7"]);
+    assert_eq!(code, Some(0), "{text}");
+    for addr in ["127.0.0.6:11211", "127.0.0.7:11211"] {
+        assert!(text.contains(&format!("addr: {addr},")), "{addr} in {text}");
+    }
+}
+
+/// `config check` checks what a start would, short of binding: the client TLS files, the
+/// -u user; and it prints -u, -P and -d.
+#[test]
+fn config_check_refuses_what_start_would() {
+    let dir = TempDir::new("config-check-start");
+    let missing = dir.at("missing.crt");
+    let option = format!("ssl_chain_cert={missing}");
+    let (code, text) = run_to_exit(&["config", "check", "-Z", "-o", &option]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("missing.crt"), "{text}");
+    let (code, text) = run_to_exit(&["config", "check", "-u", "no-such-user-here"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("-u no-such-user-here: no such user"),
+        "{text}"
+    );
+    let pid = dir.at("m.pid");
+    let (code, text) = run_to_exit(&["config", "check", "-u", "root", "-P", &pid, "-d"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("user: Some(\"root\")"), "{text}");
+    assert!(
+        text.contains(&format!("pidfile: Some(\"{pid}\")")),
+        "{text}"
+    );
+    assert!(text.contains("daemon: true"), "{text}");
+}

@@ -105,8 +105,7 @@ fn stat(c: &mut Client, name: &str) -> f64 {
 /// types, and agree with `stats`.
 #[test]
 fn metrics_use_memcached_exporter_names_and_agree_with_stats() {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let node = Node::start(&["--metrics-listen", &metrics.to_string()]);
+    let (node, metrics) = Node::start_with_metrics(&[]);
     let mut c = node.client();
     assert_eq!(c.line("set a 0 0 1\r\nx"), "STORED\r\n");
     assert_eq!(c.line("set b 0 0 1\r\ny"), "STORED\r\n");
@@ -240,6 +239,8 @@ fn ready_follows_the_initial_sync_and_the_drain() {
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("syncing"), "{body}");
     assert_eq!(http_get(metrics, "/health").unwrap().0, 200);
+    let accepting = || value(&scrape(metrics), "memcached_accepting_connections", &[]);
+    assert_eq!(accepting(), 0.0, "the client port is closed while syncing");
 
     let a = Proc::start(&dir, "node-a", 1, pa, &[]);
     set(&mut a.client(), "before", "join");
@@ -257,6 +258,7 @@ fn ready_follows_the_initial_sync_and_the_drain() {
     );
     assert_eq!(value(&m, "meshcached_peer_up", &[("peer", "node-a")]), 1.0);
     assert_eq!(value(&m, "meshcached_peers_connected", &[]), 1.0);
+    assert_eq!(value(&m, "memcached_accepting_connections", &[]), 1.0);
     assert!(value(&m, "meshcached_snapshots_received_total", &[]) >= 1.0);
     assert_documented(&m);
 
@@ -273,6 +275,7 @@ fn ready_follows_the_initial_sync_and_the_drain() {
     });
     let (_, body) = seen.unwrap();
     assert!(body.starts_with("draining"), "{body}");
+    assert_eq!(accepting(), 0.0, "no new clients while draining");
     resume(&a);
     eventually(Duration::from_secs(30), "node-b exits", || {
         matches!(b.0.try_wait(), Ok(Some(_)))

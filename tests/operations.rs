@@ -193,6 +193,21 @@ fn ids(pid: u32) -> (String, String, String) {
     (field("Uid:"), field("Gid:"), field("Groups:"))
 }
 
+/// The `Uid:` line of every thread of `pid` (real, effective, saved, filesystem): setuid
+/// acts on one thread, so each must show the drop.
+fn thread_uids(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let uids: Vec<String> = tasks
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+            uid.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    assert!(uids.len() > 1, "the node runs several threads");
+    uids
+}
+
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -212,6 +227,9 @@ fn minus_u_drops_root_after_binding() {
     let (uid, gid, groups) = ids(node.child.id());
     let four = |id: u32| vec![id.to_string(); 4].join(" ");
     assert_eq!(uid, four(nobody.uid));
+    for thread in thread_uids(node.child.id()) {
+        assert_eq!(thread, four(nobody.uid), "every thread dropped root");
+    }
     assert_eq!(gid, four(nobody.gid));
     assert_eq!(groups, "");
     let mut c = node.client();
@@ -236,7 +254,8 @@ fn minus_u_drops_root_after_binding() {
 }
 
 /// A cluster member dropped to nobody after binding keeps replicating both ways: its
-/// cluster runtime's threads changed identity with the rest of the process.
+/// cluster runtime's threads changed identity with the rest of the process (every thread
+/// shows it), and the state file it writes at shutdown belongs to nobody.
 #[test]
 fn minus_u_on_a_cluster_member_keeps_it_replicating() {
     if !running_as_root() {
@@ -244,11 +263,51 @@ fn minus_u_on_a_cluster_member_keeps_it_replicating() {
         return;
     }
     let dir = TempDir::new("minus-u-cluster");
-    let (a, b) = common::procs::pair(&dir, &["-u", "nobody"]);
+    // A directory nobody may write to, for the state file.
+    let states = dir.join("states");
+    std::fs::create_dir(&states).unwrap();
+    std::fs::set_permissions(&states, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let state = states.join("a.state");
+    let state_flag = state.display().to_string();
+    let (mut a, b) = common::procs::pair(&dir, &["-u", "nobody", "--state-file", &state_flag]);
     let nobody = meshcached::privileges::lookup("nobody").unwrap();
-    assert!(ids(a.pid()).0.starts_with(&format!("{} ", nobody.uid)));
+    let four = vec![nobody.uid.to_string(); 4].join(" ");
+    for thread in thread_uids(a.pid()) {
+        assert_eq!(thread, four, "every thread dropped root");
+    }
     common::procs::set(&mut a.client(), "from-a", "1");
     common::procs::wait_value(&b, "from-a", "1");
     common::procs::set(&mut b.client(), "from-b", "2");
     common::procs::wait_value(&a, "from-b", "2");
+    a.node.signal(libc::SIGTERM);
+    assert!(a.node.wait_exit().success(), "{}", a.log());
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&state).unwrap());
+    assert_eq!(owner, nobody.uid, "the state file belongs to the user");
+}
+
+/// `-P`: a symbolic link in the pid file's place is refused (it is written as root, before
+/// `-u`), and the file is removed on an early exit after it was written too.
+#[test]
+fn the_pid_file_follows_no_link_and_goes_on_every_exit() {
+    let dir = TempDir::new("pidfile");
+    let target = dir.join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = dir.at("link.pid");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (code, text) = run_to_exit(&["-p", "0", "-P", &link]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+
+    if !running_as_root() {
+        eprintln!("skipped the -u part: -u needs root (.ci/run runs as root)");
+        return;
+    }
+    // -u fails after the pid file is written: it is removed all the same.
+    let pid = dir.join("m.pid");
+    let pid_flag = pid.display().to_string();
+    let (code, text) = run_to_exit(&["-p", "0", "-P", &pid_flag, "-u", "no-such-user-here"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no such user"), "{text}");
+    assert!(!pid.exists(), "the pid file was left behind");
 }

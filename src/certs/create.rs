@@ -347,22 +347,43 @@ pub(crate) fn read_secret(path: &Path, hint: &'static str) -> Result<Vec<u8>, Ce
 
 /// The file's contents and its permission bits, taken from the open file itself.
 fn read_with_mode(path: &Path, hint: &'static str) -> Result<(Vec<u8>, u32), CertsError> {
-    let io = |action, source| CertsError::Io {
-        path: path.into(),
-        action,
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(|e| open_error(path, hint, e))?;
-    let mode = file.metadata().map_err(|e| io("inspect", e))?.mode() & 0o7777;
+    read_pem_file(path).map_err(|e| match e {
+        PemFileError::Open(e) => open_error(path, hint, e),
+        PemFileError::Read(source) => CertsError::Io {
+            path: path.into(),
+            action: "read",
+            source,
+        },
+        PemFileError::TooLarge => CertsError::Malformed {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        },
+    })
+}
+
+/// Why [`read_pem_file`] read nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    #[error("{0}")]
+    Open(std::io::Error),
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("larger than 1 MiB: not a certificate or key")]
+    TooLarge,
+}
+
+/// A certificate or key file's contents and its permission bits (taken from the open file
+/// itself, so both describe the same file), refusing anything over 1 MiB: the one reader of
+/// PEM files, for the cluster's certificates and for client TLS's.
+pub fn read_pem_file(path: &Path) -> Result<(Vec<u8>, u32), PemFileError> {
+    let file = std::fs::File::open(path).map_err(PemFileError::Open)?;
+    let mode = file.metadata().map_err(PemFileError::Read)?.mode() & 0o7777;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| io("read", e))?;
+        .map_err(PemFileError::Read)?;
     if bytes.len() as u64 > MAX_FILE_LEN {
-        return Err(CertsError::Malformed {
-            what: path.display().to_string(),
-            reason: "larger than 1 MiB: not a certificate or key".into(),
-        });
+        return Err(PemFileError::TooLarge);
     }
     Ok((bytes, mode))
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use cli::{main, run, CertsCli, CertsCommand};
-pub use create::{generate_ca, Ca, NodeCert};
+pub use create::{generate_ca, read_pem_file, Ca, NodeCert, PemFileError};
 pub use names::{Host, NodeName};
 
 /// File names inside a certificates directory, as `cockroach cert` lays them out.

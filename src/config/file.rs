@@ -6,7 +6,8 @@
 //! (`port = 11211`, `memory-limit = "1g"`, `join = ["10.0.0.2:11212"]`,
 //! `disable-evictions = true`, `verbose = 2`). Either way the file becomes command-line
 //! words placed before the real command line's, and clap reads them all: one parser, one
-//! set of checks, and the last occurrence of a flag wins (repeatable flags add up). Each
+//! set of checks, and the last occurrence of a flag wins (repeatable flags, `-l` among them,
+//! add up; the command line's `-l` replace the file's). Each
 //! line or key is first checked alone, so that an error names its line.
 
 use std::path::{Path, PathBuf};
@@ -75,8 +76,9 @@ fn is_debian_style(text: &str) -> bool {
 fn debian(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
     let mut out = FileArgs::default();
     for (i, line) in text.lines().enumerate() {
+        let line = strip_comment(line);
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        if line.is_empty() {
             continue;
         }
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
@@ -103,6 +105,25 @@ fn debian(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
     Ok(out)
 }
 
+/// `line` without its comment: from the first `#` not escaped as `\#` to the end, with
+/// the escapes undone. Debian's systemd-memcached-wrapper strips comments anywhere on a
+/// line (`-m 64  # megabytes`) and hands the rest to a shell, which undoes `\#`.
+fn strip_comment(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'#') => {
+                out.push('#');
+                chars.next();
+            }
+            '#' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn toml_file(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
     let table: toml::Table = text
         .parse()
@@ -110,10 +131,11 @@ fn toml_file(path: &Path, text: &str) -> Result<FileArgs, ConfigFileError> {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+    let lines = key_lines(text);
     let command = Args::command();
     let mut out = FileArgs::default();
     for (key, value) in &table {
-        let line = line_of(text, key);
+        let line = lines.get(key.as_str()).copied().unwrap_or(0);
         let line_err = |message: String| ConfigFileError::Line {
             path: path.to_path_buf(),
             line,
@@ -173,18 +195,25 @@ fn scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
-/// The 1-based line where top-level `key` is set (0 if it cannot be found).
-fn line_of(text: &str, key: &str) -> usize {
-    let quoted = format!("\"{key}\"");
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            [key, quoted.as_str()].iter().any(|k| {
-                l.strip_prefix(k)
-                    .is_some_and(|rest| rest.trim_start().starts_with('='))
-            })
-        })
-        .map_or(0, |i| i + 1)
+/// The 1-based line of each top-level key, from the parser's spans: the line of `key =`,
+/// of a dotted `key.sub =` or of a `[key]` table header, where the key first appears.
+fn key_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    // `text` parsed as a `toml::Table` already, so it parses here too; an error leaves
+    // every key at line 0 rather than failing twice.
+    let Ok(table) = toml::de::DeTable::parse(text) else {
+        return Default::default();
+    };
+    let line = |offset: usize| {
+        1 + text.as_bytes()[..offset.min(text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    };
+    table
+        .get_ref()
+        .keys()
+        .map(|k| (k.get_ref().to_string(), line(k.span().start)))
+        .collect()
 }
 
 /// Parses `words` alone, so that a bad value is reported with its line.
@@ -218,9 +247,26 @@ pub fn parse_command_line(
     };
     let mut full: Vec<std::ffi::OsString> = argv.iter().take(1).cloned().collect();
     full.extend(file.words.iter().map(Into::into));
-    full.extend(argv.into_iter().skip(1));
-    let args = <Args as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+    full.extend(argv.iter().skip(1).cloned());
+    let mut args = <Args as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+    if !file.words.is_empty() {
+        if let Some(listen) = command_line_listen(argv) {
+            args.listen = listen;
+        }
+    }
     Ok((args, file))
+}
+
+/// The command line's own `-l` values, if it has any. Repeated `-l` add up within one
+/// source, but the command line's set replaces the file's as a whole, as any other flag
+/// given on the command line overrides the file's.
+fn command_line_listen(argv: Vec<std::ffi::OsString>) -> Option<Vec<String>> {
+    // The same words were just parsed with the file's before them, so they parse alone.
+    let matches = Args::command().try_get_matches_from(argv).ok()?;
+    if matches.value_source("listen") != Some(clap::parser::ValueSource::CommandLine) {
+        return None;
+    }
+    Some(matches.get_many::<String>("listen")?.cloned().collect())
 }
 
 /// The value of `--config` in a command line, if any.
@@ -242,6 +288,27 @@ pub fn config_path(argv: &[std::ffi::OsString]) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::testdir::TempDir;
+
+    /// `parse_command_line`'s `-l` set: the file's, or the command line's in place of it.
+    fn listen_of(file: &str, flags: &[&str]) -> Vec<String> {
+        let dir = TempDir::new("config-listen");
+        let path = dir.join("c");
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<std::ffi::OsString> = vec!["meshcached".into(), "--config".into()];
+        argv.push(path.into());
+        argv.extend(flags.iter().map(Into::into));
+        parse_command_line(argv).unwrap().0.listen
+    }
+
+    #[test]
+    fn the_command_line_listen_set_replaces_the_file_one() {
+        let file = "-l 127.0.0.2\n-l 127.0.0.3\n";
+        assert_eq!(listen_of(file, &[]), ["127.0.0.2", "127.0.0.3"]);
+        assert_eq!(listen_of(file, &["-m", "8"]), ["127.0.0.2", "127.0.0.3"]);
+        let flags = ["-l", "127.0.0.4", "--listen=127.0.0.5"];
+        assert_eq!(listen_of(file, &flags), ["127.0.0.4", "127.0.0.5"]);
+        assert_eq!(listen_of("-m 8\n", &[]), ["127.0.0.1"]);
+    }
 
     fn read(text: &str) -> Result<FileArgs, ConfigFileError> {
         let dir = TempDir::new("config-file");
@@ -274,6 +341,16 @@ mod tests {
     fn toml_refusals_name_the_line() {
         let e = read("port = 1\n\nbogus = 2\n").unwrap_err().to_string();
         assert!(e.ends_with(":3: unknown key `bogus` (the keys are the long flags of --help, such as port or memory-limit)"), "{e}");
+        let e = read("[server]\nport = 1\n").unwrap_err().to_string();
+        assert!(e.contains(":1: unknown key `server`"), "{e}");
+        let e = read("port = 1\n\nserver.port = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":3: unknown key `server`"), "{e}");
+        let e = read("port = 1\n\"memory-limit\" = 3\n[a.b]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":3: unknown key `a`"), "{e}");
         let e = read("port = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains(":1: invalid value 'x'"), "{e}");
         let e = read("disable-cas = 1\n").unwrap_err().to_string();
@@ -292,6 +369,10 @@ mod tests {
             .unwrap();
         assert_eq!(f.words, ["-d", "-m", "64", "-o", "idle_timeout=5"]);
         assert_eq!(f.notes.len(), 1);
+        let f = read("-m 64   # megabytes\n  # indented\n-l 127.0.0.2 #a#b\n-o x=a\\#b\n").unwrap();
+        assert_eq!(f.words, ["-m", "64", "-l", "127.0.0.2", "-o", "x=a#b"]);
+        let f = read("-l 127.0.0.2\n-l 127.0.0.3\n").unwrap();
+        assert_eq!(f.words, ["-l", "127.0.0.2", "-l", "127.0.0.3"]);
         let e = read("-m 64\n-k\n").unwrap_err().to_string();
         assert!(e.contains(":2: unexpected argument '-k'"), "{e}");
         let e = read("-m 64\n--config other\n").unwrap_err().to_string();

@@ -62,11 +62,13 @@ pub struct Args {
     #[arg(help_heading = HELP_MEMCACHED, short = 'p', long = "port", default_value_t = 11211)]
     pub port: u16,
 
-    /// Interface(s) to listen on, comma separated: IP addresses or host names, each
-    /// ADDR or ADDR:PORT. With -Z, a `notls:` prefix serves one plaintext, `btls:` TLS
+    /// Interface(s) to listen on, comma separated or repeated: IP addresses or host names,
+    /// each ADDR or ADDR:PORT. With -Z, a `notls:` prefix serves one plaintext, `btls:` TLS
     /// without client certificates, `mtls:` TLS requiring them.
+    // Repeated -l add up, as memcached joins them with commas; the command line's -l
+    // replace the configuration file's as a set (see `parse_command_line`).
     #[arg(help_heading = HELP_MEMCACHED, short = 'l', long = "listen", default_value = "127.0.0.1")]
-    pub listen: String,
+    pub listen: Vec<String>,
 
     /// Unix socket path to listen on (disables TCP, as in memcached).
     #[arg(help_heading = HELP_MEMCACHED, short = 's', long = "unix-socket")]
@@ -418,7 +420,8 @@ impl Config {
         let mut prefixed = Vec::new();
         for entry in args
             .listen
-            .split(',')
+            .iter()
+            .flat_map(|l| l.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
@@ -433,7 +436,7 @@ impl Config {
             }
         }
         if listen.is_empty() {
-            return Err(ConfigError::Listen(args.listen.clone()));
+            return Err(ConfigError::Listen(args.listen.join(",")));
         }
         let addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
         let cluster = cluster_config(args, &addrs)?;
@@ -550,6 +553,14 @@ pub(crate) mod tests {
         ]);
         let listen = c.unwrap().cluster.unwrap().listen;
         assert!(listen.ip().is_loopback() && listen.port() == 11212);
+    }
+
+    /// Repeated -l add up, as memcached's (`memcached -l 127.0.0.1 -l 127.0.0.2`).
+    #[test]
+    fn repeated_listen_flags_add_up() {
+        let c = parse(&["-l", "127.0.0.2", "-l", "127.0.0.3,127.0.0.4", "-p", "7"]).unwrap();
+        let addrs: Vec<String> = c.listen.iter().map(|l| l.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.2:7", "127.0.0.3:7", "127.0.0.4:7"]);
     }
 
     #[test]

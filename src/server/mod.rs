@@ -13,6 +13,7 @@ mod meta_dispatch;
 mod ops;
 pub mod report;
 mod signals;
+pub use signals::ignore_hangups_until_handled;
 pub mod state_file;
 pub mod stats;
 pub mod tls;

@@ -131,7 +131,10 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
     push(&mut s, BytesRead.stat_name(), c(BytesRead));
     push(&mut s, BytesWritten.stat_name(), c(BytesWritten));
     push(&mut s, "limit_maxbytes", cfg.mem_limit);
-    push(&mut s, "accepting_conns", 1);
+    // memcached's 0 means its listeners are paused (at the connection limit); here they
+    // are closed until the initial sync ends, and again from a shutdown request on.
+    let accepting = shared.is_serving() && !shared.stopping();
+    push(&mut s, "accepting_conns", u8::from(accepting));
     push(&mut s, "listen_disabled_num", 0);
     push(&mut s, "time_in_listen_disabled_us", 0);
     push(&mut s, "threads", cfg.threads);

@@ -4,6 +4,16 @@
 
 use super::Shared;
 
+/// Ignores SIGHUP until [`hangup_signals`] installs the real handler: start-up (loading a
+/// state file can take seconds) would otherwise die of SIGHUP's default action, where a
+/// running node reloads its certificates. Call it first thing in the node's `main`; tokio's
+/// handler replaces the disposition later.
+pub fn ignore_hangups_until_handled() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions; it runs
+    // before any other thread that could be installing handlers exists.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+}
+
 /// SIGHUP, when signals are handled: it reloads the client TLS certificates, as in
 /// memcached.
 pub fn hangup_signals(enabled: bool) -> Option<tokio::signal::unix::Signal> {

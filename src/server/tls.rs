@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::certs::read_pem_file;
 use crate::config::{ListenerTls, TlsConfig, TlsVersion};
 
 /// How long a client has to complete its handshake (unless `-o idle_timeout` is shorter).
@@ -47,8 +48,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sessions kept for resumption with `ssl_session_cache`: OpenSSL's default cache size,
 /// which is what memcached gets.
 const SESSION_CACHE_SIZE: usize = 20 * 1024;
-/// A certificate, key or CA file larger than this is not one.
-const MAX_FILE_LEN: u64 = 1 << 20;
 
 /// Why the certificates could not be loaded. The messages start as memcached's
 /// `refresh_certs` errors do (after its "Error "), and name the file.
@@ -271,7 +270,7 @@ fn load_key_pair(config: &TlsConfig, provider: &CryptoProvider) -> Result<Certif
         path: chain_path.clone(),
         reason,
     };
-    let chain_pem = read(chain_path).map_err(chain_err)?;
+    let (chain_pem, chain_mode) = read(chain_path).map_err(chain_err)?;
     let chain = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| chain_err(format!("not valid PEM ({e})")))?;
@@ -285,9 +284,11 @@ fn load_key_pair(config: &TlsConfig, provider: &CryptoProvider) -> Result<Certif
         path: key_path.clone(),
         reason,
     };
-    let key_pem = match &config.key {
-        Some(path) => read(path).map_err(key_err)?,
-        None => chain_pem,
+    let (key_pem, key_mode) = match &config.key {
+        Some(path) => {
+            read_pem_file(path).map_err(|e| key_err(e.to_string().replace(['\r', '\n'], " ")))?
+        }
+        None => (chain_pem, chain_mode),
     };
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound if config.key.is_none() => {
@@ -298,6 +299,7 @@ fn load_key_pair(config: &TlsConfig, provider: &CryptoProvider) -> Result<Certif
         }
         e => key_err(format!("not valid PEM ({e})")),
     })?;
+    warn_if_world_readable(key_path, key_mode);
     CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
             key: key_path.clone(),
@@ -313,7 +315,7 @@ fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
         path: path.to_path_buf(),
         reason,
     };
-    let pem = read(path).map_err(ca_err)?;
+    let (pem, _) = read(path).map_err(ca_err)?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| ca_err(format!("not valid PEM ({e})")))?;
@@ -329,22 +331,22 @@ fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// A file's contents, or why it cannot be read, in one line.
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| one_line(&e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| one_line(&e))?;
-    if bytes.len() as u64 > MAX_FILE_LEN {
-        return Err(format!("larger than {MAX_FILE_LEN} bytes: not a PEM file"));
-    }
-    Ok(bytes)
+/// A file's contents and permission bits, or why it cannot be read, in one line.
+fn read(path: &Path) -> Result<(Vec<u8>, u32), String> {
+    read_pem_file(path).map_err(|e| e.to_string().replace(['\r', '\n'], " "))
 }
 
-fn one_line(e: &io::Error) -> String {
-    e.to_string().replace(['\r', '\n'], " ")
+/// The private key's file (`ssl_key`, or the chain's file holding the key) with permission
+/// bits `mode`: memcached serves a key anyone may read, and so does meshcached, but it says
+/// so (`meshcached certs` refuses such a node.key).
+fn warn_if_world_readable(path: &Path, mode: u32) {
+    if mode & 0o004 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format_args!("{mode:04o}"),
+            "client TLS: the private key file is readable by every user; chmod o-r it"
+        );
+    }
 }
 
 /// The three configurations a listener may serve: unprefixed (`ssl_verify_mode`), `btls:`

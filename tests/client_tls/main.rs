@@ -600,14 +600,17 @@ fn ssl_stat_names_match_memcached() {
     let ours = TlsNode::start(&pki.dir, &[""], &strs(&flags));
     let port = free_port();
     let listen = format!("notls:127.0.0.1:{port},127.0.0.1:{}", free_port());
-    let mut theirs = Command::new("memcached")
-        .args(["-U", "0", "-u", "root", "-l", &listen])
-        .args(strs(&flags))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn memcached");
+    // Killed when the test ends, failed assertions included.
+    let _theirs = KillOnDrop(
+        Command::new("memcached")
+            .args(["-U", "0", "-u", "root", "-l", &listen])
+            .args(strs(&flags))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn memcached"),
+    );
     eventually(DEADLINE, "memcached serves", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -633,6 +636,45 @@ fn ssl_stat_names_match_memcached() {
             String::from_utf8_lossy(req)
         );
     }
-    let _ = theirs.kill();
-    let _ = theirs.wait();
+}
+
+/// A reference process, killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private key file every user may read is served, as memcached does, but the node
+/// warns, naming the file and its mode, at start and at each reload.
+#[test]
+fn a_world_readable_key_is_served_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new("tls-key-mode");
+    let key = pki.path("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let flags = pki.flags("");
+    let node = TlsNode::start(&pki.dir, &[""], &strs(&flags));
+    assert!(
+        !node.log().contains("readable by every user"),
+        "{}",
+        node.log()
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(node.client().line("refresh_certs"), "OK\r\n");
+    eventually(DEADLINE, "the reload warns of the key's mode", || {
+        node.log().contains("readable by every user")
+    });
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("readable by every user"))
+        .unwrap();
+    assert!(
+        line.contains(&pki.at("server.key")) && line.contains("0644"),
+        "{line}"
+    );
 }

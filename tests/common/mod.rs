@@ -64,6 +64,26 @@ impl Node {
             .unwrap_or_else(|| panic!("meshcached did not start with {extra:?}"))
     }
 
+    /// [`Node::start`] with `--metrics-listen` on a free port too, returned with the node.
+    /// The node exits if another process took that port first: then another one is tried,
+    /// as for the client port.
+    pub fn start_with_metrics(extra: &[&str]) -> (Node, SocketAddr) {
+        for _ in 0..5 {
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let listen = metrics.to_string();
+            let flags: Vec<&str> = extra
+                .iter()
+                .copied()
+                .chain(["--metrics-listen", &listen])
+                .collect();
+            // Serving its client port means it bound the metrics port: that comes first.
+            if let Some(node) = Node::launch(&flags, &|| Stdio::piped()) {
+                return (node, metrics);
+            }
+        }
+        panic!("meshcached did not start with {extra:?} and a metrics port");
+    }
+
     /// Spawns the binary on a free port (five tries, in case another process takes the
     /// port first) with `stderr` as its standard error; `None` if it never accepted.
     fn launch(extra: &[&str], stderr: &dyn Fn() -> Stdio) -> Option<Node> {
