@@ -185,8 +185,10 @@ fn assert_log_is_readable(log: &str) {
             "snapshot sent",
             "snapshot applied",
         ];
+        // A snapshot that carries something is worth a line (the write the test makes
+        // can reach a node before the link that would have made its snapshot empty).
         assert!(
-            !narrated.iter().any(|n| line.contains(n)),
+            !(narrated.iter().any(|n| line.contains(n)) && line.contains(" items=0")),
             "an empty snapshot narrated: {line}"
         );
         assert!(
