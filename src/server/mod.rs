@@ -5,6 +5,7 @@
 //! connection never migrates and its requests never cross a thread. The store is shared by
 //! all workers behind its shard locks.
 
+mod accept;
 mod connection;
 pub mod dispatch;
 mod dump;
@@ -21,7 +22,6 @@ mod unix_socket;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,7 +238,7 @@ impl Server {
         };
         // Without an initial sync to wait for, the port accepts from now on (connections
         // queue until `run`), as memcached's does once it is started.
-        if sync_gate(cluster.as_ref(), &config).is_none() {
+        if accept::sync_gate(cluster.as_ref(), &config).is_none() {
             use std::os::fd::AsRawFd;
             let fds = tcp.iter().map(|(s, _)| s.as_raw_fd());
             for fd in fds.chain(unix.iter().map(|s| s.as_raw_fd())) {
@@ -329,7 +329,7 @@ impl Server {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let result = rt.block_on(accept_loop(
+        let result = rt.block_on(accept::accept_loop(
             self.shared.clone(),
             self.tcp,
             self.unix,
@@ -449,162 +449,6 @@ fn start_cluster(
         cluster.start(endpoint);
     }
     Ok((cluster, rt, state_file, loaded))
-}
-
-/// What the client port waits for before it listens: the cluster's initial sync, unless
-/// there is none, it is already done, or `--serve-while-syncing` says not to wait.
-fn sync_gate(cluster: Option<&Arc<Cluster>>, config: &Config) -> Option<watch::Receiver<bool>> {
-    let serve_early = config
-        .cluster
-        .as_ref()
-        .is_some_and(|c| c.serve_while_syncing);
-    let ready = cluster.filter(|_| !serve_early)?.ready();
-    let done = *ready.borrow();
-    (!done).then_some(ready)
-}
-
-/// Waits until the node may serve clients: at once standalone or with
-/// `--serve-while-syncing`, otherwise once the cluster's initial sync is complete.
-/// Returns false when a shutdown came first.
-async fn wait_until_ready(
-    shared: &Shared,
-    signal: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> bool {
-    let Some(mut ready) = sync_gate(shared.cluster.as_ref(), &shared.config) else {
-        return true;
-    };
-    tracing::info!(node = %shared.name, "the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
-    let mut shutdown = shared.shutdown.subscribe();
-    tokio::select! {
-        r = ready.wait_for(|r| *r) => r.is_ok(),
-        _ = shutdown.wait_for(|s| *s) => false,
-        _ = signal.as_mut() => {
-            tracing::info!(node = %shared.name, "signal received during the initial sync, shutting down");
-            shared.request_shutdown();
-            false
-        }
-    }
-}
-
-async fn accept_loop(
-    shared: Arc<Shared>,
-    tcp: Vec<(TcpSocket, ListenerTls)>,
-    unix: Option<UnixSocket>,
-    senders: Vec<mpsc::UnboundedSender<Stream>>,
-    handle_signals: bool,
-) -> io::Result<()> {
-    // First of all: SIGHUP's default action would end the process.
-    let mut hangups = signals::hangup_signals(handle_signals);
-    let signal = signals::stop(&shared.name, handle_signals);
-    tokio::pin!(signal);
-    if !wait_until_ready(&shared, &mut signal).await {
-        return Ok(());
-    }
-    let (accepted_tx, mut accepted) = mpsc::channel::<Stream>(64);
-    let mut tasks = Vec::new();
-    for (socket, tls) in tcp {
-        let l = socket.listen(LISTEN_BACKLOG)?;
-        let serves = if tls == ListenerTls::Off {
-            "plaintext"
-        } else {
-            "TLS"
-        };
-        tracing::info!(node = %shared.name, addr = %l.local_addr()?, serves, "listening");
-        let tx = accepted_tx.clone();
-        let name = shared.name.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let _ = s.set_nodelay(true);
-                        let Ok(s) = s.into_std() else { continue };
-                        let conn = match tls {
-                            ListenerTls::Off => Stream::Tcp(s),
-                            mode => Stream::Tls(s, mode),
-                        };
-                        if tx.send(conn).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => accept_error(&name, e).await,
-                }
-            }
-        }));
-    }
-    if let Some(socket) = unix {
-        let l = socket.listen(LISTEN_BACKLOG)?;
-        let path = l.local_addr()?;
-        let path = path
-            .as_pathname()
-            .unwrap_or(std::path::Path::new("?"))
-            .display();
-        tracing::info!(node = %shared.name, %path, "listening on unix socket");
-        let tx = accepted_tx.clone();
-        let name = shared.name.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        let Ok(s) = s.into_std() else { continue };
-                        if tx.send(Stream::Unix(s)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => accept_error(&name, e).await,
-                }
-            }
-        }));
-    }
-    drop(accepted_tx);
-    shared.serving.send_replace(true);
-    let sweeper = tokio::spawn(sweep_loop(shared.clone()));
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut next = 0usize;
-    loop {
-        tokio::select! {
-            conn = accepted.recv() => {
-                let Some(conn) = conn else { break };
-                if let Some(conn) = admit(&shared, conn) {
-                    let _ = senders[next % senders.len()].send(conn);
-                    next = next.wrapping_add(1);
-                }
-            }
-            _ = shutdown.wait_for(|s| *s) => break,
-            _ = &mut signal => {
-                tracing::info!(node = %shared.name, "signal received, shutting down");
-                shared.request_shutdown();
-                break;
-            }
-            _ = signals::hangup(&mut hangups) => signals::reload_certificates(&shared),
-        }
-    }
-    for t in tasks {
-        t.abort();
-    }
-    sweeper.abort();
-    // Dropping the senders lets each worker finish once its connections have.
-    drop(senders);
-    Ok(())
-}
-
-/// Errors from accept are transient (out of file descriptors, a connection reset before
-/// it was accepted): log, pause briefly so a full fd table does not spin, and go on.
-async fn accept_error(node: &str, e: io::Error) {
-    tracing::warn!(%node, error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(10)).await;
-}
-
-/// Applies the connection limit (`-c`): beyond it, memcached's refusal line, then close.
-fn admit(shared: &Shared, conn: Stream) -> Option<Stream> {
-    let conns = &shared.conns;
-    if conns.curr.load(Ordering::Acquire) >= u64::from(shared.config.max_conns) {
-        conns.rejected.fetch_add(1, Ordering::Relaxed);
-        conn.refuse(b"ERROR Too many open connections\r\n");
-        return None;
-    }
-    conns.curr.fetch_add(1, Ordering::AcqRel);
-    conns.total.fetch_add(1, Ordering::Relaxed);
-    Some(conn)
 }
 
 /// Reclaims expired and flushed items in the background, one shard per wake-up.
