@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::core::{
-    Connection, PeerError, Refusal, CLOSE_DUPLICATE, CLOSE_LEAVING, CLOSE_PROTOCOL, CLOSE_REFUSED,
+    Connection, PeerError, Refusal, CLOSE_CLOCK, CLOSE_DUPLICATE, CLOSE_LEAVING, CLOSE_PROTOCOL,
+    CLOSE_REFUSED,
 };
 use super::{streams, Cluster};
 use crate::replication::frame::{self, Frame, FrameError, Hello};
@@ -80,9 +81,14 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
             match conn.close_reason() {
                 // The peer refused us (a node id clash, say) and said why: that must be seen.
                 Some(quinn::ConnectionError::ApplicationClosed(c))
-                    if c.error_code == CLOSE_REFUSED.into() =>
+                    if c.error_code == CLOSE_REFUSED.into()
+                        || c.error_code == CLOSE_CLOCK.into() =>
                 {
                     tracing::error!(node = %cl.name, peer = %pc.name, %addr, "the peer refused this node: {}", String::from_utf8_lossy(&c.reason));
+                    if c.error_code == CLOSE_CLOCK.into() {
+                        let now_ms = cl.now_ms();
+                        cl.core().clock_refused_by(&pc.name, now_ms);
+                    }
                 }
                 // In TLS 1.3 the dialer's handshake is complete before the peer has checked
                 // its certificate: a refusal of it arrives here, as a TLS alert (0x100-0x1ff,

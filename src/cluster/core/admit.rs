@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::session::Session;
-use super::{Event, LinkId, Replica, CLOSE_DUPLICATE, CLOSE_PROTOCOL, CLOSE_REFUSED};
+use super::{Event, LinkId, Replica, CLOSE_CLOCK, CLOSE_DUPLICATE, CLOSE_PROTOCOL, CLOSE_REFUSED};
 use crate::clock::{NodeId, Version};
 use crate::cluster::peers::{LinkMeta, Offer};
 use crate::cluster::send::Position as SendPosition;
@@ -40,6 +40,7 @@ impl Refusal {
         match self {
             Refusal::Duplicate => CLOSE_DUPLICATE,
             Refusal::Protocol(_) => CLOSE_PROTOCOL,
+            Refusal::Clock(_) => CLOSE_CLOCK,
             _ => CLOSE_REFUSED,
         }
     }
@@ -163,11 +164,7 @@ impl Replica {
             self.counters
                 .peers_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if self.clock_refused.len() < crate::cluster::peers::MAX_MEMBERS
-                || self.clock_refused.contains_key(cert_name)
-            {
-                self.clock_refused.insert(cert_name.to_string(), now_ms);
-            }
+            self.clock_refused_by(cert_name, now_ms);
             return Err(Refusal::Clock(why));
         }
         let Some(their_node) = NodeId::new(theirs.node_id) else {

@@ -63,6 +63,10 @@ pub const CLOSE_REFUSED: u32 = 3;
 pub const CLOSE_PROTOCOL: u32 = 4;
 /// The peer is shutting down gracefully: not a failure.
 pub const CLOSE_LEAVING: u32 = 5;
+/// Refused on clocks (further off than `--max-clock-skew`): the refused side counts the
+/// disagreement too (see [`Replica::clock_refused_by`]). A release before it sends
+/// [`CLOSE_REFUSED`] for this.
+pub const CLOSE_CLOCK: u32 = 6;
 
 /// How many of our own control frames (snapshot requests, start positions) a link may
 /// have queued: the sync plan sends a handful; more means a bug, logged and dropped.
@@ -402,6 +406,19 @@ impl Replica {
             .count();
         let agreeing = 1 + self.table.connected();
         (against > agreeing).then_some((against, against + agreeing))
+    }
+
+    /// This node and `peer` disagree on time: one refused the other's hello. Both sides
+    /// compare clocks at every handshake, and whichever reads the other's hello first
+    /// refuses and closes, so the refused side records it too (`peer` closed with
+    /// [`CLOSE_CLOCK`]); otherwise a node's vote would depend on that race. At most
+    /// [`super::peers::MAX_MEMBERS`] names are kept.
+    pub fn clock_refused_by(&mut self, peer: &str, now_ms: u64) {
+        if self.clock_refused.len() < super::peers::MAX_MEMBERS
+            || self.clock_refused.contains_key(peer)
+        {
+            self.clock_refused.insert(peer.to_string(), now_ms);
+        }
     }
 
     fn sync_step(&mut self, now_ms: u64) {
