@@ -208,6 +208,7 @@ impl Replica {
             !cfg.seeds.is_empty(),
             now_ms,
             cfg.join_timeout_ms,
+            cfg.max_skew.as_millis() as u64,
         );
         let run_floor = hlc.tick();
         let mut r = Replica {
@@ -460,6 +461,9 @@ impl Replica {
             }
             ReadyReason::NoPeer => {
                 tracing::warn!(%node, items, "no peer answered within --join-timeout; serving what this node has")
+            }
+            ReadyReason::ClockLead => {
+                tracing::info!(%node, items, "--max-clock-skew has passed since the start: versions issued now are newer than any an earlier run of this node issued; ready")
             }
             ReadyReason::NoDonor => {
                 tracing::warn!(%node, items, "no peer could give a snapshot within --join-timeout; serving what this node has")
