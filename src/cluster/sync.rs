@@ -155,6 +155,12 @@ impl SyncPlan {
         self.donor.as_deref()
     }
 
+    /// Whether `peer` is linked and says its own initial sync is over (its hello or its
+    /// latest status).
+    pub fn peer_ready(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connected && p.ready)
+    }
+
     /// Whether hellos should ask peers to hold their streams.
     pub fn defer(&self) -> bool {
         !self.positions_known
