@@ -249,6 +249,7 @@ impl Replica {
         counters
             .acked_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
+        self.acks.acked(&peer, acked);
         counters
             .sent_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);

@@ -114,6 +114,7 @@ impl Replica {
                     // A peer cannot have more than we sent.
                     let seq = seq.min(c.sent_seq.load(Ordering::Relaxed));
                     c.acked_seq.fetch_max(seq, Ordering::Relaxed);
+                    self.acks.acked(&peer, seq);
                     if let Some(v) = self.outbox.acked_bound(seq) {
                         self.reconciler.acked(&peer, their_run, v);
                     }
@@ -139,6 +140,7 @@ impl Replica {
                 if run_id == self.outbox.run_id() {
                     let c = &self.sessions[&link].counters;
                     c.acked_seq.store(seq, Ordering::Relaxed);
+                    self.acks.acked(&peer, seq);
                 }
                 // A Start comes after the peer took a donor's snapshot: it has what we held.
                 let p = SendPosition {
