@@ -15,7 +15,7 @@ use crate::replication::log::{Entry, Op, RunId};
 const BATCH_BYTES: usize = 64 << 10;
 /// The most often an acknowledgement is sent (a busy stream is acknowledged at this pace;
 /// an idle one once, this long after its last batch at the latest).
-pub const ACK_INTERVAL_MS: u64 = 10;
+pub const ACK_INTERVAL_MS: u64 = 1;
 /// How often a write refused by the clock-skew guard is retried, and for how long before
 /// the link is closed (its next handshake then names the clock offset, or succeeds).
 pub const SKEW_RETRY_MS: u64 = 200;
