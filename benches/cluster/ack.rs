@@ -15,10 +15,12 @@ pub(crate) struct AckRow {
 pub(crate) fn measure_ack(rt: &Runtime, opts: &Options, certs: &Certs) -> Result<Vec<AckRow>> {
     let mut subjects = Vec::new();
     for (n, label) in [(0u32, "ack-replicas 0"), (1, "ack-replicas 1")] {
+        // A log large enough that a B falling behind on the shared cores is not turned
+        // into a snapshot (the catch-up check after every cell refuses one).
         let flags: &[&str] = if n == 0 {
-            &[]
+            &["--repl-backlog", "256MB"]
         } else {
-            &["--ack-replicas", "1"]
+            &["--repl-backlog", "256MB", "--ack-replicas", "1"]
         };
         let tag = format!("ack{n}");
         let pair = Pair::start_sized(opts, certs, &tag, 2, (None, None), MEMORY_MB, flags)?;

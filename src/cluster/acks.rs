@@ -31,6 +31,12 @@ impl AckQuorum {
         }
     }
 
+    /// Whether clients wait for acknowledgements (N above 0): peers are asked for prompt
+    /// ones.
+    pub fn waited_for(&self) -> bool {
+        self.need > 0
+    }
+
     pub fn set_need(&mut self, need: usize) {
         self.need = need;
         self.recompute();
