@@ -352,6 +352,17 @@ fn run_cell(
     })
 }
 
+/// Writes every key of the load once (a pair's B must then hold them all).
+fn preload(rt: &Runtime, s: &mut Subject) -> Result<()> {
+    rt.block_on(loadgen::sweep(s.node().addr, Op::Set, KEYS, 1))
+        .with_context(|| format!("preloading {}", s.label))?;
+    if let Some(pair) = s.pair() {
+        pair.wait_caught_up(KEYS.count)
+            .context("B after the preload")?;
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -449,12 +460,7 @@ fn run_config(
         subjects.push(paired("pair", "pair", None)?);
     }
     for s in &mut subjects {
-        rt.block_on(loadgen::sweep(s.node().addr, Op::Set, KEYS, 1))
-            .with_context(|| format!("preloading {}", s.label))?;
-        if let Some(pair) = s.pair() {
-            pair.wait_caught_up(KEYS.count)
-                .context("B after the preload")?;
-        }
+        preload(rt, s)?;
     }
     let sets = Arc::new(Requests::new(Op::Set, KEYS));
     let n = subjects.len();

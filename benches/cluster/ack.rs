@@ -33,12 +33,7 @@ pub(crate) fn measure_ack(rt: &Runtime, opts: &Options, certs: &Certs) -> Result
         ));
     }
     for (_, s) in &mut subjects {
-        rt.block_on(loadgen::sweep(s.node().addr, Op::Set, KEYS, 1))
-            .with_context(|| format!("preloading {}", s.label))?;
-        if let Some(pair) = s.pair() {
-            pair.wait_caught_up(KEYS.count)
-                .context("B after the preload")?;
-        }
+        preload(rt, s)?;
     }
     let sets = Arc::new(Requests::new(Op::Set, KEYS));
     let mut rows = Vec::new();
