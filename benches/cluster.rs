@@ -12,6 +12,8 @@
 //! 3. **CPU per replicated write**: utime + stime of B, from /proc, across a push of N sets to
 //!    A until B holds them all; A's, and a standalone node's for the same push, beside it.
 //! 4. **Wrong refusals at a small replica** under eviction: see `cluster/forgetting.rs`.
+//! 5. **`--ack-replicas 1` versus 0** on two pairs: set throughput and latency at A, where a
+//!    `STORED` waits for B's acknowledgement (`cluster/ack.rs`).
 //!
 //! Run: `cargo bench --bench cluster > cluster.md` (about 2.5 minutes). It needs
 //! `/usr/bin/memcached` and `taskset`; under `cargo test --benches` it exits at once.
@@ -21,7 +23,7 @@
 //! | `BENCH_QUICK` | unset | `1`: smoke-run defaults (0.25 s + 0.5 s cells, 1 round, 200 and 20k writes) |
 //! | `BENCH_SECS`, `BENCH_WARMUP_SECS` | `2`, `1` | measured and warm-up seconds per throughput cell |
 //! | `BENCH_ROUNDS` | `3` | throughput rounds; each number is the median over rounds |
-//! | `BENCH_ONLY` | `pinned,unpinned,propagation,cpu,forgetting` | sections to run |
+//! | `BENCH_ONLY` | `pinned,unpinned,propagation,cpu,forgetting,ack` | sections to run |
 //! | `BENCH_WORKLOADS` | `set,set-p32` | throughput workloads |
 //! | `BENCH_PROP_WRITES`, `BENCH_PROP_GAP_MS` | `2000`, `1` | propagation: writes, pause between them |
 //! | `BENCH_CPU_WRITES` | `200000` | CPU section: sets pushed |
@@ -29,6 +31,8 @@
 //! | `MESHCACHED_BIN`, `MEMCACHED_BIN` | the crate's binary, `/usr/bin/memcached` | servers |
 
 // Shared with versus_memcached; this target uses only part of them.
+#[path = "cluster/ack.rs"]
+mod ack;
 #[path = "cluster/cpu.rs"]
 mod cpu;
 #[path = "cluster/forgetting.rs"]
@@ -38,6 +42,7 @@ mod forgetting;
 mod pair;
 #[path = "cluster/propagation.rs"]
 mod propagation;
+use ack::*;
 use cpu::*;
 use forgetting::*;
 use pair::*;
@@ -100,7 +105,7 @@ struct Options {
     warmup: Duration,
     measure: Duration,
     rounds: usize,
-    /// Any of `pinned`, `unpinned`, `propagation`, `cpu`, `forgetting` (`BENCH_ONLY`).
+    /// Any of `pinned`, `unpinned`, `propagation`, `cpu`, `forgetting`, `ack` (`BENCH_ONLY`).
     sections: Vec<&'static str>,
     workloads: Vec<&'static Workload>,
     prop_writes: u64,
@@ -144,7 +149,14 @@ impl Options {
             rounds: count("BENCH_ROUNDS", 3, 1)? as usize,
             sections: list(
                 "BENCH_ONLY",
-                &["pinned", "unpinned", "propagation", "cpu", "forgetting"],
+                &[
+                    "pinned",
+                    "unpinned",
+                    "propagation",
+                    "cpu",
+                    "forgetting",
+                    "ack",
+                ],
             )?,
             workloads: WORKLOADS
                 .iter()
@@ -340,6 +352,17 @@ fn run_cell(
     })
 }
 
+/// Writes every key of the load once (a pair's B must then hold them all).
+fn preload(rt: &Runtime, s: &mut Subject) -> Result<()> {
+    rt.block_on(loadgen::sweep(s.node().addr, Op::Set, KEYS, 1))
+        .with_context(|| format!("preloading {}", s.label))?;
+    if let Some(pair) = s.pair() {
+        pair.wait_caught_up(KEYS.count)
+            .context("B after the preload")?;
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -437,12 +460,7 @@ fn run_config(
         subjects.push(paired("pair", "pair", None)?);
     }
     for s in &mut subjects {
-        rt.block_on(loadgen::sweep(s.node().addr, Op::Set, KEYS, 1))
-            .with_context(|| format!("preloading {}", s.label))?;
-        if let Some(pair) = s.pair() {
-            pair.wait_caught_up(KEYS.count)
-                .context("B after the preload")?;
-        }
+        preload(rt, s)?;
     }
     let sets = Arc::new(Requests::new(Op::Set, KEYS));
     let n = subjects.len();
@@ -589,6 +607,12 @@ fn main() -> Result<()> {
         .then(|| measure_refusals(&rt, &opts, &certs))
         .transpose()?;
 
+    server::set_affinity(&cpus)?;
+    let acks = opts
+        .runs("ack")
+        .then(|| measure_ack(&rt, &opts, &certs))
+        .transpose()?;
+
     if !rows.is_empty() {
         print_throughput(&opts, &rows, &machine);
     }
@@ -600,6 +624,9 @@ fn main() -> Result<()> {
     }
     if let Some(r) = &refusals {
         print_refusals(r, &machine);
+    }
+    if let Some(a) = &acks {
+        print_ack(&opts, a, &machine);
     }
     Ok(())
 }

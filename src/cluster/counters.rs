@@ -130,6 +130,10 @@ pub struct ClusterCounters {
     pub peers_refused: AtomicU64,
     /// What anti-entropy did, with every peer.
     pub entropy: EntropyCounters,
+    /// `--ack-replicas`: client writes that waited for peers to acknowledge them, and those
+    /// of them answered `SERVER_ERROR` because the peers did not in `--ack-timeout`.
+    pub ack_waits: AtomicU64,
+    pub ack_timeouts: AtomicU64,
 }
 
 impl ClusterCounters {

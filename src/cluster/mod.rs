@@ -24,6 +24,7 @@
 //! run on one dedicated runtime thread, apart from the client workers: the client path
 //! only appends to the outbox.
 
+pub mod acks;
 pub mod core;
 pub mod counters;
 mod dial;
@@ -79,6 +80,9 @@ pub struct Cluster {
     runtime: OnceLock<tokio::runtime::Handle>,
     /// True once the client port may open.
     ready: watch::Sender<bool>,
+    /// The highest sequence of our log that `--ack-replicas` peers acknowledged: clients
+    /// waiting for their writes to be held by peers watch it.
+    acks: watch::Sender<u64>,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -101,7 +105,7 @@ impl Cluster {
         hlc: Arc<Hlc>,
         positions: Option<Vec<Position>>,
     ) -> Arc<Cluster> {
-        let core = Replica::new(
+        let mut core = Replica::new(
             &ReplicaConfig::from(config),
             store,
             hlc.clone(),
@@ -109,6 +113,7 @@ impl Cluster {
             RunId(random_u64()),
             random_u64(),
         );
+        core.set_ack_replicas(config.ack_replicas);
         Arc::new(Cluster {
             name: config.node_name.clone(),
             node_id: config.node_id,
@@ -124,7 +129,14 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             endpoint: OnceLock::new(),
             runtime: OnceLock::new(),
+            acks: watch::Sender::new(0),
         })
+    }
+
+    /// The highest sequence of our log that `--ack-replicas` distinct peers acknowledged,
+    /// as it grows (see [`acks::AckQuorum`]).
+    pub fn acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
     }
 
     /// Whether the client port may open; changes once, to true.
@@ -179,6 +191,9 @@ impl Cluster {
             let mut core = self.core();
             let r = f(&mut core);
             let events: Vec<Event> = std::iter::from_fn(|| core.poll_event()).collect();
+            if let Some(reached) = core.take_acks_moved() {
+                self.acks.send_replace(reached);
+            }
             (r, events, core.take_wake())
         };
         for e in events {

@@ -4,6 +4,7 @@
 //! A client's write pays for one short critical section (append an entry) and, only when
 //! some sender is asleep, one wake-up; it never waits for the network (DESIGN.md section 5).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -13,6 +14,12 @@ use tokio::sync::Notify;
 use crate::clock::{Version, HLC_EPOCH_MS};
 use crate::replication::log::{Entry, Lagged, Mutation, Op, ReplLog, RunId};
 use crate::store::{Change, Flush};
+
+thread_local! {
+    /// The newest sequence the calling thread appended, and to which outbox (its address):
+    /// see [`Outbox::take_appended_here`].
+    static APPENDED: Cell<(usize, u64)> = const { Cell::new((0, 0)) };
+}
 
 pub struct Outbox {
     log: Mutex<ReplLog>,
@@ -84,10 +91,32 @@ impl Outbox {
             let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
             let seq = log.append(m);
             self.last_seq.store(seq, Ordering::SeqCst);
+            APPENDED.with(|a| a.set((self.address(), seq)));
         }
         if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
             self.notify.notify_waiters();
         }
+    }
+
+    /// The newest sequence the calling thread appended to this outbox since the last call,
+    /// if it appended any: the entry a client's command wrote, for `--ack-replicas`. A
+    /// worker runs each command to its end on its own thread before it runs another (the
+    /// store's journal appends synchronously, under the key's lock), so what the thread
+    /// appended between two calls is exactly what the command between them wrote; no
+    /// operation has to carry its log position back through every dialect.
+    pub fn take_appended_here(&self) -> Option<u64> {
+        APPENDED.with(|a| {
+            let (outbox, seq) = a.get();
+            if outbox != self.address() {
+                return None;
+            }
+            a.set((0, 0));
+            Some(seq)
+        })
+    }
+
+    fn address(&self) -> usize {
+        self as *const Outbox as usize
     }
 
     /// Entries after `cursor`, about `max_bytes` of them.
@@ -164,6 +193,29 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_thread_takes_what_it_appended_and_only_that() {
+        let flush = |v| Flush {
+            issued: crate::clock::Version(v),
+            at_ms: 0,
+        };
+        let (a, b) = (
+            Outbox::new(RunId(1), 1 << 20),
+            Outbox::new(RunId(2), 1 << 20),
+        );
+        assert_eq!(a.take_appended_here(), None);
+        a.record_flush(flush(5));
+        a.record_flush(flush(6));
+        assert_eq!(b.take_appended_here(), None, "another outbox's entries");
+        a.record_flush(flush(7));
+        assert_eq!(a.take_appended_here(), Some(3), "the newest");
+        assert_eq!(a.take_appended_here(), None, "taken");
+        std::thread::scope(|s| {
+            s.spawn(|| a.record_flush(flush(8)));
+        });
+        assert_eq!(a.take_appended_here(), None, "another thread's entry");
+    }
 
     #[tokio::test]
     async fn a_sleeping_sender_is_woken_by_a_write() {

@@ -46,6 +46,12 @@ pub struct ClusterConfig {
     pub state_file: Option<PathBuf>,
     /// `--remove-down-after`: a member down this long is forgotten.
     pub remove_down_after: Duration,
+    /// `--ack-replicas`: distinct peers that must apply a write before its client is
+    /// answered (DESIGN.md section 7); 0 keeps replication asynchronous.
+    pub ack_replicas: usize,
+    /// `--ack-timeout`: how long a write waits for them before it is answered
+    /// `SERVER_ERROR`.
+    pub ack_timeout: Duration,
 }
 
 /// `--remove-down-after`'s default. A member is down once unreachable (its link lost, not
@@ -56,6 +62,12 @@ pub struct ClusterConfig {
 /// waited for, only redialed every few seconds and listed. A node gone for good is removed
 /// at once with `cluster forget`.
 pub const DEFAULT_REMOVE_DOWN_AFTER: &str = "72h";
+
+/// The default `--ack-timeout`. A healthy peer acknowledges within milliseconds (measured
+/// in benches/README.md), so this is two orders of magnitude of slack for a busy peer, yet
+/// below the 1 s and longer operation timeouts of common client libraries: the client
+/// hears `SERVER_ERROR` (and can retry elsewhere) before it gives up on its own.
+pub const ACK_TIMEOUT: &str = "500ms";
 
 /// Parses `500ms`, `5s`, `10m`, `2h`, `30d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
@@ -174,6 +186,10 @@ pub(super) fn cluster_config(
             (args.join_timeout.is_some(), "--join-timeout"),
             (args.drain_timeout.is_some(), "--drain-timeout"),
             (args.remove_down_after.is_some(), "--remove-down-after"),
+            // A standalone node has no peer to acknowledge anything: every write would
+            // wait out the timeout and fail. Refused at start instead (0 is harmless).
+            (args.ack_replicas.is_some_and(|n| n > 0), "--ack-replicas"),
+            (args.ack_timeout.is_some(), "--ack-timeout"),
         ];
         if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
             return Err(ConfigError::ClusterFlagWithoutCerts(flag));
@@ -209,6 +225,8 @@ pub(super) fn cluster_config(
         drain_timeout: settings.drain_timeout,
         state_file: args.state_file.clone(),
         remove_down_after: settings.remove_down_after,
+        ack_replicas: args.ack_replicas.unwrap_or(0),
+        ack_timeout: settings.ack_timeout,
     }))
 }
 
@@ -220,6 +238,7 @@ struct Settings {
     join_timeout: Duration,
     drain_timeout: Duration,
     remove_down_after: Duration,
+    ack_timeout: Duration,
 }
 
 impl Settings {
@@ -267,6 +286,13 @@ impl Settings {
                 "--remove-down-after",
                 parse_duration,
             )?,
+            ack_timeout: value(&args.ack_timeout, ACK_TIMEOUT, "--ack-timeout", |s| {
+                let t = parse_duration(s)?;
+                if t.is_zero() {
+                    return Err(ConfigError::AckTimeout);
+                }
+                Ok(t)
+            })?,
         })
     }
 }
@@ -275,6 +301,43 @@ impl Settings {
 mod tests {
     use super::*;
     use crate::config::tests::parse;
+
+    #[test]
+    fn ack_replicas_need_a_cluster_and_a_wait_longer_than_zero() {
+        let c = parse(&[
+            "--certs-dir",
+            "/c",
+            "--ack-replicas",
+            "2",
+            "--ack-timeout",
+            "250ms",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (c.ack_replicas, c.ack_timeout),
+            (2, Duration::from_millis(250))
+        );
+        // Standalone, no peer could ever acknowledge: refused at start, not failing every
+        // write later. 0 is what a standalone node does anyway.
+        assert_eq!(
+            parse(&["--ack-replicas", "1"]).unwrap_err(),
+            ConfigError::ClusterFlagWithoutCerts("--ack-replicas")
+        );
+        assert!(parse(&["--ack-replicas", "0"]).unwrap().cluster.is_none());
+        assert_eq!(
+            parse(&["--ack-timeout", "1s"]).unwrap_err(),
+            ConfigError::ClusterFlagWithoutCerts("--ack-timeout")
+        );
+        assert!(matches!(
+            parse(&["--certs-dir", "/c", "--ack-timeout", "0s"]).unwrap_err(),
+            ConfigError::Flag {
+                flag: "--ack-timeout",
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn cluster_flags() {
@@ -321,6 +384,8 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
         assert!(!c.serve_while_syncing);
         assert_eq!(c.state_file, None);
+        assert_eq!(c.ack_replicas, 0, "asynchronous unless asked");
+        assert_eq!(c.ack_timeout, Duration::from_millis(500));
         assert_eq!(
             parse(&["--state-file", "/s"]).unwrap_err(),
             ConfigError::ClusterFlagWithoutCerts("--state-file")

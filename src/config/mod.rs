@@ -225,6 +225,16 @@ pub struct Args {
     #[arg(help_heading = HELP_CLUSTER, long = "drain-timeout")]
     pub drain_timeout: Option<String>,
 
+    /// Answer a write only once this many peers applied it (default 0: asynchronous
+    /// replication); see --ack-timeout.
+    #[arg(help_heading = HELP_CLUSTER, long = "ack-replicas")]
+    pub ack_replicas: Option<usize>,
+
+    /// With --ack-replicas, how long a write waits for its peers before it is answered
+    /// SERVER_ERROR (default 500ms).
+    #[arg(help_heading = HELP_CLUSTER, long = "ack-timeout")]
+    pub ack_timeout: Option<String>,
+
     /// Save the store here on a graceful shutdown and load it at start (warm restart).
     #[arg(help_heading = HELP_CLUSTER, long = "state-file")]
     pub state_file: Option<PathBuf>,
@@ -319,6 +329,8 @@ pub enum ConfigError {
     NoHostName,
     #[error("must be between 1s and 30d")]
     TombstoneTtl,
+    #[error("must be longer than 0 (a write cannot be acknowledged by a peer in no time)")]
+    AckTimeout,
     #[error("{flag}: {message}")]
     Flag { flag: &'static str, message: String },
     #[error("invalid --metrics-listen {0:?}: expected ADDR:PORT, such as 127.0.0.1:9150")]

@@ -64,6 +64,16 @@ const CLUSTER_COUNTERS: &[Plain<ClusterCounters>] = &[
         "Peer connections refused (clock too far off, node id clash, another cluster).",
         |c| &c.peers_refused,
     ),
+    (
+        "meshcached_ack_waits",
+        "Client writes that waited for --ack-replicas peers to acknowledge them.",
+        |c| &c.ack_waits,
+    ),
+    (
+        "meshcached_ack_timeouts",
+        "Client writes answered SERVER_ERROR because --ack-replicas peers did not acknowledge them within --ack-timeout.",
+        |c| &c.ack_timeouts,
+    ),
 ];
 
 const ENTROPY_COUNTERS: &[Plain<EntropyCounters>] = &[

@@ -364,6 +364,12 @@ fn error_std(out: &mut BytesMut, r: &BinReply, status: u16) {
     error(out, r, status, message(status));
 }
 
+/// A write whose answer was held for its peers' acknowledgement and timed out: ETMPFAIL
+/// with `text`, written for a quiet request too (quiet hides successes, never errors).
+pub fn encode_ack_timeout(r: &BinReply, text: &str, out: &mut BytesMut) {
+    error(out, r, ETMPFAIL, text);
+}
+
 /// One stats entry (`append_bin_stats`); an empty name and value end the list.
 fn stat(out: &mut BytesMut, r: &BinReply, name: &[u8], value: &[u8]) {
     put_header(out, r, SUCCESS, 0, name.len(), name.len() + value.len(), 0);

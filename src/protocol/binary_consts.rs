@@ -57,6 +57,9 @@ pub const DELTA_BADVAL: u16 = 0x06;
 pub const AUTH_ERROR: u16 = 0x20;
 pub const UNKNOWN_COMMAND: u16 = 0x81;
 pub const ENOMEM: u16 = 0x82;
+/// "Temporary failure": memcached's protocol_binary.h names it; meshcached answers it to a
+/// write its `--ack-replicas` peers did not acknowledge in time (retry, here or elsewhere).
+pub const ETMPFAIL: u16 = 0x86;
 
 /// The body memcached's `write_bin_error` sends for a status when no specific text is given.
 pub fn message(status: u16) -> &'static str {

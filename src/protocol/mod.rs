@@ -178,6 +178,43 @@ pub fn encode(reply: &Reply, outcome: &Outcome, out: &mut BytesMut) {
     }
 }
 
+/// Why a write answers an error under `--ack-replicas` (DESIGN.md section 7): it is applied
+/// here and may still replicate, but the peers did not confirm it in time.
+pub const ACK_TIMEOUT_TEXT: &str = "not acknowledged by --ack-replicas peers within --ack-timeout";
+
+/// Writes the error that replaces a write's answer when its peers did not acknowledge it in
+/// time: `SERVER_ERROR <why>` in text and meta, ETMPFAIL in binary. It is written under
+/// noreply and quiet too, as memcached's `out_errstring` and quiet binary and meta
+/// commands do for every error: the client must learn that its write is not safe.
+pub fn encode_ack_timeout(reply: ErrorReply, out: &mut BytesMut) {
+    match reply {
+        ErrorReply::Line => {
+            out.extend_from_slice(b"SERVER_ERROR ");
+            out.extend_from_slice(ACK_TIMEOUT_TEXT.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ErrorReply::Binary(b) => binary::encode_ack_timeout(&b, ACK_TIMEOUT_TEXT, out),
+    }
+}
+
+/// What an error answer needs of a request's [`Reply`] (which may own a key and flags),
+/// kept while the request's answer waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReply {
+    /// Text and meta: an error line.
+    Line,
+    Binary(binary::BinReply),
+}
+
+impl From<&Reply> for ErrorReply {
+    fn from(reply: &Reply) -> Self {
+        match reply {
+            Reply::Text { .. } | Reply::Meta(_) => ErrorReply::Line,
+            Reply::Binary(b) => ErrorReply::Binary(*b),
+        }
+    }
+}
+
 /// Writes one hit of a get-family command.
 pub fn encode_hit(reply: &Reply, item: &ItemRef<'_>, with_cas: bool, out: &mut BytesMut) {
     match reply {

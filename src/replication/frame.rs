@@ -17,7 +17,8 @@
 //!           of the receiver's log: its run id and sequence, 0 and 0 for nothing; flags:
 //!           1 = ready (serving, a possible donor), 2 = defer (hold your stream until my
 //!           Start or snapshot request: I am choosing a donor), 4 = empty (my store holds
-//!           nothing); load: snapshots serving)
+//!           nothing), 8 = clean start, 16 = anti-entropy, 32 = prompt acks (my clients
+//!           wait for them); unknown bits are ignored; load: snapshots serving)
 //! Members:= kind 4, count:u16 (name:str8 node_id:u16 addr:str8)*
 //!           (the members the sender knows, with their cluster addresses)
 //! str8   := len:u8 bytes (UTF-8)
@@ -137,6 +138,10 @@ pub const HELLO_CLEAN: u8 = 8;
 /// [`Hello::flags`]: the sender takes part in anti-entropy (frame kinds 15 to 20): only a
 /// peer that says so is sent them.
 pub const HELLO_AE: u8 = 16;
+/// [`Hello::flags`]: the sender's clients wait for acknowledgements (`--ack-replicas`):
+/// acknowledge each batch of its writes as soon as it is applied, not at the usual pace.
+/// Peers that do not know the flag ignore it (the writes then wait for the usual pace).
+pub const HELLO_PROMPT_ACKS: u8 = 32;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

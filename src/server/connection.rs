@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::ack::HeldAnswers;
 use super::dispatch::{self, After, Ctx};
 use super::idle::IdleTimer;
 use super::stats::{Counter, LocalCounters};
@@ -25,6 +26,7 @@ use super::tls::HANDSHAKE_TIMEOUT;
 use super::Shared;
 use crate::config::ListenerTls;
 use crate::protocol::stream::ClientDecoder;
+use crate::protocol::ErrorReply;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// An idle connection's buffers are given back once they grew past this (a large value
@@ -138,6 +140,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut decoder = ClientDecoder::new(shared.config.max_item_size);
     let mut idle = IdleTimer::new(idle_timeout, shared.clock().now_ms());
     let mut read_error = None;
+    // Writes' answers waiting for `--ack-replicas` peers (always empty without it).
+    let mut held = HeldAnswers::default();
     loop {
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -192,13 +196,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     now,
                     counters: &mut counters,
                 };
-                match dispatch::execute(&mut ctx, req, &mut wbuf) {
+                let (start, reply) = (wbuf.len(), ErrorReply::from(&req.reply));
+                if let Some(gate) = &shared.acks {
+                    gate.before_command();
+                }
+                let after = dispatch::execute(&mut ctx, req, &mut wbuf);
+                if let Some(gate) = &shared.acks {
+                    gate.after_command(&mut held, reply, start, wbuf.len());
+                }
+                match after {
                     After::Continue => break,
                     After::Close => {
                         close = true;
                         break;
                     }
                     After::More(rest) => {
+                        settle(shared, &mut held, &mut wbuf).await;
                         if !flush(&mut stream, &mut wbuf, &mut counters).await {
                             close = true;
                             break;
@@ -213,6 +226,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
             if wbuf.len() >= dispatch::ANSWER_CHUNK {
+                settle(shared, &mut held, &mut wbuf).await;
                 if !flush(&mut stream, &mut wbuf, &mut counters).await {
                     close = true;
                     break;
@@ -220,6 +234,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 now = shared.clock().now_secs();
             }
         }
+        settle(shared, &mut held, &mut wbuf).await;
         // The batch's counts become visible before its answers leave: `stats` or a scrape
         // from elsewhere that follows a reply always includes the reply's command.
         counters.add(Counter::BytesWritten, wbuf.len() as u64);
@@ -234,10 +249,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
+    settle(shared, &mut held, &mut wbuf).await;
     let _ = flush(&mut stream, &mut wbuf, &mut counters).await;
     shared.counters.absorb(&mut counters);
     let _ = stream.shutdown().await;
     read_error
+}
+
+/// With `--ack-replicas`: waits until the peers hold the writes answered in `wbuf` (or the
+/// wait times out and their answers become errors); call before `wbuf` goes out.
+async fn settle(shared: &Shared, held: &mut HeldAnswers, wbuf: &mut BytesMut) {
+    if let Some(gate) = &shared.acks {
+        gate.settle(held, wbuf).await;
+    }
 }
 
 /// Counts and writes out pending answers; `false` when the client is gone.

@@ -6,6 +6,7 @@
 //! all workers behind its shard locks.
 
 mod accept;
+mod ack;
 mod connection;
 pub mod dispatch;
 mod dump;
@@ -68,6 +69,8 @@ pub struct Shared {
     /// Where local writes go to replicate (the cluster's, when there is one): the
     /// dispatcher records flushes in it.
     pub outbox: Option<Arc<Outbox>>,
+    /// Set with `--ack-replicas` above 0: writes' answers wait for peers.
+    pub acks: Option<ack::AckGate>,
     pub config: Config,
     pub counters: Counters,
     pub conns: ConnStats,
@@ -106,6 +109,7 @@ impl Shared {
             hlc,
             cluster: None,
             outbox,
+            acks: None,
             config,
             counters: Counters::default(),
             conns: ConnStats::default(),
@@ -250,10 +254,12 @@ impl Server {
             }
         }
         let (shutdown, _) = watch::channel(false);
+        let acks = ack_gate(&config, cluster.as_ref());
         let shared = Arc::new(Shared {
             name: log_name(&config),
             store,
             hlc,
+            acks,
             outbox: cluster.as_ref().map(|c| c.outbox.clone()),
             cluster,
             counters: Counters::default(),
@@ -384,6 +390,19 @@ impl Server {
     }
 }
 
+/// The gate that holds writes' answers for their peers, with `--ack-replicas` above 0.
+fn ack_gate(config: &Config, cluster: Option<&Arc<Cluster>>) -> Option<ack::AckGate> {
+    let (cc, cluster) = (config.cluster.as_ref()?, cluster?);
+    (cc.ack_replicas > 0).then(|| {
+        ack::AckGate::new(
+            cluster.outbox.clone(),
+            cluster.acks(),
+            cc.ack_timeout,
+            cluster.counters.clone(),
+        )
+    })
+}
+
 /// Loads and checks the node's certificates, binds the cluster endpoint on a runtime thread
 /// of its own, hooks the store's journal to the replication log and starts the peer tasks.
 fn start_cluster(
@@ -480,10 +499,11 @@ async fn sweep_loop(shared: Arc<Shared>) {
 fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Stream>) {
     // IO only: a time driver would sit in every park of the hot loop, and workers need no
     // timers (the shutdown grace period is kept by the thread that joins them), except for
-    // the idle timeout when it is on and the time limit of TLS handshakes.
+    // the idle timeout when it is on, the time limit of TLS handshakes and the wait for
+    // `--ack-replicas` peers.
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_io();
-    if shared.config.idle_timeout > 0 || shared.tls.is_some() {
+    if shared.config.idle_timeout > 0 || shared.tls.is_some() || shared.acks.is_some() {
         builder.enable_time();
     }
     let rt = match builder.build() {

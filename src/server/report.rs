@@ -229,6 +229,8 @@ pub fn general(shared: &Shared, now: u32) -> Stats {
     push(&mut s, "clock_skew_rejects", n(|c| &c.clock_skew_rejects));
     push(&mut s, "repl_resyncs_needed", n(|c| &c.resyncs_needed));
     push(&mut s, "peers_refused", n(|c| &c.peers_refused));
+    push(&mut s, "ack_waits", n(|c| &c.ack_waits));
+    push(&mut s, "ack_timeouts", n(|c| &c.ack_timeouts));
     push(&mut s, "tombstones", store.tombstones);
     push(&mut s, "tombstone_bytes", store.tombstone_bytes);
     push(
@@ -411,6 +413,8 @@ fn cluster_settings(s: &mut Stats, cfg: &crate::config::Config) {
     push(s, "serve_while_syncing", yes_no(c.serve_while_syncing));
     push(s, "drain_timeout_ms", c.drain_timeout.as_millis());
     push(s, "remove_down_after_ms", c.remove_down_after.as_millis());
+    push(s, "ack_replicas", c.ack_replicas);
+    push(s, "ack_timeout_ms", c.ack_timeout.as_millis());
     let state_file = c
         .state_file
         .as_ref()

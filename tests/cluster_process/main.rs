@@ -3,8 +3,10 @@
 //! with bad certificates or without any; junk on the cluster port harms nothing; a stopped
 //! peer catches up after SIGCONT, or, past the replication backlog, is resynced by a
 //! snapshot; a late joiner is served only once it holds everything; SIGTERM drains, SIGKILL
-//! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags.
+//! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags; with
+//! `--ack-replicas`, a write answered `STORED` survives its node's `kill -9`.
 
+mod ack_replicas;
 mod anti_entropy;
 mod catch_up;
 #[path = "../common/mod.rs"]

@@ -11,7 +11,7 @@ use crate::cluster::peers::{LinkMeta, Offer};
 use crate::cluster::send::Position as SendPosition;
 use crate::cluster::sync::Phase;
 use crate::replication::frame::{
-    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
+    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_PROMPT_ACKS, HELLO_READY,
 };
 use crate::replication::log::RunId;
 
@@ -96,6 +96,9 @@ impl Replica {
         }
         if self.entropy.period_ms > 0 {
             flags |= HELLO_AE;
+        }
+        if self.acks.waited_for() {
+            flags |= HELLO_PROMPT_ACKS;
         }
         Hello {
             name: self.name.clone(),
@@ -249,6 +252,7 @@ impl Replica {
         counters
             .acked_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
+        self.acks.acked(&peer, acked);
         counters
             .sent_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
@@ -267,6 +271,9 @@ impl Replica {
             theirs.flags & HELLO_AE != 0 && self.entropy.period_ms > 0,
             now_ms + self.entropy.confirm_ms,
         );
+        if theirs.flags & HELLO_PROMPT_ACKS != 0 {
+            session.ack_interval_ms = 0;
+        }
         self.sessions.insert(link, session);
         let actions = self.plan.up(
             &peer,

@@ -14,7 +14,9 @@ use crate::replication::log::{Entry, Op, RunId};
 /// About how many bytes of log entries go in one batch frame.
 const BATCH_BYTES: usize = 64 << 10;
 /// The most often an acknowledgement is sent (a busy stream is acknowledged at this pace;
-/// an idle one once, this long after its last batch at the latest).
+/// an idle one once, this long after its last batch at the latest), unless the peer's
+/// clients wait for acknowledgements (`HELLO_PROMPT_ACKS`): it then gets one per applied
+/// batch, as prompt as the stream itself and never more frequent than its batches.
 pub const ACK_INTERVAL_MS: u64 = 10;
 /// How often a write refused by the clock-skew guard is retried, and for how long before
 /// the link is closed (its next handshake then names the clock offset, or succeeds).
@@ -114,6 +116,7 @@ impl Replica {
                     // A peer cannot have more than we sent.
                     let seq = seq.min(c.sent_seq.load(Ordering::Relaxed));
                     c.acked_seq.fetch_max(seq, Ordering::Relaxed);
+                    self.acks.acked(&peer, seq);
                     if let Some(v) = self.outbox.acked_bound(seq) {
                         self.reconciler.acked(&peer, their_run, v);
                     }
@@ -139,6 +142,7 @@ impl Replica {
                 if run_id == self.outbox.run_id() {
                     let c = &self.sessions[&link].counters;
                     c.acked_seq.store(seq, Ordering::Relaxed);
+                    self.acks.acked(&peer, seq);
                 }
                 // A Start comes after the peer took a donor's snapshot: it has what we held.
                 let p = SendPosition {
@@ -291,7 +295,8 @@ impl Replica {
             return Some(Transmit::Frame(Frame::Status { ready, load }));
         }
         let (run, have) = s.counters.have();
-        if have > s.acked && now_ms >= s.last_ack_ms + ACK_INTERVAL_MS && s.counters.holds_have() {
+        if have > s.acked && now_ms >= s.last_ack_ms + s.ack_interval_ms && s.counters.holds_have()
+        {
             s.acked = have;
             s.last_ack_ms = now_ms;
             return Some(Transmit::Frame(Frame::Ack {
@@ -339,7 +344,7 @@ impl Replica {
             return (None, None);
         };
         let ack_due = (s.counters.have().1 > s.acked && s.counters.holds_have())
-            .then_some(s.last_ack_ms + ACK_INTERVAL_MS);
+            .then_some(s.last_ack_ms + s.ack_interval_ms);
         (s.plan.cursor(), ack_due)
     }
 

@@ -36,6 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::acks::AckQuorum;
 use super::counters::{ClusterCounters, PeerCounters, SyncCounters};
 use super::outbox::Outbox;
 use super::peers::PeerTable;
@@ -192,6 +193,8 @@ pub struct Replica {
     ae_tokens: u64,
     /// `--remove-down-after`, in ms.
     remove_down_after_ms: u64,
+    /// How far N peers acknowledged our log (`--ack-replicas`).
+    acks: AckQuorum,
 }
 
 /// How long a refusal on clocks counts against this node's clock: peers redial within
@@ -249,6 +252,7 @@ impl Replica {
             entropy: cfg.entropy,
             ae_tokens: 0,
             remove_down_after_ms: cfg.remove_down_after_ms,
+            acks: AckQuorum::default(),
         };
         let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
@@ -316,6 +320,18 @@ impl Replica {
 
     /// Whether anything changed since the last call that a link may now have to send
     /// (the caller wakes its senders then; polling without it is harmless).
+    /// `--ack-replicas`: how many distinct peers must acknowledge a write before its client
+    /// is answered (0: none; nothing is tracked).
+    pub fn set_ack_replicas(&mut self, n: usize) {
+        self.acks.set_need(n);
+    }
+
+    /// The highest sequence of our log that `--ack-replicas` peers acknowledged, if it grew
+    /// since the last call: the shell wakes the clients waiting for it.
+    pub fn take_acks_moved(&mut self) -> Option<u64> {
+        self.acks.take_moved()
+    }
+
     pub fn take_wake(&mut self) -> bool {
         std::mem::take(&mut self.wake)
     }

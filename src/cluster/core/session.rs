@@ -33,6 +33,9 @@ pub(super) struct Session {
     /// The last sequence of the peer's log we acknowledged, and when.
     pub acked: u64,
     pub last_ack_ms: u64,
+    /// The least time between two acknowledgements: [`super::live::ACK_INTERVAL_MS`], or 0
+    /// for a peer whose clients wait for them (`HELLO_PROMPT_ACKS`).
+    pub ack_interval_ms: u64,
     /// Our snapshot being sent to the peer.
     pub walk: Option<Walk>,
     /// A full snapshot due while a catch-up walk runs (it starts next), and the peer's
@@ -71,6 +74,7 @@ impl Session {
             status_sent: status_gen,
             acked,
             last_ack_ms: now_ms,
+            ack_interval_ms: super::live::ACK_INTERVAL_MS,
             walk: None,
             full_pending: None,
             catch_ups: VecDeque::new(),

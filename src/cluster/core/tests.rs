@@ -368,3 +368,33 @@ fn an_anti_entropy_answer_nobody_asked_for_ends_the_link() {
         "{outcome:?}"
     );
 }
+
+/// With `--ack-replicas`, a node asks its peers for prompt acknowledgements, and a peer
+/// acknowledges each batch of its writes as soon as it is applied, not at the usual pace;
+/// what it acknowledged moves the node's quorum.
+#[test]
+fn a_node_whose_clients_wait_is_acknowledged_at_once() {
+    use crate::replication::frame::HELLO_PROMPT_ACKS;
+    let mut a = replica("a", 1);
+    a.set_ack_replicas(1);
+    let mut b = replica("b", 2);
+    let (ab, ba) = (a.hello("b", T0), b.hello("a", T0));
+    assert!(ab.flags & HELLO_PROMPT_ACKS != 0 && ba.flags & HELLO_PROMPT_ACKS == 0);
+    a.link_up(conn(1, "b", true), &ab, ba.clone(), T0).unwrap();
+    b.link_up(conn(2, "a", false), &ba, ab, T0).unwrap();
+    pump(&mut a, &mut b, T0, 100);
+    let _ = a.take_acks_moved();
+    // Two writes within one millisecond, each carried and acknowledged on its own.
+    let t = T0 + 200;
+    for issued in [Version((1 << 30) | 1), Version((1 << 31) | 1)] {
+        a.outbox()
+            .record_flush(crate::store::Flush { issued, at_ms: 0 });
+        let seq = a.outbox().last_seq();
+        carry(&mut a, 1, &mut b, 2, t);
+        carry(&mut b, 2, &mut a, 1, t);
+        assert_eq!(a.take_acks_moved(), Some(seq), "acknowledged at once");
+    }
+    // b asked for nothing: its own writes are acknowledged at the usual pace.
+    assert_eq!(a.sessions[&1].ack_interval_ms, live::ACK_INTERVAL_MS);
+    assert_eq!(b.sessions[&2].ack_interval_ms, 0);
+}
