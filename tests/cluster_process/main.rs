@@ -3,7 +3,8 @@
 //! with bad certificates or without any; junk on the cluster port harms nothing; a stopped
 //! peer catches up after SIGCONT, or, past the replication backlog, is resynced by a
 //! snapshot; a late joiner is served only once it holds everything; SIGTERM drains, SIGKILL
-//! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags.
+//! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags; the member
+//! lifecycle (left on SIGTERM, `cluster forget`, rejoining).
 
 mod anti_entropy;
 mod catch_up;
@@ -11,6 +12,7 @@ mod catch_up;
 mod common;
 mod demo;
 mod large;
+mod lifecycle;
 mod resync;
 mod security;
 
