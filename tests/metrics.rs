@@ -258,6 +258,15 @@ fn ready_follows_the_initial_sync_and_the_drain() {
     );
     assert_eq!(value(&m, "meshcached_peer_up", &[("peer", "node-a")]), 1.0);
     assert_eq!(value(&m, "meshcached_peers_connected", &[]), 1.0);
+    eventually(DEADLINE, "node-a is a ready member on node-b", || {
+        let m = scrape(metrics);
+        value(
+            &m,
+            "meshcached_member_state",
+            &[("member", "node-a"), ("state", "ready")],
+        ) == 1.0
+            && value(&m, "meshcached_members", &[("state", "ready")]) == 1.0
+    });
     assert_eq!(value(&m, "memcached_accepting_connections", &[]), 1.0);
     assert!(value(&m, "meshcached_snapshots_received_total", &[]) >= 1.0);
     assert_documented(&m);

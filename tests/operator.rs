@@ -28,6 +28,11 @@ fn help_lists_the_subcommands_and_groups_the_flags() {
             .any(|l| l.trim_start().starts_with(command));
         assert!(listed, "{command:?} under Commands:\n{help}");
     }
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("cluster forget NAME")),
+        "the admin command to forget a member is in --help:\n{help}"
+    );
     // Each section holds its own flags: a flag is under the heading before it.
     let section_of = |flag: &str| -> String {
         let mut section = String::new();
@@ -46,6 +51,10 @@ fn help_lists_the_subcommands_and_groups_the_flags() {
         ("--pidfile", "memcached flags:"),
         ("--certs-dir", "Cluster (replication between nodes):"),
         ("--drain-timeout", "Cluster (replication between nodes):"),
+        (
+            "--remove-down-after",
+            "Cluster (replication between nodes):",
+        ),
         ("--metrics-listen", "Operations:"),
         ("--config", "Operations:"),
     ] {
@@ -170,6 +179,10 @@ fn stats_cluster_on_a_standalone_node() {
     );
     let settings = stats_group(&mut c, "settings");
     assert!(settings.contains(&("cluster".to_string(), "no".to_string())));
+    assert_eq!(
+        c.line("cluster forget node-b"),
+        "CLIENT_ERROR not a cluster node\r\n"
+    );
 }
 
 /// The LICENSE file is the license Cargo.toml declares.

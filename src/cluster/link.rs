@@ -16,6 +16,9 @@ use super::{streams, Cluster};
 use crate::replication::frame::{self, Frame, FrameError, Hello};
 use crate::replication::transport::PeerConn;
 
+/// How long a link whose stream ended waits for the connection's close to say why.
+const CLOSE_GRACE: Duration = Duration::from_millis(300);
+
 /// How long a peer has to send its hello once connected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -141,6 +144,11 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         r = streams::recv_snapshots(&cl, link, &conn) => r,
     };
     cl.conns().remove(&link);
+    if conn.close_reason().is_none() {
+        // A stream may end just before the peer's close arrives (its leaving, say): give
+        // the close a moment, so that the link's end is told for what it is.
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+    }
     let (reason, ending) = describe(reason.err().as_ref(), &conn);
     let now_ms = cl.now_ms();
     // A peer that announced its leaving (its graceful shutdown closes with CLOSE_LEAVING)

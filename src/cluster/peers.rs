@@ -387,9 +387,17 @@ impl<L: Clone> PeerTable<L> {
             // A seed is dialed until it leads to this node or to a registered member:
             // one that answered as some member whose hello never came (it went away at
             // that moment) is still the only way to that member. One that led to a
-            // forgotten member is not dialed either.
+            // member forgotten because it left or was down too long is dialed as a seed
+            // again: it is the operator's configuration, and the only way back to a node
+            // that has no `--join` of its own (a cluster's first node, restarted). One
+            // that led to a member the operator forgot is not.
             let known = s.name.as_ref().is_some_and(|n| {
-                *n == self.name || self.peers.contains_key(n) || self.forgotten.contains_key(n)
+                *n == self.name
+                    || self.peers.contains_key(n)
+                    || self
+                        .forgotten
+                        .get(n)
+                        .is_some_and(|f| f.reason == ForgetReason::Operator)
             });
             if !known && !s.dialing && now_ms >= s.next_dial_ms {
                 s.dialing = true;

@@ -56,8 +56,8 @@ pub struct ClusterConfig {
 
 /// `--remove-down-after`'s default. A member is down once unreachable (its link lost, not
 /// back within seconds); forgetting it stops the redials, which are also what heals a
-/// partition: if both sides of a partition forget each other, nothing reconnects them
-/// (README, "Member lifecycle"). So the default outlasts a weekend's outage, as Consul's
+/// partition: if both sides of a partition forget each other, only their `--join`
+/// addresses reconnect them (README, "Member lifecycle"). So the default outlasts a weekend's outage, as Consul's
 /// `reconnect_timeout` (72h) does, and costs little meanwhile: a member down is no longer
 /// waited for, only redialed every few seconds and listed. A node gone for good is removed
 /// at once with `cluster forget`.
@@ -382,6 +382,7 @@ mod tests {
         assert_eq!(c.tombstone_ttl, 600);
         assert_eq!(c.join_timeout, Duration::from_secs(10));
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.remove_down_after, Duration::from_secs(72 * 3600));
         assert!(!c.serve_while_syncing);
         assert_eq!(c.state_file, None);
         assert_eq!(c.ack_replicas, 0, "asynchronous unless asked");
@@ -397,6 +398,8 @@ mod tests {
             "1500ms",
             "--drain-timeout",
             "2s",
+            "--remove-down-after",
+            "90m",
             "--serve-while-syncing",
             "--state-file",
             "/var/lib/meshcached/state",
@@ -406,6 +409,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.join_timeout, Duration::from_millis(1500));
         assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert_eq!(c.remove_down_after, Duration::from_secs(90 * 60));
         assert!(c.serve_while_syncing);
         assert_eq!(
             c.state_file,

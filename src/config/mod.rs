@@ -41,6 +41,10 @@ Commands:
   certs    Create and inspect the certificates that authenticate nodes to each other
   config   `meshcached config check [FILE] [FLAGS]` prints the effective configuration
 
+Admin commands (text, on a client port, beside memcached's):
+  cluster forget NAME   Forget a cluster member at once (one stopped for good): it is no
+                        longer dialed or waited for; answers OK or CLIENT_ERROR why not
+
 {all-args}{after-help}";
 
 /// A memcached-compatible cache server where every node is a master.

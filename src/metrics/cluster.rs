@@ -2,7 +2,8 @@
 //! half of `/ready`.
 //!
 //! Everything here is read through [`Cluster`]'s public face only: `report()`, the
-//! `counters` and `sync_counters` fields, `phase()`, `peers_connected()` and `ready()`.
+//! `counters` and `sync_counters` fields, `phase()`, `peers_connected()`, `members()` and
+//! `ready()`.
 //! The cluster internals change often; this file is the one place metrics touch them.
 
 use std::fmt;
@@ -16,7 +17,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::memcached::{counter, gauge};
-use crate::cluster::{Cluster, ClusterCounters, EntropyCounters, PeerReport, SyncCounters};
+use crate::cluster::{
+    Cluster, ClusterCounters, EntropyCounters, MemberState, PeerReport, SyncCounters,
+};
 
 /// The sync states `stats` shows as `sync_state`, in the order a joining node goes
 /// through them.
@@ -175,8 +178,48 @@ impl Collector for ClusterCollector {
         for (name, help, field) in ENTROPY_COUNTERS {
             counter(&mut enc, name, help, load(field(&c.counters.entropy)))?;
         }
-        encode_report(&mut enc, c)
+        encode_report(&mut enc, c)?;
+        encode_members(&mut enc, c)
     }
+}
+
+/// The member lifecycle (DESIGN.md section 8): each member's state, as `stats cluster`
+/// shows it (forgotten members as `left`), how many are in each state, and last contact.
+fn encode_members(enc: &mut DescriptorEncoder, c: &Cluster) -> fmt::Result {
+    let members = c.members();
+    let mut m = enc.encode_descriptor(
+        "meshcached_members",
+        "Members this node knows (itself aside) by lifecycle state; left counts those forgotten (left, down longer than --remove-down-after, or forgotten by an operator).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for state in MemberState::ALL {
+        let n = members.iter().filter(|x| x.state == state).count();
+        ConstGauge::new(n as u64).encode(m.encode_family(&[("state", state.as_str())])?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "meshcached_member_state",
+        "1 for the member's lifecycle state (joining, syncing, ready, suspect, down, left), 0 for the others.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for x in &members {
+        for state in MemberState::ALL {
+            let labels = [("member", x.name.as_str()), ("state", state.as_str())];
+            ConstGauge::new(u64::from(x.state == state)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "meshcached_member_last_contact_seconds",
+        "Unix time of the last moment the member was linked to this node (now while it is; 0 if never).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for x in &members {
+        let labels = [("member", x.name.as_str())];
+        ConstGauge::new(x.last_contact_ms / 1000).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// The replication log and the per-peer lines of `stats replication`.

@@ -95,6 +95,11 @@ pub enum Command {
     Shutdown,
     /// `refresh_certs`: reload the client TLS certificates (text only, as in memcached).
     RefreshCerts,
+    /// `cluster forget <name>`: forget a cluster member at once (text only; meshcached's
+    /// own admin command, DESIGN.md section 8).
+    ClusterForget {
+        name: Bytes,
+    },
     Meta(meta::MetaCommand),
     /// A malformed request that still gets an answer (and may close the connection).
     Invalid(Invalid),

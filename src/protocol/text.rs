@@ -367,6 +367,11 @@ fn decode_line(line: &Bytes, tokens: &[Range<usize>]) -> Request {
         b"shutdown" => text(Command::Shutdown, false),
         // memcached ignores anything after it.
         b"refresh_certs" => text(Command::RefreshCerts, false),
+        b"cluster" if n == 3 && tok(1) == b"forget" => {
+            let name = line.slice(tokens[2].start..tokens[2].end);
+            text(Command::ClusterForget { name }, false)
+        }
+        b"cluster" => invalid(Invalid::Client("usage: cluster forget <member name>")),
         // The crawler's other subcommands tune machinery meshcached does not have: they
         // stay unknown commands (tests/diff/text_admin.txt).
         b"lru_crawler" if n == 3 && tok(1) == b"metadump" => match dump_classes(tok(2)) {

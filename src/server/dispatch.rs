@@ -128,6 +128,7 @@ pub fn execute(ctx: &mut Ctx<'_>, req: Request, out: &mut BytesMut) -> After {
             return super::meta_dispatch::execute(ctx, cmd, meta_reply, out);
         }
         Command::RefreshCerts => Some(refresh_certs(ctx)),
+        Command::ClusterForget { name } => Some(cluster_forget(ctx, &name)),
         Command::Invalid(inv) => Some(Outcome::Invalid(inv)),
     };
     if let Some(outcome) = outcome {
@@ -200,6 +201,18 @@ fn arith(
 
 /// `refresh_certs`: reloads the client TLS certificates for new connections; on failure
 /// the ones in use stay, and the answer says why, as memcached's does.
+/// `cluster forget <name>`: `OK`, or `CLIENT_ERROR` saying why nothing changed.
+fn cluster_forget(ctx: &Ctx<'_>, name: &[u8]) -> Outcome {
+    let Some(cluster) = ctx.shared.cluster.as_deref() else {
+        return Outcome::Invalid(Invalid::Client("not a cluster node"));
+    };
+    let name = String::from_utf8_lossy(name);
+    match cluster.forget(&name) {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::Invalid(Invalid::Line(format!("CLIENT_ERROR {e}"))),
+    }
+}
+
 fn refresh_certs(ctx: &Ctx<'_>) -> Outcome {
     let Some(tls) = &ctx.shared.tls else {
         return Outcome::Invalid(Invalid::Raw("Error TLS not enabled"));

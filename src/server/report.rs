@@ -337,11 +337,12 @@ fn sync_state(cluster: Option<&crate::cluster::Cluster>) -> &'static str {
     cluster.map_or("standalone", |c| c.sync_state())
 }
 
-/// `stats cluster`: one line per member and field, this node first, in the shape the
-/// membership work keeps (`member:<name>:state`, address, node id, last contact, lag).
-/// Known today: this node's sync state, and each peer's link (`connected`, `connecting`,
-/// `needs_resync`); last contact is now for a connected peer and `-` otherwise (not
-/// recorded yet).
+/// `stats cluster`: one line per member and field, this node first: `state` (joining,
+/// syncing, ready, suspect, down, left; see `cluster::MemberState`), `address`,
+/// `node_id`, `last_contact` (unix seconds of the last time it was linked: now while it
+/// is, `-` if never) and its lag on this node's writes (`-` for a member forgotten). A
+/// forgotten member is listed as `left` until it joins again; `members` counts the others
+/// and this node.
 fn cluster(ctx: &Ctx<'_>) -> Stats {
     let mut s = Vec::new();
     let Some(cluster) = ctx.shared.cluster.as_deref() else {
@@ -349,36 +350,46 @@ fn cluster(ctx: &Ctx<'_>) -> Stats {
         return s;
     };
     let r = cluster.report();
+    let members = cluster.members();
     let now = ctx.now;
     push(&mut s, "mode", "cluster");
     push(&mut s, "node_name", &r.name);
-    push(&mut s, "members", r.peers.len() + 1);
+    let current = members.iter().filter(|m| m.forgotten.is_none()).count();
+    push(&mut s, "members", current + 1);
     let mut member = |name: &str, field: &str, value: String| {
         push(&mut s, &format!("member:{name}:{field}"), value);
     };
     let addr = cluster
         .local_addr()
         .map_or_else(|| "-".to_string(), |a| a.to_string());
-    member(&r.name, "state", sync_state(Some(cluster)).to_string());
+    let own_state = match sync_state(Some(cluster)) {
+        "ready" => "ready",
+        "waiting_for_peers" => "joining",
+        _ => "syncing",
+    };
+    member(&r.name, "state", own_state.to_string());
     member(&r.name, "address", addr);
     member(&r.name, "node_id", r.node_id.to_string());
     member(&r.name, "last_contact", now.to_string());
     member(&r.name, "lag_writes", "0".to_string());
     member(&r.name, "lag_ms", "0".to_string());
-    for p in &r.peers {
-        let connected = p.state != "connecting";
-        let addr = p.addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-        member(&p.name, "state", p.state.to_string());
-        member(&p.name, "address", addr);
-        member(&p.name, "node_id", p.node_id.to_string());
-        let contact = if connected {
-            now.to_string()
-        } else {
-            "-".to_string()
+    for m in &members {
+        let addr = m.addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        member(&m.name, "state", m.state.as_str().to_string());
+        member(&m.name, "address", addr);
+        member(&m.name, "node_id", m.node_id.to_string());
+        let contact = match m.last_contact_ms {
+            0 => "-".to_string(),
+            ms => (ms / 1000).to_string(),
         };
-        member(&p.name, "last_contact", contact);
-        member(&p.name, "lag_writes", p.lag_mutations.to_string());
-        member(&p.name, "lag_ms", p.lag_ms.to_string());
+        member(&m.name, "last_contact", contact);
+        let peer = r.peers.iter().find(|p| p.name == m.name);
+        let lag = |f: fn(&crate::cluster::PeerReport) -> u64| {
+            peer.filter(|_| m.forgotten.is_none())
+                .map_or_else(|| "-".to_string(), |p| f(p).to_string())
+        };
+        member(&m.name, "lag_writes", lag(|p| p.lag_mutations));
+        member(&m.name, "lag_ms", lag(|p| p.lag_ms));
     }
     s
 }

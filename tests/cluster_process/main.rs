@@ -4,7 +4,8 @@
 //! peer catches up after SIGCONT, or, past the replication backlog, is resynced by a
 //! snapshot; a late joiner is served only once it holds everything; SIGTERM drains, SIGKILL
 //! and a restart converge; `meshcached demo`; repcached's `-x`/`-X` flags; with
-//! `--ack-replicas`, a write answered `STORED` survives its node's `kill -9`.
+//! `--ack-replicas`, a write answered `STORED` survives its node's `kill -9`; the member
+//! lifecycle (left on SIGTERM, `cluster forget`, rejoining).
 
 mod ack_replicas;
 mod anti_entropy;
@@ -13,6 +14,7 @@ mod catch_up;
 mod common;
 mod demo;
 mod large;
+mod lifecycle;
 mod resync;
 mod security;
 

@@ -85,6 +85,10 @@ fn stats_cluster_and_settings_describe_the_cluster() {
     let dir = TempDir::new("stats-cluster");
     let (a, b) = pair(&dir, &["--drain-timeout", "3s"]);
     let mut c = a.client();
+    eventually(DEADLINE, "node-b is ready on node-a", || {
+        c.call(b"stats cluster\r\n", b"END\r\n")
+            .contains("STAT member:node-b:state ready\r\n")
+    });
     let out = c.call(b"stats cluster\r\n", b"END\r\n");
     let stats: Vec<(&str, &str)> = out
         .lines()
@@ -103,7 +107,7 @@ fn stats_cluster_and_settings_describe_the_cluster() {
     assert_eq!(value("members"), "2");
     assert_eq!(value("member:node-a:state"), "ready");
     assert_eq!(value("member:node-a:node_id"), "1");
-    assert_eq!(value("member:node-b:state"), "connected");
+    assert_eq!(value("member:node-b:state"), "ready");
     assert_eq!(value("member:node-b:node_id"), "2");
     assert_eq!(value("member:node-b:lag_writes"), "0");
     let mut cb = b.client();
@@ -146,6 +150,7 @@ fn stats_cluster_and_settings_describe_the_cluster() {
         "STAT tombstone_ttl 600\r\n",
         "STAT repl_backlog 67108864\r\n",
         "STAT state_file NULL\r\n",
+        "STAT remove_down_after_ms 259200000\r\n",
     ] {
         assert!(settings.contains(line), "{line:?} in {settings}");
     }

@@ -202,8 +202,8 @@ fn the_compose_topology_runs_as_processes() {
     let mut last = lan.client("node3", 11211);
     eventually(DEADLINE, "node1 is connected to both others", || {
         let out = first.call(b"stats cluster\r\n", b"END\r\n");
-        out.contains("STAT member:node2:state connected")
-            && out.contains("STAT member:node3:state connected")
+        out.contains("STAT member:node2:state ready")
+            && out.contains("STAT member:node3:state ready")
     });
     assert_eq!(first.line("set compose 0 0 2\r\nok"), "STORED\r\n");
     eventually(DEADLINE, "node1's write is on node3", || {

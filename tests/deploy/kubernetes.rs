@@ -266,7 +266,7 @@ fn three_pods_run_the_container_command_as_processes() {
         let out = first.call(b"stats cluster\r\n", b"END\r\n");
         pods[1..]
             .iter()
-            .all(|p| out.contains(&format!("STAT member:{p}:state connected")))
+            .all(|p| out.contains(&format!("STAT member:{p}:state ready")))
     });
     assert_eq!(first.line("set k8s 0 0 2\r\nok"), "STORED\r\n");
     let mut last = lan.client(&pods[replicas - 1], client_port);

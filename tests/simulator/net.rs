@@ -61,6 +61,8 @@ pub struct End {
     pub dies_at: Option<u64>,
     /// Whether this end has been told (link_down) already.
     pub dead: bool,
+    /// The other end's node left gracefully (its close says so: `CLOSE_LEAVING`).
+    pub peer_left: bool,
 }
 
 impl End {
@@ -73,6 +75,7 @@ impl End {
             dial,
             ours: None,
             up: false,
+            peer_left: false,
             live_in: Pipe::default(),
             snap_in: Pipe::default(),
             stalled: false,

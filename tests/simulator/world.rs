@@ -338,7 +338,11 @@ impl World {
                 };
                 let node_now = node.now_ms();
                 if e.up {
-                    let was = node.replica.link_down(e.link, node_now);
+                    let was = if e.peer_left {
+                        node.replica.link_left(e.link, node_now)
+                    } else {
+                        node.replica.link_down(e.link, node_now)
+                    };
                     trace(
                         now,
                         format_args!("n{} link {} down (registered {was})", e.node, e.link),
@@ -562,6 +566,7 @@ impl World {
                 if let Some(side) = c.ends.iter().position(|e| e.node == i && e.run == node.run) {
                     let lat = c.latency[0];
                     let (e, other) = split(&mut c.ends, side);
+                    other.peer_left = true;
                     close_pair(e, other, self.now, lat);
                 }
             }

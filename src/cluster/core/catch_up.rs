@@ -10,8 +10,10 @@
 //! gave it a donor's copy) for every item and tombstone of that origin they hold. The
 //! answers merge by last-writer-wins, so the node ends with the union of what survived.
 //! Each member is asked once per restart, also members learned later; a member whose link
-//! fails before answering is asked again on its next link. A member that never comes back is the membership issue's
-//! business (it is forgotten, and anti-entropy repairs what only it had relayed).
+//! fails before answering is asked again on its next link. A member that is down, or
+//! forgotten, is not waited for (the caller passes only the members still awaited, see
+//! `peers::members`): it is still asked if it comes back, and anti-entropy repairs what
+//! only it had.
 
 use std::collections::BTreeMap;
 

@@ -398,3 +398,45 @@ fn a_node_whose_clients_wait_is_acknowledged_at_once() {
     assert_eq!(a.sessions[&1].ack_interval_ms, live::ACK_INTERVAL_MS);
     assert_eq!(b.sessions[&2].ack_interval_ms, 0);
 }
+
+/// The lifecycle through the core: a link lost is suspect, then down (no longer awaited),
+/// then forgotten after --remove-down-after; a link that ends with the peer's leaving
+/// forgets it at once; an operator forgets what is not connected.
+#[test]
+fn members_go_suspect_down_and_forgotten_and_leaving_forgets_at_once() {
+    use crate::cluster::peers::{MemberState, LINK_DOWN_AFTER_MS};
+    let mut a = replica("a", 1);
+    for (link, name, id) in [(1, "b", 2), (2, "c", 3), (3, "d", 4)] {
+        let mut peer = replica(name, id);
+        let ours = a.hello(name, T0);
+        let theirs = peer.hello("a", T0);
+        a.link_up(conn(link, name, true), &ours, theirs, T0)
+            .unwrap();
+    }
+    assert_eq!(a.table().connected(), 3);
+    assert!(a.link_left(1, T0 + 10), "b leaves");
+    assert_eq!(a.member_state("b"), MemberState::Left);
+    assert!(a.table().peer("b").is_none(), "forgotten");
+    assert!(a.link_down(2, T0 + 10), "c's link is lost");
+    assert_eq!(a.member_state("c"), MemberState::Suspect);
+    a.tick(T0 + 10 + LINK_DOWN_AFTER_MS);
+    assert_eq!(a.member_state("c"), MemberState::Down);
+    assert_eq!(a.table().awaited().collect::<Vec<_>>(), vec!["d"]);
+    assert!(a.forget_member("d", T0 + 20_000).is_err(), "d is connected");
+    a.tick(T0 + 10 + LINK_DOWN_AFTER_MS + 3_600_000);
+    let members = a.members(T0 + 4_000_000);
+    let states: Vec<(&str, MemberState, Option<&str>)> = members
+        .iter()
+        .map(|m| (m.name.as_str(), m.state, m.forgotten))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("b", MemberState::Left, Some("left")),
+            ("c", MemberState::Left, Some("down_too_long")),
+            ("d", MemberState::Syncing, None),
+        ],
+        "d has not said it is ready"
+    );
+    assert_eq!(members[2].last_contact_ms, T0 + 4_000_000, "linked: now");
+}

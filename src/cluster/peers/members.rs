@@ -14,11 +14,14 @@
 //! **Forgotten.** A member that left (its graceful shutdown closes every link with
 //! `CLOSE_LEAVING`, or membership says so), that was down longer than
 //! `--remove-down-after`, or that an operator forgot ([`PeerTable::forget`]) leaves the
-//! table: it is not dialed (nor is a `--join` address that led to it), not waited for by
-//! the initial sync or by catch-ups, not counted in `peers_connected`, and not learned
-//! again from another member's gossip, which may lag. If the node itself connects again,
-//! its hello makes it a member again: an ordinary join. A record of it is kept (bounded)
-//! so that `stats cluster` can still show it as `left`.
+//! table: it is not dialed, not waited for by the initial sync or by catch-ups, not
+//! counted in `peers_connected`, and not learned again from another member's gossip, which
+//! may lag. If the node itself connects again, its hello makes it a member again: an
+//! ordinary join. A record of it is kept (bounded) so that `stats cluster` can still show
+//! it as `left`. One exception: a `--join` address that led to it is still dialed as a
+//! seed (never waited for), unless an operator forgot it: `--join` is the operator's
+//! configuration, and the only way back to a restarted node that has no `--join` of its
+//! own (a cluster's first node), or across a partition longer than `--remove-down-after`.
 //!
 //! **Down, not yet forgotten.** Still dialed (with backoff, so a partition heals by
 //! itself), but no longer waited for: neither by a joiner choosing its donor nor by a

@@ -1,7 +1,7 @@
 //! Unit tests of the peer table: offers, simultaneous dials, gossip, dial backoff.
 use super::*;
 
-fn hello(name: &str, id: u16, run: u64) -> Hello {
+pub(super) fn hello(name: &str, id: u16, run: u64) -> Hello {
     Hello {
         name: name.into(),
         node_id: id,

@@ -207,3 +207,22 @@ proptest! {
         split_everywhere(&cmds.concat());
     }
 }
+
+/// `cluster forget <name>` is meshcached's admin command; anything else after `cluster`
+/// gets its usage.
+#[test]
+fn cluster_forget_names_one_member() {
+    let got = decode_all(b"cluster forget node-c\r\ncluster forget\r\ncluster drop x\r\n");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("ClusterForget { name: b\"node-c\" }"),
+        "{got:?}"
+    );
+    for usage in &got[1..] {
+        assert!(
+            usage.starts_with("Invalid(Client(\"usage: cluster forget <member name>\"))"),
+            "{usage}"
+        );
+    }
+    split_everywhere(b"cluster forget node-c\r\nget k\r\n");
+}

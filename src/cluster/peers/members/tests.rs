@@ -7,17 +7,7 @@ use crate::replication::log::RunId;
 const HOUR_MS: u64 = 3_600_000;
 
 fn hello(name: &str, id: u16) -> Hello {
-    Hello {
-        name: name.into(),
-        node_id: id,
-        run_id: RunId(u64::from(id) * 10),
-        have_run: RunId(0),
-        have_seq: 0,
-        flags: 0,
-        load: 0,
-        wall_ms: 0,
-        run_floor: 0,
-    }
+    super::super::tests::hello(name, id, u64::from(id) * 10)
 }
 
 fn meta(id: u16, token: u64) -> LinkMeta {
@@ -155,7 +145,11 @@ fn a_member_that_left_is_forgotten_until_it_connects_again() {
     );
     assert_eq!(t.connected(), 0);
     assert!(t.all_connected(), "nothing to wait for");
-    assert!(dialed(&mut t, 10_000).is_empty(), "neither b nor its seed");
+    assert_eq!(
+        dialed(&mut t, 10_000),
+        vec!["127.0.0.1:7002"],
+        "b is not dialed; the --join address that led to it is, as a seed"
+    );
     let (learned, _) = t.learn(&[member("b", 2)]);
     assert!(!learned && t.peer("b").is_none(), "stale gossip");
     assert!(!t.down("b", 1, 60), "its link's end is no news");
@@ -172,7 +166,7 @@ fn a_member_that_left_is_forgotten_until_it_connects_again() {
 /// An operator forgets a member that is not connected; a connected or unknown one is refused.
 #[test]
 fn an_operator_forgets_a_member_that_is_gone() {
-    let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
+    let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec!["127.0.0.1:7002".into()], 1);
     t.offer(&hello("b", 2), meta(2, 1), 1, 0);
     assert_eq!(t.forget("b", 5), Err(ForgetError::Connected("b".into())));
     assert_eq!(t.forget("zz", 5), Err(ForgetError::Unknown("zz".into())));
@@ -187,5 +181,5 @@ fn an_operator_forgets_a_member_that_is_gone() {
         (name.as_str(), f.reason, f.at_ms),
         ("b", ForgetReason::Operator, 20)
     );
-    assert!(dialed(&mut t, 10_000).is_empty());
+    assert!(dialed(&mut t, 10_000).is_empty(), "neither b nor its seed");
 }
