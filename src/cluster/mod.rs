@@ -28,6 +28,7 @@ pub mod core;
 pub mod counters;
 mod dial;
 mod link;
+pub mod membership;
 pub mod outbox;
 pub mod peers;
 pub mod reconcile;
