@@ -169,6 +169,11 @@ impl Membership {
         self.foca.num_members()
     }
 
+    /// The run of `name` last heard of, and its state.
+    pub fn member(&self, name: &str) -> Option<(&MemberId, Verdict)> {
+        self.view.get(name).map(|(id, v)| (id, *v))
+    }
+
     pub fn verdict(&self, name: &str) -> Option<Verdict> {
         self.view.get(name).map(|(_, v)| *v)
     }

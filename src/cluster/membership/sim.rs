@@ -227,14 +227,21 @@ impl World {
             .all(|(_, n)| n.m.verdict(subject) == Some(verdict))
     }
 
-    /// Whether every live node sees every other live node alive (one membership).
+    /// Whether every live node sees every other live node alive, in its current run (one
+    /// membership).
     pub fn converged(&self) -> bool {
-        let alive = self.alive_names();
-        alive.iter().all(|o| {
+        let alive: Vec<(&String, &MemberId)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.alive)
+            .map(|(k, n)| (k, n.m.id()))
+            .collect();
+        alive.iter().all(|(o, _)| {
+            let observer = &self.nodes[*o].m;
             alive
                 .iter()
-                .filter(|s| *s != o)
-                .all(|s| self.verdict(o, s) == Some(Verdict::Alive))
+                .filter(|(s, _)| s != o)
+                .all(|(s, id)| observer.member(s) == Some((*id, Verdict::Alive)))
         })
     }
 
