@@ -60,8 +60,8 @@ fn a_killed_member_is_suspected_then_declared_down_within_the_bound() {
 
 #[test]
 fn under_five_percent_loss_no_live_member_is_declared_down() {
-    for seed in SEEDS {
-        let mut w = converged_world(8, seed);
+    for (n, seed) in [3, 8].into_iter().flat_map(|n| SEEDS.map(|s| (n, s))) {
+        let mut w = converged_world(n, seed);
         w.loss_ppm = 50_000;
         let from = w.log.len();
         w.run_for(10 * 60 * 1000);
@@ -175,4 +175,3 @@ fn a_node_that_lost_every_member_announces_to_its_seeds_again() {
         );
     }
 }
-
