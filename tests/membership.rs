@@ -146,7 +146,10 @@ fn a_partition_heals_back_into_one_membership() {
             "seed {seed}: the partition was never noticed"
         );
         w.heal();
-        let healed = w.run_until_true(60_000, World::converged);
+        // Each side has declared the other down: it takes an announce to a down member
+        // (every 10 s), that member's "you are down" answer, a renewed run and its spread,
+        // in both directions (60.6 s for seed 2026).
+        let healed = w.run_until_true(120_000, World::converged);
         assert!(
             healed.is_some(),
             "seed {seed}: the partition did not heal into one membership"

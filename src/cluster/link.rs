@@ -107,6 +107,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         }
     };
     let node_id = theirs.node_id;
+    let their_flags = theirs.flags;
     // Registered before the core hears of it, so that its events can name it.
     cl.conns().insert(link, conn.clone());
     let now_ms = cl.now_ms();
@@ -134,13 +135,16 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         tracing::info!(node = %cl.name, peer = %up.peer, %addr, node_id, "peer up");
     }
     let counters = cl.core().peer_counters(&up.peer);
+    cl.gossip_link_up(&up.peer, &conn, their_flags);
     let reason = tokio::select! {
+        r = super::gossip::recv(&cl, &pc.name, &conn) => r,
         r = streams::send_live(&cl, link, &counters, send) => r,
         r = streams::recv_live(&cl, link, &counters, recv, buf) => r,
         r = streams::send_snapshots(&cl, link, &conn) => r,
         r = streams::recv_snapshots(&cl, link, &conn) => r,
     };
     cl.conns().remove(&link);
+    cl.gossip_link_down(&up.peer, &conn);
     let (reason, ending) = describe(reason.err().as_ref(), &conn);
     let now_ms = cl.now_ms();
     if cl.with(|c| c.link_down(link, now_ms)) {

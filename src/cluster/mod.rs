@@ -27,6 +27,7 @@
 pub mod core;
 pub mod counters;
 mod dial;
+pub mod gossip;
 mod link;
 pub mod membership;
 pub mod outbox;
@@ -46,6 +47,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use self::core::{Event, LinkId, Replica, ReplicaConfig};
+use self::membership::{MemberId, Membership};
 use crate::clock::{Hlc, NodeId};
 use crate::config::ClusterConfig;
 use crate::replication::frame::Position;
@@ -78,6 +80,8 @@ pub struct Cluster {
     runtime: OnceLock<tokio::runtime::Handle>,
     /// True once the client port may open.
     ready: watch::Sender<bool>,
+    /// SWIM membership and the connections its datagrams travel on.
+    pub gossip: gossip::Gossip,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -108,7 +112,17 @@ impl Cluster {
             RunId(random_u64()),
             random_u64(),
         );
+        // A new run at every start: the cluster sees a restart as a new identity of the
+        // same member (see membership::identity).
+        let me = MemberId::new(
+            &config.node_name,
+            config.node_id.get(),
+            config.listen,
+            hlc.clock().now_ms(),
+        );
+        let gossip = gossip::Gossip::new(Membership::new(me, random_u64()));
         Arc::new(Cluster {
+            gossip,
             name: config.node_name.clone(),
             node_id: config.node_id,
             outbox: core.outbox().clone(),
@@ -169,6 +183,7 @@ impl Cluster {
         tokio::spawn(dial::accept_loop(self.clone(), endpoint.clone()));
         tokio::spawn(dial::dial_loop(self.clone(), endpoint));
         tokio::spawn(tick_loop(self.clone()));
+        tokio::spawn(gossip::timer_loop(self.clone()));
     }
 
     /// Runs `f` on the core, then carries out what it asks for (events) and wakes the

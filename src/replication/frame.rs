@@ -137,6 +137,9 @@ pub const HELLO_CLEAN: u8 = 8;
 /// [`Hello::flags`]: the sender takes part in anti-entropy (frame kinds 15 to 20): only a
 /// peer that says so is sent them.
 pub const HELLO_AE: u8 = 16;
+/// [`Hello::flags`]: the sender reads SWIM gossip in QUIC datagrams (src/cluster/gossip.rs):
+/// only a peer that says so is sent any.
+pub const HELLO_GOSSIP: u8 = 32;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

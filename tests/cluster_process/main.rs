@@ -11,6 +11,7 @@ mod catch_up;
 mod common;
 mod demo;
 mod large;
+mod membership;
 mod resync;
 mod security;
 

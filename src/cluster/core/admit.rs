@@ -11,7 +11,7 @@ use crate::cluster::peers::{LinkMeta, Offer};
 use crate::cluster::send::Position as SendPosition;
 use crate::cluster::sync::Phase;
 use crate::replication::frame::{
-    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_READY,
+    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_GOSSIP, HELLO_READY,
 };
 use crate::replication::log::RunId;
 
@@ -97,6 +97,7 @@ impl Replica {
         if self.entropy.period_ms > 0 {
             flags |= HELLO_AE;
         }
+        flags |= HELLO_GOSSIP;
         Hello {
             name: self.name.clone(),
             node_id: self.node_id.get(),
