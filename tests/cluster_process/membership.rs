@@ -2,24 +2,13 @@
 //! others within a few seconds (its leave travels as gossip after the drain), and a node
 //! killed with SIGKILL is `down` within the configured detection time, never `left`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
 use meshcached::cluster::membership::detection_bound;
 
-/// `stats cluster` as name/value pairs.
-fn cluster_stats(c: &mut Client) -> HashMap<String, String> {
-    let out = c.call(b"stats cluster\r\n", b"END\r\n");
-    out.lines()
-        .filter_map(|l| l.strip_prefix("STAT "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn swim(p: &Proc, peer: &str) -> String {
-    let s = cluster_stats(&mut p.client());
+    let s = stats_group(&mut p.client(), "cluster");
     s.get(&format!("member:{peer}:swim"))
         .cloned()
         .unwrap_or_else(|| "-".to_string())

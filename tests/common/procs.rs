@@ -131,7 +131,12 @@ pub fn stat(c: &mut Client, name: &str) -> u64 {
 
 /// `stats replication` as name/value pairs.
 pub fn replication(c: &mut Client) -> HashMap<String, String> {
-    let out = c.call(b"stats replication\r\n", b"END\r\n");
+    stats_group(c, "replication")
+}
+
+/// `stats <group>` as name/value pairs.
+pub fn stats_group(c: &mut Client, group: &str) -> HashMap<String, String> {
+    let out = c.call(format!("stats {group}\r\n").as_bytes(), b"END\r\n");
     out.lines()
         .filter_map(|l| l.strip_prefix("STAT "))
         .filter_map(|l| l.split_once(' '))

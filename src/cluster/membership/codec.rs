@@ -431,6 +431,18 @@ mod tests {
         assert_eq!(small, [0u8; 8]);
     }
 
+    fn encoded_header(message: Message<MemberId>) -> Vec<u8> {
+        let h = Header {
+            src: id("node-a", true),
+            src_incarnation: 1,
+            dst: id("node-b", false),
+            message,
+        };
+        let mut buf = Vec::new();
+        WireCodec::default().encode_header(&h, &mut buf).unwrap();
+        buf
+    }
+
     proptest! {
         #[test]
         fn garbage_is_an_error_or_a_value_never_a_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -442,14 +454,7 @@ mod tests {
         #[test]
         fn every_truncation_of_a_valid_header_is_an_error(cut in 0usize..200) {
             let mut codec = WireCodec::default();
-            let h = Header {
-                src: id("node-a", true),
-                src_incarnation: 1,
-                dst: id("node-b", false),
-                message: Message::PingReq { target: id("node-c", true), probe_number: 7 },
-            };
-            let mut buf = Vec::new();
-            codec.encode_header(&h, &mut buf).unwrap();
+            let buf = encoded_header(Message::PingReq { target: id("node-c", true), probe_number: 7 });
             let cut = cut.min(buf.len() - 1);
             prop_assert!(codec.decode_header(&buf[..cut]).is_err());
         }
@@ -457,14 +462,7 @@ mod tests {
         #[test]
         fn flipped_bytes_never_panic(pos in 0usize..120, byte in any::<u8>()) {
             let mut codec = WireCodec::default();
-            let h = Header {
-                src: id("node-a", true),
-                src_incarnation: 1,
-                dst: id("node-b", false),
-                message: Message::IndirectAck { target: id("node-c", false), probe_number: 7 },
-            };
-            let mut buf = Vec::new();
-            codec.encode_header(&h, &mut buf).unwrap();
+            let mut buf = encoded_header(Message::IndirectAck { target: id("node-c", false), probe_number: 7 });
             let pos = pos % buf.len();
             buf[pos] = byte;
             let _ = codec.decode_header(&buf[..]);
