@@ -147,7 +147,14 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     cl.gossip_link_down(&up.peer, &conn);
     let (reason, ending) = describe(reason.err().as_ref(), &conn);
     let now_ms = cl.now_ms();
-    if cl.with(|c| c.link_down(link, now_ms)) {
+    // A peer that announced its leaving (its graceful shutdown closes with CLOSE_LEAVING)
+    // is forgotten; any other end makes it suspect (see `peers::members`).
+    let registered = if matches!(ending, Ending::Left) {
+        cl.with(|c| c.link_left(link, now_ms))
+    } else {
+        cl.with(|c| c.link_down(link, now_ms))
+    };
+    if registered {
         let peer = &up.peer;
         match ending {
             Ending::Replaced => {

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+pub use self::core::MemberView;
 use self::core::{Event, LinkId, Replica, ReplicaConfig};
 use self::membership::{MemberId, Membership};
 use crate::clock::{Hlc, NodeId};
@@ -56,6 +57,7 @@ use crate::replication::transport::PeerEndpoint;
 use crate::store::Store;
 pub use counters::{ClusterCounters, EntropyCounters, PeerCounters, SyncCounters};
 use outbox::Outbox;
+pub use peers::{ForgetError, MemberState, MembershipEvent};
 pub use report::{PeerReport, Report};
 use sync::Phase;
 
@@ -291,6 +293,20 @@ impl Cluster {
 
     pub fn peers_connected(&self) -> usize {
         self.core().table().connected()
+    }
+
+    /// Every member (this node aside) and its lifecycle state, those forgotten included
+    /// (as `left`): for `stats cluster` and the metrics.
+    pub fn members(&self) -> Vec<MemberView> {
+        let now = self.now_ms();
+        self.core().members(now)
+    }
+
+    /// An operator's `cluster forget NAME`: the member is forgotten at once (DESIGN.md
+    /// section 8); see [`peers::PeerTable::forget`] for what is refused.
+    pub fn forget(&self, name: &str) -> Result<(), ForgetError> {
+        let now = self.now_ms();
+        self.with(|c| c.forget_member(name, now))
     }
 }
 

@@ -18,6 +18,12 @@ use crate::certs::NodeName;
 use crate::replication::frame::{Hello, Member};
 use crate::replication::log::RunId;
 
+mod members;
+pub use members::{
+    ForgetError, ForgetReason, Forgotten, Liveness, MemberChange, MemberState, MemberTick,
+    MembershipEvent, LINK_DOWN_AFTER_MS,
+};
+
 /// First retry delay after a failed dial or a lost connection; doubled per failure.
 pub const BACKOFF_MIN_MS: u64 = 100;
 /// The longest delay between two dials of the same peer.
@@ -75,6 +81,11 @@ pub struct Peer<L> {
     next_dial_ms: u64,
     backoff_ms: u64,
     dialing: bool,
+    /// What membership (or the link-loss fallback) says of it: see [`members`].
+    pub liveness: Liveness,
+    /// When it was last linked (ms since the epoch; 0: never): the time its last
+    /// connection ended, or `since_ms`-onwards while one is up.
+    pub last_contact_ms: u64,
 }
 
 impl<L> Peer<L> {
@@ -90,6 +101,8 @@ impl<L> Peer<L> {
             next_dial_ms: 0,
             backoff_ms: BACKOFF_MIN_MS,
             dialing: false,
+            liveness: Liveness::Alive,
+            last_contact_ms: 0,
         }
     }
 }
@@ -134,6 +147,10 @@ pub struct PeerTable<L> {
     node_id: u16,
     peers: BTreeMap<String, Peer<L>>,
     seeds: Vec<Seed>,
+    /// Members forgotten (see [`members`]), at most [`MAX_MEMBERS`].
+    forgotten: BTreeMap<String, Forgotten>,
+    /// Whether a lost link makes a member suspect, then down (see [`members`]).
+    link_loss_detection: bool,
     /// Jitter source (xorshift), seeded by the caller.
     rng: u64,
 }
@@ -155,6 +172,8 @@ impl<L: Clone> PeerTable<L> {
                     last_error: None,
                 })
                 .collect(),
+            forgotten: BTreeMap::new(),
+            link_loss_detection: true,
             rng: seed_rng | 1,
         }
     }
@@ -184,16 +203,21 @@ impl<L: Clone> PeerTable<L> {
     }
 
     /// Whether every member known, and every seed, is connected: nobody else to hear
-    /// from before deciding how to sync.
+    /// from before deciding how to sync. Members down, and seeds that led to a forgotten
+    /// member, are not waited for.
     pub fn all_connected(&self) -> bool {
         // A seed counts once its connection is registered (its hello exchanged), not when
         // its name is known from the handshake.
         let seed_up = |s: &Seed| {
             s.name.as_ref().is_some_and(|n| {
-                *n == self.name || self.peers.get(n).is_some_and(|p| p.link.is_some())
+                *n == self.name
+                    || self.forgotten.contains_key(n)
+                    || self.peers.get(n).is_some_and(|p| p.link.is_some())
             })
         };
-        self.seeds.iter().all(seed_up) && self.peers.values().all(|p| p.link.is_some())
+        let member_up =
+            |p: &Peer<L>| p.link.is_some() || matches!(p.liveness, Liveness::Down { .. });
+        self.seeds.iter().all(seed_up) && self.peers.values().all(member_up)
     }
 
     /// Registers a connection whose hello has arrived, deciding whether it is the one to use.
@@ -218,6 +242,8 @@ impl<L: Clone> PeerTable<L> {
             };
         }
         let me_smaller = self.name.as_str() < hello.name.as_str();
+        // A forgotten member that connects again is an ordinary join.
+        self.forgotten.remove(&hello.name);
         let peer = self
             .peers
             .entry(hello.name.clone())
@@ -239,6 +265,8 @@ impl<L: Clone> PeerTable<L> {
         peer.addr = Some(meta.addr);
         peer.link = Some((meta, link));
         peer.since_ms = now_ms;
+        peer.last_contact_ms = now_ms;
+        peer.liveness = Liveness::Alive;
         if peer.connected_before {
             peer.reconnects += 1;
         }
@@ -255,7 +283,8 @@ impl<L: Clone> PeerTable<L> {
     }
 
     /// The connection with `token` to `name` ended. Returns whether it was the registered
-    /// one (then the peer is down; otherwise it was a duplicate and nothing changes).
+    /// one (then the peer is down; otherwise it was a duplicate and nothing changes). With
+    /// the link-loss fallback on, the member is suspect from now (see [`members`]).
     pub fn down(&mut self, name: &str, token: u64, now_ms: u64) -> bool {
         let Some(peer) = self.peers.get_mut(name) else {
             return false;
@@ -264,6 +293,10 @@ impl<L: Clone> PeerTable<L> {
             return false;
         }
         peer.link = None;
+        peer.last_contact_ms = now_ms;
+        if self.link_loss_detection && peer.liveness == Liveness::Alive {
+            peer.liveness = Liveness::Suspect { since_ms: now_ms };
+        }
         if now_ms.saturating_sub(peer.since_ms) >= STABLE_MS {
             peer.backoff_ms = BACKOFF_MIN_MS;
         }
@@ -277,12 +310,17 @@ impl<L: Clone> PeerTable<L> {
 
     /// Merges gossiped members. Returns whether anything new was learned, and the members
     /// refused because their node id is this node's or another member's (to report). Names
-    /// that are not valid node names and members beyond [`MAX_MEMBERS`] are ignored.
+    /// that are not valid node names, forgotten members (gossip may lag behind their
+    /// leaving; one that comes back connects itself) and members beyond [`MAX_MEMBERS`]
+    /// are ignored.
     pub fn learn(&mut self, members: &[Member]) -> (bool, Vec<Member>) {
         let mut changed = false;
         let mut clashes = Vec::new();
         for m in members {
-            if m.name == self.name || NodeName::new(&m.name).is_err() {
+            if m.name == self.name
+                || self.forgotten.contains_key(&m.name)
+                || NodeName::new(&m.name).is_err()
+            {
                 continue;
             }
             let Ok(addr) = m.addr.parse::<SocketAddr>() else {
@@ -348,11 +386,11 @@ impl<L: Clone> PeerTable<L> {
         for (index, s) in self.seeds.iter_mut().enumerate() {
             // A seed is dialed until it leads to this node or to a registered member:
             // one that answered as some member whose hello never came (it went away at
-            // that moment) is still the only way to that member.
-            let known = s
-                .name
-                .as_ref()
-                .is_some_and(|n| *n == self.name || self.peers.contains_key(n));
+            // that moment) is still the only way to that member. One that led to a
+            // forgotten member is not dialed either.
+            let known = s.name.as_ref().is_some_and(|n| {
+                *n == self.name || self.peers.contains_key(n) || self.forgotten.contains_key(n)
+            });
             if !known && !s.dialing && now_ms >= s.next_dial_ms {
                 s.dialing = true;
                 out.push(Dial::Seed {

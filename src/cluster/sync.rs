@@ -42,6 +42,9 @@ pub enum ReadyReason {
     NoPeer,
     /// `--join-timeout` passed with peers connected but none able to give a snapshot.
     NoDonor,
+    /// A first node (no `--join`) waited out `--max-clock-skew` after its start (see
+    /// [`SyncPlan::new`]).
+    ClockLead,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +90,34 @@ pub struct SyncPlan {
     peers: BTreeMap<String, PeerSync>,
     deadline_ms: u64,
     first_candidate_ms: Option<u64>,
+    /// A first node keeps its port closed until then (see [`SyncPlan::new`]).
+    clock_lead_until_ms: u64,
 }
 
 impl SyncPlan {
     /// `has_data`: the node starts with data and positions (a state file); otherwise it
     /// must choose a donor. `peers_configured`: without any (the first node of a cluster,
-    /// as far as it knows), it is ready at once; peers that connect to it later see that
-    /// it is empty and send it snapshots (see `send::SendPlan::position`).
-    pub fn new(has_data: bool, peers_configured: bool, now_ms: u64, join_timeout_ms: u64) -> Self {
+    /// as far as it knows), it has no one to sync from: peers that connect to it later see
+    /// that it is empty and send it snapshots (see `send::SendPlan::position`).
+    ///
+    /// **Such a first node still waits `max_skew_ms` before it opens the client port.** Its
+    /// previous run may have taken its clock ahead of wall time from a peer's (the skew
+    /// guard lets a peer's versions be up to `--max-clock-skew` ahead), and issued versions
+    /// there. Started again within that lead, with nothing to tell it (no `--join`, peers
+    /// not yet back), its clock would issue those versions again: a CAS token reused for
+    /// another value, and, if a peer holds the old write, two values under one version
+    /// that the merge takes for the same write (a divergence nothing repairs). Once its
+    /// wall clock is `max_skew_ms` past its start, every version it issues is above any its
+    /// previous runs could have issued (DESIGN section 1). The wait is rarely idle: the
+    /// peers that redial it meanwhile send it their snapshots, so it opens warm. A node
+    /// with a `--join` is not held: its sync shows it its peers' versions before it serves.
+    pub fn new(
+        has_data: bool,
+        peers_configured: bool,
+        now_ms: u64,
+        join_timeout_ms: u64,
+        max_skew_ms: u64,
+    ) -> Self {
         let phase = if !peers_configured {
             Phase::Ready
         } else if has_data {
@@ -102,14 +125,20 @@ impl SyncPlan {
         } else {
             Phase::Choosing
         };
+        let clock_lead_until_ms = if peers_configured {
+            0
+        } else {
+            now_ms.saturating_add(max_skew_ms)
+        };
         SyncPlan {
             phase,
-            opened: phase == Phase::Ready,
+            opened: phase == Phase::Ready && max_skew_ms == 0,
             donor: None,
             positions_known: has_data || !peers_configured,
             peers: BTreeMap::new(),
             deadline_ms: now_ms.saturating_add(join_timeout_ms),
             first_candidate_ms: None,
+            clock_lead_until_ms,
         }
     }
 
@@ -124,6 +153,12 @@ impl SyncPlan {
 
     pub fn donor(&self) -> Option<&str> {
         self.donor.as_deref()
+    }
+
+    /// Whether `peer` is linked and says its own initial sync is over (its hello or its
+    /// latest status).
+    pub fn peer_ready(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connected && p.ready)
     }
 
     /// Whether hellos should ask peers to hold their streams.
@@ -234,6 +269,7 @@ impl SyncPlan {
     /// `all_connected`: every member and seed known is connected.
     pub fn step(&mut self, now_ms: u64, all_connected: bool) -> Vec<Action> {
         let mut actions = Vec::new();
+
         if self.phase == Phase::Choosing && self.donor.is_none() {
             self.choose(now_ms, all_connected, &mut actions);
         }
@@ -247,17 +283,21 @@ impl SyncPlan {
             // sent nothing yet.
             if donor_done && !connected.is_empty() && connected.iter().all(|p| p.done()) {
                 let peers = connected.len();
-                self.become_ready(ReadyReason::Synced { peers }, &mut actions);
+                self.become_ready(ReadyReason::Synced { peers }, now_ms, &mut actions);
             }
         }
         if self.phase != Phase::Ready && now_ms >= self.deadline_ms && !self.opened {
             let any = self.peers.values().any(|p| p.connected);
             if !any {
-                self.become_ready(ReadyReason::NoPeer, &mut actions);
+                self.become_ready(ReadyReason::NoPeer, now_ms, &mut actions);
             } else if self.donor.is_none() {
-                self.become_ready(ReadyReason::NoDonor, &mut actions);
+                self.become_ready(ReadyReason::NoDonor, now_ms, &mut actions);
             }
             // A snapshot under way: wait for it (its progress is logged).
+        }
+        if self.phase == Phase::Ready && !self.opened && now_ms >= self.clock_lead_until_ms {
+            self.opened = true;
+            actions.push(Action::Ready(ReadyReason::ClockLead));
         }
         actions
     }
@@ -281,7 +321,7 @@ impl SyncPlan {
         if all_connected && peers.peek().is_some() && peers.all(|(_, p)| p.fresh) {
             self.positions_known = true;
             actions.extend(self.release_held());
-            self.become_ready(ReadyReason::NewCluster, actions);
+            self.become_ready(ReadyReason::NewCluster, now_ms, actions);
         }
     }
 
@@ -302,7 +342,7 @@ impl SyncPlan {
         actions
     }
 
-    fn become_ready(&mut self, reason: ReadyReason, actions: &mut Vec<Action>) {
+    fn become_ready(&mut self, reason: ReadyReason, now_ms: u64, actions: &mut Vec<Action>) {
         if !self.positions_known {
             // Serving without a donor: what we have of every log is nothing, say so.
             self.positions_known = true;
@@ -310,9 +350,12 @@ impl SyncPlan {
         }
         self.phase = Phase::Ready;
         self.donor = None;
-        if !self.opened {
-            self.opened = true;
+        if !self.opened && now_ms < self.clock_lead_until_ms {
+            // Synced, but a first node's clock lead is not yet waited out: `step` opens
+            // the port when it is.
+            return;
         }
+        self.opened = true;
         actions.push(Action::Ready(reason));
     }
 }
@@ -327,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_fresh_node_takes_one_snapshot_from_the_least_loaded_ready_peer() {
-        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
         assert!(plan.defer());
         plan.up("b", true, 2, false, true);
         // Not everyone connected yet, and the grace period not over: wait.
@@ -363,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_peer_whose_hello_crossed_the_donor_s_positions_is_started_at_once() {
-        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
         plan.up("b", true, 0, false, true);
         assert_eq!(
             plan.step(1, true),
@@ -395,7 +438,7 @@ mod tests {
 
     #[test]
     fn a_new_connection_to_the_donor_asks_again() {
-        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
         plan.up("b", true, 0, false, true);
         assert_eq!(
             plan.step(1, true),
@@ -412,7 +455,7 @@ mod tests {
 
     #[test]
     fn the_grace_period_bounds_the_wait_for_other_members() {
-        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
         plan.up("b", true, 0, false, true);
         assert!(plan.step(100, false).is_empty());
         assert_eq!(
@@ -423,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_new_cluster_has_nothing_to_copy() {
-        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
         plan.up("b", false, 0, true, true);
         assert!(plan.step(5, false).is_empty(), "b may not be all there is");
         let actions = plan.step(6, true);
@@ -436,7 +479,7 @@ mod tests {
 
     #[test]
     fn losing_the_donor_chooses_another() {
-        let mut plan = SyncPlan::new(false, true, 0, 10_000);
+        let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
         plan.up("b", true, 0, false, true);
         plan.up("c", true, 1, false, true);
         assert_eq!(
@@ -462,7 +505,7 @@ mod tests {
 
     #[test]
     fn with_data_every_peer_syncs_by_delta() {
-        let mut plan = SyncPlan::new(true, true, 0, 10_000);
+        let mut plan = SyncPlan::new(true, true, 0, 10_000, 5_000);
         assert!(!plan.defer());
         plan.up("b", true, 0, false, false);
         plan.up("c", true, 0, false, false);
@@ -479,7 +522,7 @@ mod tests {
 
     #[test]
     fn the_join_timeout_opens_the_port_when_no_one_can_help() {
-        let mut alone = SyncPlan::new(true, true, 0, 1_000);
+        let mut alone = SyncPlan::new(true, true, 0, 1_000, 5_000);
         assert!(alone.step(999, false).is_empty());
         assert_eq!(
             alone.step(1_000, false),
@@ -487,7 +530,7 @@ mod tests {
         );
 
         // Peers that answer but cannot give a snapshot (all syncing themselves).
-        let mut stuck = SyncPlan::new(false, true, 0, 1_000);
+        let mut stuck = SyncPlan::new(false, true, 0, 1_000, 5_000);
         stuck.up("b", false, 0, false, true);
         assert!(stuck.step(10, true).is_empty());
         let actions = stuck.step(1_000, true);
@@ -498,7 +541,7 @@ mod tests {
         );
 
         // A snapshot under way is waited for.
-        let mut slow = SyncPlan::new(false, true, 0, 1_000);
+        let mut slow = SyncPlan::new(false, true, 0, 1_000, 5_000);
         slow.up("b", true, 0, false, true);
         slow.step(1, true);
         assert!(slow.step(5_000, true).is_empty());
@@ -507,12 +550,53 @@ mod tests {
 
     #[test]
     fn no_peers_configured_is_ready_at_once_and_a_restart_keeps_the_port_open() {
-        let mut plan = SyncPlan::new(false, false, 0, 10_000);
+        let mut plan = SyncPlan::new(false, false, 0, 10_000, 0);
         assert!(plan.opened());
         assert_eq!(plan.phase(), Phase::Ready);
         assert!(!plan.defer());
         plan.restart();
         assert!(plan.defer());
+        assert!(plan.opened());
+    }
+
+    #[test]
+    fn a_first_node_opens_only_once_its_clock_lead_is_waited_out() {
+        let mut plan = SyncPlan::new(false, false, 1_000, 10_000, 5_000);
+        assert_eq!(plan.phase(), Phase::Ready);
+        assert!(
+            !plan.defer(),
+            "it has no one to wait for to know its positions"
+        );
+        assert!(!plan.opened());
+        assert!(plan.step(5_999, false).is_empty());
+        assert!(!plan.opened());
+        assert_eq!(
+            names(&plan.step(6_000, false)),
+            ["Ready(ClockLead)"],
+            "the port opens at start + max skew"
+        );
+        assert!(plan.opened());
+        assert!(plan.step(7_000, false).is_empty(), "only once");
+    }
+
+    #[test]
+    fn a_first_node_synced_during_its_clock_lead_still_waits_it_out() {
+        let mut plan = SyncPlan::new(false, false, 0, 10_000, 5_000);
+        // Its stale contents were discarded (a peer proved its state file stale): it syncs
+        // again, and a donor's snapshot completes before the lead is over.
+        plan.restart();
+        plan.up("b", true, 0, false, false);
+        let asked = plan.step(300, true);
+        assert_eq!(names(&asked), ["RequestSnapshot(\"b\")"]);
+        plan.snapshot_began("b");
+        plan.snapshot_applied("b");
+        plan.synced("b", 1);
+        assert!(
+            plan.step(1_000, true).is_empty(),
+            "synced, but within the lead"
+        );
+        assert!(!plan.opened());
+        assert_eq!(names(&plan.step(5_000, true)), ["Ready(ClockLead)"]);
         assert!(plan.opened());
     }
 }

@@ -44,7 +44,18 @@ pub struct ClusterConfig {
     pub serve_while_syncing: bool,
     pub drain_timeout: Duration,
     pub state_file: Option<PathBuf>,
+    /// `--remove-down-after`: a member down this long is forgotten.
+    pub remove_down_after: Duration,
 }
+
+/// `--remove-down-after`'s default. A member is down once unreachable (its link lost, not
+/// back within seconds); forgetting it stops the redials, which are also what heals a
+/// partition: if both sides of a partition forget each other, nothing reconnects them
+/// (README, "Member lifecycle"). So the default outlasts a weekend's outage, as Consul's
+/// `reconnect_timeout` (72h) does, and costs little meanwhile: a member down is no longer
+/// waited for, only redialed every few seconds and listed. A node gone for good is removed
+/// at once with `cluster forget`.
+pub const DEFAULT_REMOVE_DOWN_AFTER: &str = "72h";
 
 /// Parses `500ms`, `5s`, `10m`, `2h`, `30d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
@@ -162,6 +173,7 @@ pub(super) fn cluster_config(
             (args.tombstone_ttl.is_some(), "--tombstone-ttl"),
             (args.join_timeout.is_some(), "--join-timeout"),
             (args.drain_timeout.is_some(), "--drain-timeout"),
+            (args.remove_down_after.is_some(), "--remove-down-after"),
         ];
         if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
             return Err(ConfigError::ClusterFlagWithoutCerts(flag));
@@ -196,6 +208,7 @@ pub(super) fn cluster_config(
         serve_while_syncing: args.serve_while_syncing,
         drain_timeout: settings.drain_timeout,
         state_file: args.state_file.clone(),
+        remove_down_after: settings.remove_down_after,
     }))
 }
 
@@ -206,6 +219,7 @@ struct Settings {
     tombstone_ttl: u32,
     join_timeout: Duration,
     drain_timeout: Duration,
+    remove_down_after: Duration,
 }
 
 impl Settings {
@@ -245,6 +259,12 @@ impl Settings {
                 &args.drain_timeout,
                 "10s",
                 "--drain-timeout",
+                parse_duration,
+            )?,
+            remove_down_after: value(
+                &args.remove_down_after,
+                DEFAULT_REMOVE_DOWN_AFTER,
+                "--remove-down-after",
                 parse_duration,
             )?,
         })

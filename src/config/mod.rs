@@ -210,6 +210,12 @@ pub struct Args {
     #[arg(help_heading = HELP_CLUSTER, long = "join-timeout")]
     pub join_timeout: Option<String>,
 
+    /// Forget a member down (unreachable) this long: stop dialing it and listing it
+    /// (default 72h, to outlast a weekend's partition; `cluster forget NAME` does it at
+    /// once).
+    #[arg(help_heading = HELP_CLUSTER, long = "remove-down-after")]
+    pub remove_down_after: Option<String>,
+
     /// Open the client port at once instead of after the initial sync.
     #[arg(help_heading = HELP_CLUSTER, long = "serve-while-syncing")]
     pub serve_while_syncing: bool,

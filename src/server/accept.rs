@@ -18,7 +18,9 @@ use crate::cluster::Cluster;
 use crate::config::{Config, ListenerTls};
 
 /// What the client port waits for before it listens: the cluster's initial sync, unless
-/// there is none, it is already done, or `--serve-while-syncing` says not to wait.
+/// it is already done or `--serve-while-syncing` says not to wait; for a first node (no
+/// `--join`, nothing to sync from), `--max-clock-skew` after its start
+/// (`cluster::sync::SyncPlan::new` says why), which `--serve-while-syncing` does not skip.
 pub(super) fn sync_gate(
     cluster: Option<&Arc<Cluster>>,
     config: &Config,
@@ -26,7 +28,7 @@ pub(super) fn sync_gate(
     let serve_early = config
         .cluster
         .as_ref()
-        .is_some_and(|c| c.serve_while_syncing);
+        .is_some_and(|c| c.serve_while_syncing && !c.join.is_empty());
     let ready = cluster.filter(|_| !serve_early)?.ready();
     let done = *ready.borrow();
     (!done).then_some(ready)
@@ -42,7 +44,16 @@ async fn wait_until_ready(
     let Some(mut ready) = sync_gate(shared.cluster.as_ref(), &shared.config) else {
         return true;
     };
-    tracing::info!(node = %shared.name, "the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
+    let first = shared
+        .config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.join.is_empty());
+    if first {
+        tracing::info!(node = %shared.name, "first node (no --join): the client port opens once --max-clock-skew has passed since the start, so that no version (CAS value) an earlier run issued is issued again");
+    } else {
+        tracing::info!(node = %shared.name, "the client port opens once the initial sync is complete (--serve-while-syncing opens it at once)");
+    }
     let mut shutdown = shared.shutdown.subscribe();
     tokio::select! {
         r = ready.wait_for(|r| *r) => r.is_ok(),

@@ -449,6 +449,7 @@ fn cluster_settings(s: &mut Stats, cfg: &crate::config::Config) {
     push(s, "join_timeout_ms", c.join_timeout.as_millis());
     push(s, "serve_while_syncing", yes_no(c.serve_while_syncing));
     push(s, "drain_timeout_ms", c.drain_timeout.as_millis());
+    push(s, "remove_down_after_ms", c.remove_down_after.as_millis());
     let state_file = c
         .state_file
         .as_ref()

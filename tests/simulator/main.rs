@@ -193,8 +193,9 @@ fn cas_of(answer: &str) -> Option<u64> {
     answer.lines().next()?.split(' ').nth(4)?.parse().ok()
 }
 
-/// Runs schedule `seed` and returns the contract's violations (empty: it held).
-fn run(seed: u64) -> Vec<String> {
+/// With `MESHCACHED_SIM_TRACE` set, the nodes' logs go to stderr (filter:
+/// `MESHCACHED_SIM_LOG`, default `meshcached=info`).
+fn init_trace() {
     if std::env::var_os("MESHCACHED_SIM_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -204,6 +205,11 @@ fn run(seed: u64) -> Vec<String> {
             .without_time()
             .try_init();
     }
+}
+
+/// Runs schedule `seed` and returns the contract's violations (empty: it held).
+fn run(seed: u64) -> Vec<String> {
+    init_trace();
     let mut rng = Rng::new(seed);
     // Faults added after the regression seeds were kept draw from their own stream, so
     // that those seeds still name the schedules that once failed.

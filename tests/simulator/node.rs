@@ -87,6 +87,7 @@ impl Node {
             join_timeout_ms: 10_000,
             repl_backlog: 16 << 10,
             entropy: Entropy::every(ae_period_ms()),
+            remove_down_after_ms: REMOVE_DOWN_AFTER_MS,
         };
         let run_id = RunId(seed | 1);
         let replica = Replica::new(&cfg, store.clone(), hlc.clone(), positions, run_id, seed);

@@ -337,7 +337,7 @@ impl Replica {
 
     /// Forgets a link's session: an incoming snapshot cut off leaves its gap (the position
     /// is forgotten), an outgoing one stops counting as load.
-    fn end_session(&mut self, link: LinkId) -> Option<String> {
+    pub(super) fn end_session(&mut self, link: LinkId) -> Option<String> {
         let s = self.sessions.remove(&link)?;
         if s.incoming.as_ref().is_some_and(|i| i.fills_gap()) {
             s.counters.snapshot_ended(false);

@@ -28,6 +28,7 @@ mod admit;
 mod catch_up;
 mod entropy;
 mod live;
+mod members;
 mod session;
 mod walk;
 
@@ -47,6 +48,7 @@ use crate::store::Store;
 pub use admit::{Connection, LinkUp, Refusal};
 pub use entropy::{Entropy, BUCKETS_PER_ROUND, BUSY_MS, LIST_BYTES, REPAIR_BYTES};
 pub use live::{Flow, Transmit};
+pub use members::MemberView;
 use session::Session;
 pub use walk::SnapOut;
 
@@ -109,6 +111,9 @@ pub struct ReplicaConfig {
     pub repl_backlog: usize,
     /// Anti-entropy's timing ([`entropy`]); a period of 0 turns it off.
     pub entropy: Entropy,
+    /// `--remove-down-after`: a member down this long is forgotten (see
+    /// [`super::peers::MemberState`]).
+    pub remove_down_after_ms: u64,
 }
 
 impl From<&crate::config::ClusterConfig> for ReplicaConfig {
@@ -122,6 +127,7 @@ impl From<&crate::config::ClusterConfig> for ReplicaConfig {
             join_timeout_ms: c.join_timeout.as_millis() as u64,
             repl_backlog: c.repl_backlog,
             entropy: Entropy::every(DEFAULT_AE_PERIOD_MS),
+            remove_down_after_ms: c.remove_down_after.as_millis() as u64,
         }
     }
 }
@@ -184,6 +190,8 @@ pub struct Replica {
     entropy: Entropy,
     /// The last anti-entropy round's token (rounds are numbered per node).
     ae_tokens: u64,
+    /// `--remove-down-after`, in ms.
+    remove_down_after_ms: u64,
 }
 
 /// How long a refusal on clocks counts against this node's clock: peers redial within
@@ -208,6 +216,7 @@ impl Replica {
             !cfg.seeds.is_empty(),
             now_ms,
             cfg.join_timeout_ms,
+            cfg.max_skew.as_millis() as u64,
         );
         let run_floor = hlc.tick();
         let mut r = Replica {
@@ -239,6 +248,7 @@ impl Replica {
             outvoted: false,
             entropy: cfg.entropy,
             ae_tokens: 0,
+            remove_down_after_ms: cfg.remove_down_after_ms,
         };
         let loaded = positions.is_some();
         for p in positions.into_iter().flatten() {
@@ -317,8 +327,9 @@ impl Replica {
             .iter()
             .filter(|(_, c)| c.holds_have())
             .filter(|(name, _)| {
-                let members = self.table.peers().map(|(m, _)| m.as_str());
-                !self.catch_ups.unsettled(name, members)
+                // Members down are not waited for (DESIGN.md section 8): anti-entropy
+                // repairs what one of them brings back.
+                !self.catch_ups.unsettled(name, self.table.awaited())
             })
             .filter_map(|(name, c)| {
                 let (run_id, seq) = c.have();
@@ -378,6 +389,7 @@ impl Replica {
 
     /// Timers: the sync plan's (the donor grace period, `--join-timeout`).
     pub fn tick(&mut self, now_ms: u64) {
+        self.members_tick(now_ms);
         self.sync_step(now_ms);
         self.entropy_tick(now_ms);
         let vote = self.clock_outvoted(now_ms);
@@ -460,6 +472,9 @@ impl Replica {
             }
             ReadyReason::NoPeer => {
                 tracing::warn!(%node, items, "no peer answered within --join-timeout; serving what this node has")
+            }
+            ReadyReason::ClockLead => {
+                tracing::info!(%node, items, "--max-clock-skew has passed since the start: versions issued now are newer than any an earlier run of this node issued; ready")
             }
             ReadyReason::NoDonor => {
                 tracing::warn!(%node, items, "no peer could give a snapshot within --join-timeout; serving what this node has")

@@ -31,6 +31,7 @@ fn replica_with_seeds(name: &str, id: u16, seeds: Vec<String>) -> Replica {
         join_timeout_ms: 1000,
         repl_backlog: 1 << 20,
         entropy: Entropy::every(1000),
+        remove_down_after_ms: 3_600_000,
     };
     Replica::new(&cfg, store, hlc, None, RunId(u64::from(id)), 1)
 }
