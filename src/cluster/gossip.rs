@@ -1,7 +1,8 @@
 //! The async shell of [`membership`](super::membership): SWIM's messages travel as QUIC
 //! datagrams on the authenticated peer connections (no second socket, no second trust
 //! setup), one timer task fires its timers, and its verdicts go to the log, the counters
-//! and the peer table.
+//! and the member lifecycle ([`super::peers::PeerTable::on_membership`]: suspect, down,
+//! and left, which forgets the member: no longer dialed nor waited for).
 //!
 //! A datagram is believed only from the connection of the member it claims to come from:
 //! the certificate name is checked against the sender inside the message, and a mismatch
@@ -19,6 +20,7 @@ use bytes::Bytes;
 
 use super::link::LinkError;
 use super::membership::{MemberEvent, Membership, MembershipCounters, Verdict};
+use super::peers::MembershipEvent;
 use super::Cluster;
 use crate::replication::frame::HELLO_GOSSIP;
 
@@ -138,6 +140,14 @@ impl Cluster {
                 if let Some(counter) = counter {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
+                let event = match verdict {
+                    Verdict::Alive => MembershipEvent::Alive,
+                    Verdict::Suspect => MembershipEvent::Suspect,
+                    Verdict::Down => MembershipEvent::Down,
+                    Verdict::Left => MembershipEvent::Left,
+                };
+                let now = self.now_ms();
+                self.with(|c| c.on_membership(&id.name, event, now));
                 match verdict {
                     Verdict::Down => {
                         tracing::warn!(node = %self.name, peer = %id.name, "member down (SWIM)")
@@ -158,6 +168,9 @@ impl Cluster {
             return;
         }
         self.gossip.conns().insert(peer.to_string(), conn.clone());
+        // SWIM's verdicts now reach the peer table: they supersede its own guess from a
+        // lost link (one node's view, where SWIM's is the cluster's).
+        self.core().table_mut().set_link_loss_detection(false);
         let seeds: Vec<String> = {
             let core = self.core();
             core.table()
