@@ -12,7 +12,7 @@
 //! and the dialer is woken.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct Gossip {
     membership: Mutex<Membership>,
     /// The connection each gossiping peer is reached on, by its certificate name.
     conns: Mutex<HashMap<String, quinn::Connection>>,
+    /// This node announced its leave: peers that forget it close their links to it.
+    leaving: AtomicBool,
     pub counters: GossipCounters,
 }
 
@@ -56,6 +58,7 @@ impl Gossip {
         Gossip {
             membership: Mutex::new(membership),
             conns: Mutex::new(HashMap::new()),
+            leaving: AtomicBool::new(false),
             counters: GossipCounters::default(),
         }
     }
@@ -71,6 +74,12 @@ impl Gossip {
     /// The membership instance's counters, for `stats`.
     pub fn stats(&self) -> MembershipCounters {
         self.membership().counters
+    }
+
+    /// Whether this node has announced that it leaves: a link a peer then closes (it
+    /// forgot this node, as it should) is no failure.
+    pub fn leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
     }
 
     /// Live members according to SWIM (this node not included).
@@ -196,8 +205,13 @@ impl Cluster {
     }
 
     /// Tells the cluster this node is leaving, then keeps gossip flowing for `linger` (the
-    /// connections stay open meanwhile) so that the leave spreads.
+    /// connections stay open meanwhile) so that the leave spreads. Nothing to do, and no
+    /// wait, for a node that knows no live member.
     pub async fn leave_membership(&self, linger: Duration) {
+        self.gossip.leaving.store(true, Ordering::Relaxed);
+        if self.gossip.live_members() == 0 {
+            return;
+        }
         self.with_membership(|m, now| m.leave(now));
         tokio::time::sleep(linger).await;
     }

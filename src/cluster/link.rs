@@ -145,7 +145,11 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
     };
     cl.conns().remove(&link);
     cl.gossip_link_down(&up.peer, &conn);
-    let (reason, ending) = describe(reason.err().as_ref(), &conn);
+    let (reason, mut ending) = describe(reason.err().as_ref(), &conn);
+    if cl.gossip.leaving() && matches!(ending, Ending::Failed) {
+        // This node told the cluster it leaves: peers forget it and close their links.
+        ending = Ending::Leaving;
+    }
     let now_ms = cl.now_ms();
     // A peer that announced its leaving (its graceful shutdown closes with CLOSE_LEAVING)
     // is forgotten; any other end makes it suspect (see `peers::members`).

@@ -34,8 +34,10 @@ fn garbage_is_refused_without_harm() {
 #[test]
 fn the_configuration_scales_with_the_member_count() {
     let small = config_for(3);
-    let large = config_for(200);
+    let large = config_for(1024);
     assert!(large.suspect_to_down_after > small.suspect_to_down_after);
     assert!(large.max_transmissions > small.max_transmissions);
+    // Small clusters keep the floor (see config_for).
+    assert_eq!(small.max_transmissions.get(), 10);
     assert_eq!(small.max_packet_size.get(), MAX_GOSSIP_PACKET);
 }
