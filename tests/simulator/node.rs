@@ -23,6 +23,8 @@ pub const MAX_SKEW: Duration = Duration::from_secs(5);
 /// Anti-entropy's period: well within the tombstone TTL, as in production (10 s against
 /// hours), so that a delete the stream missed is repaired before its tombstone may go.
 pub const AE_PERIOD_MS: u64 = 1000;
+/// `--remove-down-after`'s default (72 h): no schedule lasts long enough to reach it.
+pub const REMOVE_DOWN_AFTER_MS: u64 = 72 * 3600 * 1000;
 
 /// How a node is set up, fixed for the whole schedule.
 #[derive(Debug, Clone)]
