@@ -17,8 +17,8 @@ use meshcached::clock::Version;
 use meshcached::replication::frame::{self, Frame};
 use meshcached::replication::log::{Entry, Mutation, Op, RunId};
 use meshcached::replication::transport::{
-    PeerConn, PeerEndpoint, TransportError, ALPN, CONNECTION_RECEIVE_WINDOW, MAX_UNI_STREAMS,
-    STREAM_RECEIVE_WINDOW,
+    PeerConn, PeerEndpoint, TransportError, ALPN, CONNECTION_RECEIVE_WINDOW,
+    DATAGRAM_RECEIVE_BUFFER, MAX_UNI_STREAMS, STREAM_RECEIVE_WINDOW,
 };
 use quinn::ConnectionError;
 use rustls::pki_types::PrivatePkcs8KeyDer;
@@ -195,13 +195,41 @@ async fn two_nodes_connect_and_exchange_a_frame() {
     exchange_frame(&dialed.conn, &accepted.conn).await;
     exchange_frame(&accepted.conn, &dialed.conn).await;
 
-    // No datagrams until something reads them (gossip): a peer cannot make the node
-    // buffer any.
-    assert!(dialed.conn.max_datagram_size().is_none());
-    assert!(dialed
-        .conn
-        .send_datagram(Bytes::from_static(b"ping"))
-        .is_err());
+    datagrams_flow_and_a_flood_is_held_to_the_bound(&dialed.conn, &accepted.conn).await;
+}
+
+/// Gossip datagrams pass, and a peer that sends far more than the reader takes cannot make
+/// the node hold more than [`DATAGRAM_RECEIVE_BUFFER`] of them: with an unbounded buffer
+/// the whole flood would be waiting.
+async fn datagrams_flow_and_a_flood_is_held_to_the_bound(
+    from: &quinn::Connection,
+    to: &quinn::Connection,
+) {
+    let max = from.max_datagram_size().expect("datagrams enabled");
+    assert!(max >= 1024, "a gossip packet fits: {max}");
+    from.send_datagram(Bytes::from_static(b"ping"))
+        .expect("send");
+    let got = within("a datagram", to.read_datagram())
+        .await
+        .expect("read");
+    assert_eq!(&got[..], b"ping");
+    const FLOOD: usize = 300;
+    for i in 0..FLOOD {
+        let d = Bytes::from(vec![i as u8; 1000]);
+        within("send a datagram", from.send_datagram_wait(d))
+            .await
+            .expect("send");
+    }
+    // Stream data sent after the flood: once it is read, the flood has (nearly all) arrived.
+    exchange_frame(from, to).await;
+    let mut held = 0usize;
+    while let Ok(Ok(d)) = tokio::time::timeout(Duration::ZERO, to.read_datagram()).await {
+        held += d.len();
+    }
+    assert!(
+        held <= DATAGRAM_RECEIVE_BUFFER,
+        "{held} bytes of datagrams held, bound {DATAGRAM_RECEIVE_BUFFER}"
+    );
 }
 
 #[tokio::test]

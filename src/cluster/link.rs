@@ -110,6 +110,7 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         }
     };
     let node_id = theirs.node_id;
+    let their_flags = theirs.flags;
     // Registered before the core hears of it, so that its events can name it.
     cl.conns().insert(link, conn.clone());
     let now_ms = cl.now_ms();
@@ -137,19 +138,26 @@ pub async fn run(cl: Arc<Cluster>, pc: PeerConn, dialed_by_me: bool) -> bool {
         tracing::info!(node = %cl.name, peer = %up.peer, %addr, node_id, "peer up");
     }
     let counters = cl.core().peer_counters(&up.peer);
+    cl.gossip_link_up(&up.peer, &conn, their_flags);
     let reason = tokio::select! {
+        r = super::gossip::recv(&cl, &pc.name, &conn) => r,
         r = streams::send_live(&cl, link, &counters, send) => r,
         r = streams::recv_live(&cl, link, &counters, recv, buf) => r,
         r = streams::send_snapshots(&cl, link, &conn) => r,
         r = streams::recv_snapshots(&cl, link, &conn) => r,
     };
     cl.conns().remove(&link);
+    cl.gossip_link_down(&up.peer, &conn);
     if conn.close_reason().is_none() {
         // A stream may end just before the peer's close arrives (its leaving, say): give
         // the close a moment, so that the link's end is told for what it is.
         let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
     }
-    let (reason, ending) = describe(reason.err().as_ref(), &conn);
+    let (reason, mut ending) = describe(reason.err().as_ref(), &conn);
+    if cl.gossip.leaving() && matches!(ending, Ending::Failed) {
+        // This node told the cluster it leaves: peers forget it and close their links.
+        ending = Ending::Leaving;
+    }
     let now_ms = cl.now_ms();
     // A peer that announced its leaving (its graceful shutdown closes with CLOSE_LEAVING)
     // is forgotten; any other end makes it suspect (see `peers::members`).

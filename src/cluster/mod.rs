@@ -28,7 +28,9 @@ pub mod acks;
 pub mod core;
 pub mod counters;
 mod dial;
+pub mod gossip;
 mod link;
+pub mod membership;
 pub mod outbox;
 pub mod peers;
 pub mod reconcile;
@@ -47,6 +49,7 @@ use tokio::sync::{watch, Notify};
 
 pub use self::core::MemberView;
 use self::core::{Event, LinkId, Replica, ReplicaConfig};
+use self::membership::{MemberId, Membership};
 use crate::clock::{Hlc, NodeId};
 use crate::config::ClusterConfig;
 use crate::replication::frame::Position;
@@ -83,6 +86,8 @@ pub struct Cluster {
     /// The highest sequence of our log that `--ack-replicas` peers acknowledged: clients
     /// waiting for their writes to be held by peers watch it.
     acks: watch::Sender<u64>,
+    /// SWIM membership and the connections its datagrams travel on.
+    pub gossip: gossip::Gossip,
 }
 
 /// Holds a node's cluster thread stopped until dropped; see [`Cluster::freeze`].
@@ -114,7 +119,17 @@ impl Cluster {
             random_u64(),
         );
         core.set_ack_replicas(config.ack_replicas);
+        // A new run at every start: the cluster sees a restart as a new identity of the
+        // same member (see membership::identity).
+        let me = MemberId::new(
+            &config.node_name,
+            config.node_id.get(),
+            config.listen,
+            hlc.clock().now_ms(),
+        );
+        let gossip = gossip::Gossip::new(Membership::new(me, random_u64()));
         Arc::new(Cluster {
+            gossip,
             name: config.node_name.clone(),
             node_id: config.node_id,
             outbox: core.outbox().clone(),
@@ -182,6 +197,7 @@ impl Cluster {
         tokio::spawn(dial::accept_loop(self.clone(), endpoint.clone()));
         tokio::spawn(dial::dial_loop(self.clone(), endpoint));
         tokio::spawn(tick_loop(self.clone()));
+        tokio::spawn(gossip::timer_loop(self.clone()));
     }
 
     /// Runs `f` on the core, then carries out what it asks for (events) and wakes the

@@ -142,6 +142,9 @@ pub const HELLO_AE: u8 = 16;
 /// acknowledge each batch of its writes as soon as it is applied, not at the usual pace.
 /// Peers that do not know the flag ignore it (the writes then wait for the usual pace).
 pub const HELLO_PROMPT_ACKS: u8 = 32;
+/// [`Hello::flags`]: the sender reads SWIM gossip in QUIC datagrams (src/cluster/gossip.rs):
+/// only a peer that says so is sent any.
+pub const HELLO_GOSSIP: u8 = 64;
 
 /// The first frame each side sends on its live stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -89,6 +89,11 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// - Streams: a peer opens one unidirectional stream for its live log and one per snapshot
 ///   (one at a time, and one more may be starting as the last ends); no bidirectional ones.
 pub const MAX_UNI_STREAMS: u32 = 4;
+/// Bytes of received datagrams (SWIM gossip, at most 1 KiB each) QUIC holds for the reader
+/// per connection; beyond it the oldest are dropped.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 << 10;
+/// Bytes of datagrams QUIC holds for sending per connection.
+pub const DATAGRAM_SEND_BUFFER: usize = 64 << 10;
 /// - Per-stream and per-connection receive windows: one stream window covers a fast LAN's
 ///   bandwidth-delay product many times over (10 Gbit/s × 1 ms = 1.25 MB).
 pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
@@ -406,9 +411,11 @@ fn transport_config() -> quinn::TransportConfig {
     config.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         IDLE_TIMEOUT.as_millis() as u32,
     ))));
-    // No gossip is carried yet (membership over datagrams comes with SWIM): a datagram a
-    // peer sends is refused by QUIC rather than buffered for a reader that does not exist.
-    config.datagram_receive_buffer_size(None);
+    // SWIM gossip travels in datagrams (src/cluster/gossip.rs). Bounded both ways: when the
+    // reader falls behind, QUIC drops the oldest datagrams (SWIM tolerates loss) rather
+    // than letting a peer make this node buffer without limit.
+    config.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    config.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     config.max_concurrent_bidi_streams(0u32.into());
     config.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
     config.stream_receive_window(STREAM_RECEIVE_WINDOW.into());

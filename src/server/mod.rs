@@ -49,6 +49,9 @@ pub const VERSION: &str = concat!("1.6.45 meshcached-", env!("CARGO_PKG_VERSION"
 
 /// How long a shutdown waits for connections to finish their in-flight replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping node keeps handling gossip after announcing its leave, so that the
+/// members it told pass it on (and its own retransmissions go out).
+const LEAVE_LINGER: Duration = Duration::from_millis(300);
 /// The listen backlog of client sockets (memcached's default).
 const LISTEN_BACKLOG: u32 = 1024;
 /// How often the sweeper wakes, and how many slots per shard it looks at each time.
@@ -371,6 +374,9 @@ impl Server {
                 .map_or(Duration::ZERO, |c| c.drain_timeout);
             rt.block_on(async {
                 cluster.drain(drain_timeout).await;
+                // Say goodbye through SWIM while the connections still carry gossip, so
+                // the others record this node as left rather than failed.
+                cluster.leave_membership(LEAVE_LINGER).await;
                 cluster
                     .close("node shutting down", Duration::from_millis(200))
                     .await;

@@ -15,6 +15,7 @@ mod common;
 mod demo;
 mod large;
 mod lifecycle;
+mod membership;
 mod resync;
 mod security;
 

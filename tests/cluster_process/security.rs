@@ -136,7 +136,8 @@ fn stats_cluster_and_settings_describe_the_cluster() {
             "node_id",
             "last_contact",
             "lag_writes",
-            "lag_ms"
+            "lag_ms",
+            "swim"
         ]
     );
 

@@ -11,7 +11,8 @@ use crate::cluster::peers::{LinkMeta, Offer};
 use crate::cluster::send::Position as SendPosition;
 use crate::cluster::sync::Phase;
 use crate::replication::frame::{
-    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_PROMPT_ACKS, HELLO_READY,
+    Frame, Hello, HELLO_AE, HELLO_CLEAN, HELLO_DEFER, HELLO_EMPTY, HELLO_GOSSIP, HELLO_PROMPT_ACKS,
+    HELLO_READY,
 };
 use crate::replication::log::RunId;
 
@@ -100,6 +101,7 @@ impl Replica {
         if self.acks.waited_for() {
             flags |= HELLO_PROMPT_ACKS;
         }
+        flags |= HELLO_GOSSIP;
         Hello {
             name: self.name.clone(),
             node_id: self.node_id.get(),
