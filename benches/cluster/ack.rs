@@ -46,6 +46,19 @@ pub(crate) fn measure_ack(rt: &Runtime, opts: &Options, certs: &Certs) -> Result
         .collect())
 }
 
+/// The load of [`interleaved`], in words.
+pub(crate) fn set_load(opts: &Options) -> String {
+    format!(
+        "the throughput section's set load ({CONNS} connections, {}-byte values, {} preloaded \
+         keys), {:.2} s warm-up then {:.2} s measured, medians of {} rounds",
+        loadgen::VALUE_LEN,
+        KEYS.count,
+        opts.warmup.as_secs_f64(),
+        opts.measure.as_secs_f64(),
+        opts.rounds,
+    )
+}
+
 /// The throughput section's set cells at node A of each pair in `pairs`, interleaved round
 /// by round (each round starts at the next pair), B caught up after every cell; per
 /// workload, each pair's median cell, in the order of `pairs`.
@@ -95,14 +108,9 @@ pub(crate) fn print_ack(opts: &Options, rows: &[AckRow], machine: &str) {
     println!("## Replicated acknowledgement: `--ack-replicas 1` versus 0 on a pair ({machine})\n");
     println!(
         "Node A of a pair, `-t 2`, nothing pinned (both nodes and the generator share the cores); \
-         the throughput section's set load ({CONNS} connections, {}-byte values, {} preloaded keys), \
-         {:.2} s warm-up then {:.2} s measured, medians of {} rounds, the two pairs interleaved. \
+         {}, the two pairs interleaved. \
          With `--ack-replicas 1` a `STORED` waits until B has applied the write and acknowledged it.\n",
-        loadgen::VALUE_LEN,
-        KEYS.count,
-        opts.warmup.as_secs_f64(),
-        opts.measure.as_secs_f64(),
-        opts.rounds,
+        set_load(opts),
     );
     println!("| workload | --ack-replicas | ops/s | ÷ asynchronous | p50 / p99 µs |");
     println!("|---|--:|--:|--:|--:|");

@@ -382,15 +382,10 @@ pub(crate) fn print_periods(opts: &Options, rows: &[PeriodRow], machine: &str) {
     println!("## Anti-entropy: set throughput with it running versus off ({machine})\n");
     println!(
         "Node A of three pairs, `-t 2`, nothing pinned (both nodes and the generator share the \
-         cores), with `--anti-entropy-period` 0, 10s and 1s; the throughput section's set load \
-         ({CONNS} connections, {}-byte values, {} preloaded keys), {:.2} s warm-up then {:.2} s \
-         measured, medians of {} rounds, the pairs interleaved. Counters are A's `stats` after \
-         all its cells (the pair's whole life, preload included).\n",
-        loadgen::VALUE_LEN,
-        KEYS.count,
-        opts.warmup.as_secs_f64(),
-        opts.measure.as_secs_f64(),
-        opts.rounds,
+         cores), with `--anti-entropy-period` 0, 10s and 1s; {}, the pairs interleaved. \
+         Counters are A's `stats` after all its cells (the pair's whole life, preload \
+         included).\n",
+        set_load(opts),
     );
     println!(
         "| --anti-entropy-period | ops/s | ÷ off | p50 / p99 µs | CPU A / B % | ae_rounds | ae_buckets_differing | ae_keys_received | ae_bytes |"

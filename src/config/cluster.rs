@@ -357,34 +357,22 @@ mod tests {
 
     #[test]
     fn anti_entropy_period_defaults_to_10s_and_0_turns_it_off() {
-        let period = |argv: &[&str]| {
-            let mut all = vec!["--certs-dir", "/c"];
-            all.extend_from_slice(argv);
-            parse(&all).unwrap().cluster.unwrap().anti_entropy_period
+        let cluster = |period: &[&str]| {
+            let mut argv = vec!["--certs-dir", "/c"];
+            argv.extend_from_slice(period);
+            parse(&argv).unwrap().cluster.unwrap()
         };
-        assert_eq!(
-            period(&[]),
-            Duration::from_millis(crate::cluster::core::DEFAULT_AE_PERIOD_MS)
-        );
-        assert_eq!(
-            period(&["--anti-entropy-period", "250ms"]),
-            Duration::from_millis(250)
-        );
-        assert_eq!(period(&["--anti-entropy-period", "0"]), Duration::ZERO);
-        let off = crate::cluster::core::ReplicaConfig::from(
-            &parse(&["--certs-dir", "/c", "--anti-entropy-period", "0"])
-                .unwrap()
-                .cluster
-                .unwrap(),
-        );
-        assert_eq!(off.entropy.period_ms, 0, "the core sees it off");
-        let on = crate::cluster::core::ReplicaConfig::from(
-            &parse(&["--certs-dir", "/c", "--anti-entropy-period", "2s"])
-                .unwrap()
-                .cluster
-                .unwrap(),
-        );
-        assert_eq!(on.entropy.period_ms, 2000);
+        // What the core is given: its period, 0 meaning off (no HELLO_AE, no rounds).
+        let core_ms = |period: &[&str]| {
+            crate::cluster::core::ReplicaConfig::from(&cluster(period))
+                .entropy
+                .period_ms
+        };
+        let default = crate::cluster::core::DEFAULT_AE_PERIOD_MS;
+        assert_eq!(cluster(&[]).anti_entropy_period.as_millis(), 10_000);
+        assert_eq!((core_ms(&[]), default), (10_000, 10_000));
+        assert_eq!(core_ms(&["--anti-entropy-period", "250ms"]), 250);
+        assert_eq!(core_ms(&["--anti-entropy-period", "0"]), 0);
         assert_eq!(
             parse(&["--anti-entropy-period", "1s"]).unwrap_err(),
             ConfigError::ClusterFlagWithoutCerts("--anti-entropy-period")
