@@ -14,6 +14,8 @@
 //! 4. **Wrong refusals at a small replica** under eviction: see `cluster/forgetting.rs`.
 //! 5. **`--ack-replicas 1` versus 0** on two pairs: set throughput and latency at A, where a
 //!    `STORED` waits for B's acknowledgement (`cluster/ack.rs`).
+//! 6. **Anti-entropy**: a round and a 1,000-key repair on 1M items in process, and set
+//!    throughput with `--anti-entropy-period` 0, 10s and 1s (`cluster/entropy.rs`).
 //!
 //! Run: `cargo bench --bench cluster > cluster.md` (about 2.5 minutes). It needs
 //! `/usr/bin/memcached` and `taskset`; under `cargo test --benches` it exits at once.
@@ -23,7 +25,8 @@
 //! | `BENCH_QUICK` | unset | `1`: smoke-run defaults (0.25 s + 0.5 s cells, 1 round, 200 and 20k writes) |
 //! | `BENCH_SECS`, `BENCH_WARMUP_SECS` | `2`, `1` | measured and warm-up seconds per throughput cell |
 //! | `BENCH_ROUNDS` | `3` | throughput rounds; each number is the median over rounds |
-//! | `BENCH_ONLY` | `pinned,unpinned,propagation,cpu,forgetting,ack` | sections to run |
+//! | `BENCH_ONLY` | `pinned,unpinned,propagation,cpu,forgetting,ack,entropy` | sections to run |
+//! | `BENCH_AE_ITEMS` | `1000000` | entropy section: items in each in-process store |
 //! | `BENCH_WORKLOADS` | `set,set-p32` | throughput workloads |
 //! | `BENCH_PROP_WRITES`, `BENCH_PROP_GAP_MS` | `2000`, `1` | propagation: writes, pause between them |
 //! | `BENCH_CPU_WRITES` | `200000` | CPU section: sets pushed |
@@ -35,6 +38,8 @@
 mod ack;
 #[path = "cluster/cpu.rs"]
 mod cpu;
+#[path = "cluster/entropy.rs"]
+mod entropy;
 #[path = "cluster/forgetting.rs"]
 mod forgetting;
 #[allow(dead_code)]
@@ -44,6 +49,7 @@ mod pair;
 mod propagation;
 use ack::*;
 use cpu::*;
+use entropy::*;
 use forgetting::*;
 use pair::*;
 use propagation::*;
@@ -105,13 +111,15 @@ struct Options {
     warmup: Duration,
     measure: Duration,
     rounds: usize,
-    /// Any of `pinned`, `unpinned`, `propagation`, `cpu`, `forgetting`, `ack` (`BENCH_ONLY`).
+    /// Any of `pinned`, `unpinned`, `propagation`, `cpu`, `forgetting`, `ack`, `entropy`
+    /// (`BENCH_ONLY`).
     sections: Vec<&'static str>,
     workloads: Vec<&'static Workload>,
     prop_writes: u64,
     prop_gap: Duration,
     cpu_writes: u64,
     forget_writes: u64,
+    ae_items: u64,
     memcached: PathBuf,
     meshcached: PathBuf,
 }
@@ -156,6 +164,7 @@ impl Options {
                     "cpu",
                     "forgetting",
                     "ack",
+                    "entropy",
                 ],
             )?,
             workloads: WORKLOADS
@@ -166,6 +175,7 @@ impl Options {
             prop_gap: Duration::from_secs_f64(number("BENCH_PROP_GAP_MS", 1.0)? / 1e3),
             cpu_writes: count("BENCH_CPU_WRITES", 200_000, 20_000)?,
             forget_writes: count("BENCH_FORGET_WRITES", 1_000_000, 100_000)?,
+            ae_items: count("BENCH_AE_ITEMS", 1_000_000, 100_000)?,
             memcached: std::env::var_os("MEMCACHED_BIN")
                 .map_or_else(|| "/usr/bin/memcached".into(), PathBuf::from),
             meshcached: std::env::var_os("MESHCACHED_BIN")
@@ -612,6 +622,16 @@ fn main() -> Result<()> {
         .runs("ack")
         .then(|| measure_ack(&rt, &opts, &certs))
         .transpose()?;
+    let entropy = if opts.runs("entropy") {
+        eprintln!(
+            "== anti-entropy: {} items in process, then three pairs",
+            opts.ae_items
+        );
+        let core = measure_core(opts.ae_items, 1000)?;
+        Some((core, measure_periods(&rt, &opts, &certs)?))
+    } else {
+        None
+    };
 
     if !rows.is_empty() {
         print_throughput(&opts, &rows, &machine);
@@ -627,6 +647,10 @@ fn main() -> Result<()> {
     }
     if let Some(a) = &acks {
         print_ack(&opts, a, &machine);
+    }
+    if let Some((core, periods)) = &entropy {
+        print_core(core, &machine);
+        print_periods(&opts, periods, &machine);
     }
     Ok(())
 }

@@ -35,21 +35,60 @@ pub(crate) fn measure_ack(rt: &Runtime, opts: &Options, certs: &Certs) -> Result
     for (_, s) in &mut subjects {
         preload(rt, s)?;
     }
+    let mut pairs: Vec<Subject> = subjects.into_iter().map(|(_, s)| s).collect();
+    let medians = interleaved(rt, opts, &mut pairs, &opts.workloads, "ack")?;
+    Ok(medians
+        .into_iter()
+        .map(|(workload, cells)| AckRow {
+            workload,
+            cells: [0, 1].into_iter().zip(cells).collect(),
+        })
+        .collect())
+}
+
+/// The load of [`interleaved`], in words.
+pub(crate) fn set_load(opts: &Options) -> String {
+    format!(
+        "the throughput section's set load ({CONNS} connections, {}-byte values, {} preloaded \
+         keys), {:.2} s warm-up then {:.2} s measured, medians of {} rounds",
+        loadgen::VALUE_LEN,
+        KEYS.count,
+        opts.warmup.as_secs_f64(),
+        opts.measure.as_secs_f64(),
+        opts.rounds,
+    )
+}
+
+/// The throughput section's set cells at node A of each pair in `pairs`, interleaved round
+/// by round (each round starts at the next pair), B caught up after every cell; per
+/// workload, each pair's median cell, in the order of `pairs`.
+pub(crate) fn interleaved(
+    rt: &Runtime,
+    opts: &Options,
+    pairs: &mut [Subject],
+    workloads: &[&Workload],
+    section: &str,
+) -> Result<Vec<(&'static str, Vec<Cell>)>> {
     let sets = Arc::new(Requests::new(Op::Set, KEYS));
     let mut rows = Vec::new();
-    for workload in &opts.workloads {
-        let mut cells: Vec<Vec<Cell>> = vec![Vec::new(); subjects.len()];
+    for workload in workloads {
+        let mut cells: Vec<Vec<Cell>> = vec![Vec::new(); pairs.len()];
         for round in 0..opts.rounds {
-            for k in 0..subjects.len() {
-                let i = (k + round) % subjects.len();
-                let s = &mut subjects[i].1;
-                let what = format!("ack {} round {} at {}", workload.name, round + 1, s.label);
+            for k in 0..pairs.len() {
+                let i = (k + round) % pairs.len();
+                let s = &mut pairs[i];
+                let what = format!(
+                    "{section} {} round {} at {}",
+                    workload.name,
+                    round + 1,
+                    s.label
+                );
                 let cell = run_cell(rt, s, &sets, workload.depth, opts).context(what.clone())?;
                 if let Some(pair) = s.pair() {
                     pair.wait_caught_up(KEYS.count).context(what)?;
                 }
                 eprintln!(
-                    "   round {} {:8} {:16} {:>9.0} ops/s  p50 {:>7.1} µs  p99 {:>7.1} µs",
+                    "   round {} {:8} {:22} {:>9.0} ops/s  p50 {:>7.1} µs  p99 {:>7.1} µs",
                     round + 1,
                     workload.name,
                     s.label,
@@ -60,14 +99,7 @@ pub(crate) fn measure_ack(rt: &Runtime, opts: &Options, certs: &Certs) -> Result
                 cells[i].push(cell);
             }
         }
-        rows.push(AckRow {
-            workload: workload.name,
-            cells: subjects
-                .iter()
-                .zip(&cells)
-                .map(|((n, _), c)| (*n, median(c)))
-                .collect(),
-        });
+        rows.push((workload.name, cells.iter().map(|c| median(c)).collect()));
     }
     Ok(rows)
 }
@@ -76,14 +108,9 @@ pub(crate) fn print_ack(opts: &Options, rows: &[AckRow], machine: &str) {
     println!("## Replicated acknowledgement: `--ack-replicas 1` versus 0 on a pair ({machine})\n");
     println!(
         "Node A of a pair, `-t 2`, nothing pinned (both nodes and the generator share the cores); \
-         the throughput section's set load ({CONNS} connections, {}-byte values, {} preloaded keys), \
-         {:.2} s warm-up then {:.2} s measured, medians of {} rounds, the two pairs interleaved. \
+         {}, the two pairs interleaved. \
          With `--ack-replicas 1` a `STORED` waits until B has applied the write and acknowledged it.\n",
-        loadgen::VALUE_LEN,
-        KEYS.count,
-        opts.warmup.as_secs_f64(),
-        opts.measure.as_secs_f64(),
-        opts.rounds,
+        set_load(opts),
     );
     println!("| workload | --ack-replicas | ops/s | ÷ asynchronous | p50 / p99 µs |");
     println!("|---|--:|--:|--:|--:|");

@@ -52,6 +52,9 @@ pub struct ClusterConfig {
     /// `--ack-timeout`: how long a write waits for them before it is answered
     /// `SERVER_ERROR`.
     pub ack_timeout: Duration,
+    /// `--anti-entropy-period`: between comparisons with each peer when nothing differs;
+    /// zero turns anti-entropy off.
+    pub anti_entropy_period: Duration,
 }
 
 /// `--remove-down-after`'s default. A member is down once unreachable (its link lost, not
@@ -68,6 +71,10 @@ pub const DEFAULT_REMOVE_DOWN_AFTER: &str = "72h";
 /// below the 1 s and longer operation timeouts of common client libraries: the client
 /// hears `SERVER_ERROR` (and can retry elsewhere) before it gives up on its own.
 pub const ACK_TIMEOUT: &str = "500ms";
+
+/// The default `--anti-entropy-period` (see `DEFAULT_AE_PERIOD_MS` in the cluster core for
+/// why).
+pub const ANTI_ENTROPY_PERIOD: &str = "10s";
 
 /// Parses `500ms`, `5s`, `10m`, `2h`, `30d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
@@ -190,6 +197,7 @@ pub(super) fn cluster_config(
             // wait out the timeout and fail. Refused at start instead (0 is harmless).
             (args.ack_replicas.is_some_and(|n| n > 0), "--ack-replicas"),
             (args.ack_timeout.is_some(), "--ack-timeout"),
+            (args.anti_entropy_period.is_some(), "--anti-entropy-period"),
         ];
         if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
             return Err(ConfigError::ClusterFlagWithoutCerts(flag));
@@ -227,6 +235,7 @@ pub(super) fn cluster_config(
         remove_down_after: settings.remove_down_after,
         ack_replicas: args.ack_replicas.unwrap_or(0),
         ack_timeout: settings.ack_timeout,
+        anti_entropy_period: settings.anti_entropy_period,
     }))
 }
 
@@ -239,6 +248,7 @@ struct Settings {
     drain_timeout: Duration,
     remove_down_after: Duration,
     ack_timeout: Duration,
+    anti_entropy_period: Duration,
 }
 
 impl Settings {
@@ -293,6 +303,12 @@ impl Settings {
                 }
                 Ok(t)
             })?,
+            anti_entropy_period: value(
+                &args.anti_entropy_period,
+                ANTI_ENTROPY_PERIOD,
+                "--anti-entropy-period",
+                parse_duration,
+            )?,
         })
     }
 }
@@ -334,6 +350,37 @@ mod tests {
             parse(&["--certs-dir", "/c", "--ack-timeout", "0s"]).unwrap_err(),
             ConfigError::Flag {
                 flag: "--ack-timeout",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn anti_entropy_period_defaults_to_10s_and_0_turns_it_off() {
+        let cluster = |period: &[&str]| {
+            let mut argv = vec!["--certs-dir", "/c"];
+            argv.extend_from_slice(period);
+            parse(&argv).unwrap().cluster.unwrap()
+        };
+        // What the core is given: its period, 0 meaning off (no HELLO_AE, no rounds).
+        let core_ms = |period: &[&str]| {
+            crate::cluster::core::ReplicaConfig::from(&cluster(period))
+                .entropy
+                .period_ms
+        };
+        let default = crate::cluster::core::DEFAULT_AE_PERIOD_MS;
+        assert_eq!(cluster(&[]).anti_entropy_period.as_millis(), 10_000);
+        assert_eq!((core_ms(&[]), default), (10_000, 10_000));
+        assert_eq!(core_ms(&["--anti-entropy-period", "250ms"]), 250);
+        assert_eq!(core_ms(&["--anti-entropy-period", "0"]), 0);
+        assert_eq!(
+            parse(&["--anti-entropy-period", "1s"]).unwrap_err(),
+            ConfigError::ClusterFlagWithoutCerts("--anti-entropy-period")
+        );
+        assert!(matches!(
+            parse(&["--certs-dir", "/c", "--anti-entropy-period", "soon"]).unwrap_err(),
+            ConfigError::Flag {
+                flag: "--anti-entropy-period",
                 ..
             }
         ));

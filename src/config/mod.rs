@@ -239,6 +239,11 @@ pub struct Args {
     #[arg(help_heading = HELP_CLUSTER, long = "ack-timeout")]
     pub ack_timeout: Option<String>,
 
+    /// How often to compare stores with each peer and repair what replication missed
+    /// (default 10s; 0 turns anti-entropy off).
+    #[arg(help_heading = HELP_CLUSTER, long = "anti-entropy-period")]
+    pub anti_entropy_period: Option<String>,
+
     /// Save the store here on a graceful shutdown and load it at start (warm restart).
     #[arg(help_heading = HELP_CLUSTER, long = "state-file")]
     pub state_file: Option<PathBuf>,

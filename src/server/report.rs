@@ -431,6 +431,11 @@ fn cluster_settings(s: &mut Stats, cfg: &crate::config::Config) {
     push(s, "remove_down_after_ms", c.remove_down_after.as_millis());
     push(s, "ack_replicas", c.ack_replicas);
     push(s, "ack_timeout_ms", c.ack_timeout.as_millis());
+    push(
+        s,
+        "anti_entropy_period_ms",
+        c.anti_entropy_period.as_millis(),
+    );
     let state_file = c
         .state_file
         .as_ref()

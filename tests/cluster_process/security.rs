@@ -152,6 +152,7 @@ fn stats_cluster_and_settings_describe_the_cluster() {
         "STAT repl_backlog 67108864\r\n",
         "STAT state_file NULL\r\n",
         "STAT remove_down_after_ms 259200000\r\n",
+        "STAT anti_entropy_period_ms 10000\r\n",
     ] {
         assert!(settings.contains(line), "{line:?} in {settings}");
     }

@@ -127,7 +127,7 @@ impl From<&crate::config::ClusterConfig> for ReplicaConfig {
             tombstone_ttl_ms: u64::from(c.tombstone_ttl) * 1000,
             join_timeout_ms: c.join_timeout.as_millis() as u64,
             repl_backlog: c.repl_backlog,
-            entropy: Entropy::every(DEFAULT_AE_PERIOD_MS),
+            entropy: Entropy::every(c.anti_entropy_period.as_millis() as u64),
             remove_down_after_ms: c.remove_down_after.as_millis() as u64,
         }
     }
