@@ -96,6 +96,8 @@ async fn dial_one(cl: Arc<Cluster>, endpoint: Arc<PeerEndpoint>, dial: Dial) {
             Err((e, unanswered)) => {
                 if cl.core().table_mut().seed_failed(*index, e.clone()) {
                     tracing::warn!(node = %cl.name, peer = %addr, "cannot reach peer (retrying): {e}");
+                } else {
+                    tracing::debug!(node = %cl.name, peer = %addr, "seed dial failed (retrying): {e}");
                 }
                 if unanswered {
                     DialEnd::Unanswered

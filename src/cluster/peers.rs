@@ -450,12 +450,17 @@ impl<L: Clone> PeerTable<L> {
         }
     }
 
-    /// Records a seed's dial error; returns true when it differs from the last one (log it).
+    /// Records a seed's dial error; returns true when the operator should hear of it: it
+    /// differs from the last one, and the seed does not lead to a forgotten member. A
+    /// member that left (or was forgotten) is expected not to answer: its seed is still
+    /// dialed so that it is found again when it comes back, but its silence is no news
+    /// (every node of a cluster stopped together would otherwise warn about the others).
     pub fn seed_failed(&mut self, index: usize, error: String) -> bool {
+        let forgotten = &self.forgotten;
         match self.seeds.get_mut(index) {
             Some(s) if s.last_error.as_ref() != Some(&error) => {
                 s.last_error = Some(error);
-                true
+                !s.name.as_ref().is_some_and(|n| forgotten.contains_key(n))
             }
             _ => false,
         }

@@ -125,6 +125,9 @@ fn gossip_dials_and_backoff() {
     t.dial_ended(&due[0], DialEnd::Failed, 0);
     assert!(t.due(0).is_empty(), "backing off");
     assert_eq!(t.due(BACKOFF_MAX_MS * 2).len(), 1);
+    // A seed that never answered is worth a report, once per distinct error.
+    assert!(t.seed_failed(0, "refused".into()));
+    assert!(!t.seed_failed(0, "refused".into()));
     // The seed answers as b: it is known by name from then on.
     t.offer(&hello("b", 2, 20), meta(true, 20, 1), 1, 0);
     assert_eq!(t.seeds()[0].name.as_deref(), Some("b"));

@@ -150,6 +150,10 @@ fn a_member_that_left_is_forgotten_until_it_connects_again() {
         vec!["127.0.0.1:7002"],
         "b is not dialed; the --join address that led to it is, as a seed"
     );
+    assert!(
+        !t.seed_failed(0, "refused".into()),
+        "a member that left not answering at its seed is no news to log"
+    );
     let (learned, _) = t.learn(&[member("b", 2)]);
     assert!(!learned && t.peer("b").is_none(), "stale gossip");
     assert!(!t.down("b", 1, 60), "its link's end is no news");
