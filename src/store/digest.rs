@@ -67,10 +67,14 @@ impl Digests {
         }
     }
 
-    /// Adds or removes (the same thing) the entry `key` at `version`.
-    pub fn toggle(&self, key: &[u8], version: u64) {
+    /// Adds or removes (the same thing) the entry `key` at `version`; returns the key's
+    /// bucket (which the slot keeps: the key is hashed once per placement).
+    pub fn toggle(&self, key: &[u8], version: u64) -> u16 {
         let h = key_hash(key);
-        self.buckets[bucket_of(h)].fetch_xor(entry_hash(h, Version(version)), Ordering::Relaxed);
+        let bucket = bucket_of(h);
+        self.buckets[bucket].fetch_xor(entry_hash(h, Version(version)), Ordering::Relaxed);
+        // BUCKETS is 1024: a bucket fits in a u16.
+        bucket as u16
     }
 
     /// The entry `key` changed from `old` to `new` in place.

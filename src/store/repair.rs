@@ -5,7 +5,7 @@
 //! The decision of what to repair is the replica core's (`cluster::core::entropy`); the
 //! store only answers with what it holds, under one shard lock at a time.
 
-use super::digest::{bucket_of, key_hash};
+use super::digest::BUCKETS;
 use super::write::Found;
 use super::{lock, Exported, Store};
 use crate::clock::Version;
@@ -18,7 +18,8 @@ impl Store {
     }
 
     /// The digests recomputed from every entry held: what [`Store::digest`] must equal
-    /// whatever happened to the store (a test's oracle; it walks the whole store).
+    /// whatever happened to the store (a test's oracle; it walks the whole store). It
+    /// also checks that every slot keeps its key's bucket, which listing relies on.
     pub fn digest_from_scratch(&self) -> Vec<u64> {
         let fresh = super::digest::Digests::new();
         for shard in self.shards.iter() {
@@ -26,30 +27,36 @@ impl Store {
             for idx in 0..shard.slot_count() {
                 let s = shard.slot_at(idx).expect("within slot_count");
                 if !s.is_free() {
-                    fresh.toggle(s.key(), s.version);
+                    let bucket = fresh.toggle(s.key(), s.version);
+                    assert_eq!(s.bucket, bucket, "a slot's bucket is its key's");
                 }
             }
         }
         fresh.values()
     }
 
-    /// Hands `f` the key and version of every entry held in the buckets `wanted` says yes
-    /// to (items and tombstones, dead ones not yet reclaimed included: exactly what the
-    /// digests cover), one shard lock at a time, until `f` returns false. The buckets do
-    /// not follow the shards, so this walks the whole store.
+    /// Hands `f` the bucket, key and version of every entry held in the buckets `wanted`
+    /// marks (indexed by bucket; items and tombstones, dead ones not yet reclaimed
+    /// included: exactly what the digests cover), one shard lock at a time, until `f`
+    /// returns false.
+    ///
+    /// The buckets do not follow the shards (a shard is picked by the per-process key
+    /// hash), so this walks every slot; each keeps its bucket, so the walk reads 40 bytes
+    /// a slot and hashes nothing, and only the keys listed are handed on.
     pub fn list_buckets(
         &self,
-        wanted: impl Fn(usize) -> bool,
-        mut f: impl FnMut(&[u8], Version) -> bool,
+        wanted: &[bool; BUCKETS],
+        mut f: impl FnMut(usize, &[u8], Version) -> bool,
     ) {
         for shard in self.shards.iter() {
             let shard = lock(shard);
             for idx in 0..shard.slot_count() {
                 let s = shard.slot_at(idx).expect("within slot_count");
-                if s.is_free() || !wanted(bucket_of(key_hash(s.key()))) {
+                let bucket = usize::from(s.bucket);
+                if s.is_free() || !wanted[bucket] {
                     continue;
                 }
-                if !f(s.key(), Version(s.version)) {
+                if !f(bucket, s.key(), Version(s.version)) {
                     return;
                 }
             }

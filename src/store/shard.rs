@@ -38,7 +38,15 @@ pub(super) struct Slot {
     pub last_access: u32,
     pub key_len: u8,
     pub bits: u8,
+    /// The key's anti-entropy bucket ([`super::digest::bucket_of`]), so that listing a few
+    /// buckets does not rehash every key held. Set by [`Shard::insert`] (and kept by
+    /// [`Shard::replace`], which keeps the key); it fits in the slot's padding (a slot is
+    /// 40 bytes with or without it).
+    pub bucket: u16,
 }
+
+// The bookkeeping a slot costs (see the module's comment and `entry_cost`).
+const _: () = assert!(std::mem::size_of::<Slot>() == 40);
 
 impl Slot {
     fn free() -> Slot {
@@ -50,6 +58,7 @@ impl Slot {
             last_access: 0,
             key_len: 0,
             bits: 0,
+            bucket: 0,
         }
     }
 
@@ -186,12 +195,12 @@ impl Shard {
     }
 
     /// Stores a new slot under `hash`; the key must not be present.
-    pub fn insert(&mut self, hash: u64, slot: Slot, hasher: &impl Fn(&[u8]) -> u64) -> u32 {
+    pub fn insert(&mut self, hash: u64, mut slot: Slot, hasher: &impl Fn(&[u8]) -> u64) -> u32 {
         slot.count(&mut self.stats, 1);
         if !slot.is_tombstone() {
             self.stats.total_items += 1;
         }
-        self.digests.toggle(slot.key(), slot.version);
+        slot.bucket = self.digests.toggle(slot.key(), slot.version);
         let tomb = slot.is_tombstone().then_some(slot.version);
         let idx = match self.free.pop() {
             Some(idx) => {
@@ -292,6 +301,7 @@ impl Shard {
             last_access: now,
             key_len: slot.key_len,
             bits: TOMBSTONE,
+            bucket: slot.bucket,
         };
         self.stats.reclaimed += 1;
         if slot.bits & FETCHED == 0 {
@@ -303,8 +313,9 @@ impl Shard {
         freed
     }
 
-    /// Puts `slot` where `idx` was (same key, so the table entry stays).
-    pub fn replace(&mut self, idx: u32, slot: Slot) {
+    /// Puts `slot` where `idx` was (same key, so the table entry and the bucket stay).
+    pub fn replace(&mut self, idx: u32, mut slot: Slot) {
+        slot.bucket = self.slots[idx as usize].bucket;
         slot.count(&mut self.stats, 1);
         if !slot.is_tombstone() {
             self.stats.total_items += 1;

@@ -112,6 +112,8 @@ impl Store {
             // Key lengths are at most 250 (crate::key), so they fit in a u8.
             key_len: key_len as u8,
             bits: meta.bits,
+            // Set by the shard where the slot is placed.
+            bucket: 0,
         };
         let hasher = |k: &[u8]| self.hash(k);
         let idx = match existing {

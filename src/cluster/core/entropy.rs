@@ -396,32 +396,32 @@ impl Replica {
     /// What this node holds in `buckets`, listed whole, within [`LIST_BYTES`]: buckets
     /// that would go over it are left out (the peer asks again on a later round).
     fn list(&self, buckets: &[u16]) -> Vec<BucketList> {
-        let order: HashMap<usize, usize> = buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (usize::from(*b), i))
-            .collect();
+        // Where each asked bucket's list is (buckets are below BUCKETS: checked on decode).
+        let mut order = vec![usize::MAX; BUCKETS];
+        let mut wanted = [false; BUCKETS];
+        for (i, b) in buckets.iter().enumerate() {
+            order[usize::from(*b)] = i;
+            wanted[usize::from(*b)] = true;
+        }
         let mut lists: Vec<BucketList> = buckets.iter().map(|b| (*b, Vec::new())).collect();
         let mut sizes = vec![0usize; buckets.len()];
-        let active = std::cell::Cell::new(buckets.len());
-        self.store.list_buckets(
-            |b| order.get(&b).is_some_and(|&i| i < active.get()),
-            |key, version| {
-                let b = crate::store::bucket_of(crate::store::key_hash(key));
-                let i = order[&b];
-                sizes[i] += key.len() + 9;
-                lists[i].1.push((Bytes::copy_from_slice(key), version));
-                // Over the bound: the last bucket still listed goes (one is always kept).
-                while active.get() > 1 && sizes[..active.get()].iter().sum::<usize>() > LIST_BYTES {
-                    let last = active.get() - 1;
-                    lists[last].1 = Vec::new();
-                    sizes[last] = 0;
-                    active.set(last);
-                }
-                true
-            },
-        );
-        lists.truncate(active.get());
+        let mut active = buckets.len();
+        self.store.list_buckets(&wanted, |b, key, version| {
+            let i = order[b];
+            if i >= active {
+                return true;
+            }
+            sizes[i] += key.len() + 9;
+            lists[i].1.push((Bytes::copy_from_slice(key), version));
+            // Over the bound: the last bucket still listed goes (one is always kept).
+            while active > 1 && sizes[..active].iter().sum::<usize>() > LIST_BYTES {
+                active -= 1;
+                lists[active].1 = Vec::new();
+                sizes[active] = 0;
+            }
+            true
+        });
+        lists.truncate(active);
         lists
     }
 
