@@ -121,7 +121,7 @@ fn a_restart_is_seen_as_a_rename_to_the_newer_run() {
         for o in w.alive_names().into_iter().filter(|o| *o != node) {
             let renamed = w.log.iter().any(|(_, obs, e)| {
                 obs == &o
-                    && matches!(e, MemberEvent::Renamed { old, new } if new.name == node && old.run == old_run && new.run > old_run)
+                    && matches!(e, MemberEvent::Renamed { old, new } if new.name == node && old.run == old_run && new.run > old_run && new.process != old.process)
             });
             assert!(
                 renamed,

@@ -23,6 +23,7 @@ use super::membership::{MemberEvent, Membership, MembershipCounters, Verdict};
 use super::peers::MembershipEvent;
 use super::Cluster;
 use crate::replication::frame::HELLO_GOSSIP;
+use crate::replication::log::RunId;
 
 /// The longest the timer task sleeps: a timer asked for by a datagram's handling fires at
 /// most this late (foca's shortest delays are hundreds of milliseconds).
@@ -135,9 +136,14 @@ impl Cluster {
     fn on_member_event(&self, e: MemberEvent) {
         let c = &self.gossip.counters;
         match e {
-            MemberEvent::Renamed { old, new } => {
+            MemberEvent::Renamed { old, new } if old.process == new.process => {
+                tracing::info!(node = %self.name, peer = %new.name, "member rejoined membership after a false down verdict (same process)");
+            }
+            MemberEvent::Renamed { new, .. } => {
                 c.members_renamed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(node = %self.name, peer = %new.name, old_run = old.run, new_run = new.run, "member restarted (new run)");
+                tracing::info!(node = %self.name, peer = %new.name, "member restarted (a new process)");
+                let now = self.now_ms();
+                self.with(|c| c.member_restarted(&new.name, RunId(new.process), now));
             }
             MemberEvent::Verdict { id, verdict } => {
                 let counter = match verdict {

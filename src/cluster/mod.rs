@@ -110,12 +110,13 @@ impl Cluster {
         hlc: Arc<Hlc>,
         positions: Option<Vec<Position>>,
     ) -> Arc<Cluster> {
+        let run_id = RunId(random_u64());
         let mut core = Replica::new(
             &ReplicaConfig::from(config),
             store,
             hlc.clone(),
             positions,
-            RunId(random_u64()),
+            run_id,
             random_u64(),
         );
         core.set_ack_replicas(config.ack_replicas);
@@ -126,7 +127,8 @@ impl Cluster {
             config.node_id.get(),
             config.listen,
             hlc.clock().now_ms(),
-        );
+        )
+        .with_process(run_id.0);
         let gossip = gossip::Gossip::new(Membership::new(me, random_u64()));
         Arc::new(Cluster {
             gossip,

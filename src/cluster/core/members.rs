@@ -4,8 +4,9 @@
 //! the core must drop when a member goes: its session, and the sync plan's and catch-ups'
 //! wait for it.
 
-use super::{Event, LinkId, Replica, CLOSE_REFUSED};
+use super::{Event, LinkId, Replica, CLOSE_REFUSED, CLOSE_RESTARTED};
 use crate::cluster::peers::{ForgetError, MemberChange, MemberState, MembershipEvent};
+use crate::replication::log::RunId;
 use std::net::SocketAddr;
 
 /// One member as `stats cluster` and the metrics show it.
@@ -62,6 +63,43 @@ impl Replica {
             self.on_membership(&peer, MembershipEvent::Left, now_ms);
         }
         true
+    }
+
+    /// Membership says `name` restarted: its new process's replication run id is `run`. A
+    /// connection still registered to an earlier process leads nowhere (QUIC would notice
+    /// only at its idle time-out if the peer came back elsewhere, and the planner would
+    /// keep counting on what that process had): it ends now, like a lost link (catch-ups
+    /// and the sync plan stop waiting on it), and the member is dialed at once, so that its
+    /// new run's hello re-plans the sync (a delta, or a snapshot if the restart lost our
+    /// position) without waiting for a backoff. Returns whether a link was ended.
+    pub fn member_restarted(&mut self, name: &str, run: RunId, now_ms: u64) -> bool {
+        let Some(p) = self.table.peer(name) else {
+            return false;
+        };
+        let stale = p
+            .link
+            .as_ref()
+            .filter(|(meta, _)| meta.run_id != run)
+            .map(|(_, link)| *link);
+        let ended = match stale {
+            Some(link) => {
+                tracing::info!(node = %self.name, peer = %name, "member restarted: ending the connection to its previous process");
+                self.link_down(link, now_ms);
+                self.events.push_back(Event::Close {
+                    link,
+                    code: CLOSE_RESTARTED,
+                    reason: "membership says this node restarted: this connection is to its previous process".into(),
+                });
+                true
+            }
+            None => false,
+        };
+        if self.table.peer(name).is_some_and(|p| p.link.is_none()) {
+            self.table.dial_soon(name, now_ms);
+            self.events.push_back(Event::Dial);
+            self.wake = true;
+        }
+        ended
     }
 
     /// An operator forgets `name` at once (`cluster forget`); see

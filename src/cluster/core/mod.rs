@@ -70,6 +70,8 @@ pub const CLOSE_LEAVING: u32 = 5;
 /// disagreement too (see [`Replica::clock_refused_by`]). A release before it sends
 /// [`CLOSE_REFUSED`] for this.
 pub const CLOSE_CLOCK: u32 = 6;
+/// Membership says the peer restarted: the connection is to its previous process.
+pub const CLOSE_RESTARTED: u32 = 7;
 
 /// How many of our own control frames (snapshot requests, start positions) a link may
 /// have queued: the sync plan sends a handful; more means a bug, logged and dropped.

@@ -440,3 +440,44 @@ fn members_go_suspect_down_and_forgotten_and_leaving_forgets_at_once() {
     );
     assert_eq!(members[2].last_contact_ms, T0 + 4_000_000, "linked: now");
 }
+
+/// Membership's word that a member restarted ends a link still registered to its previous
+/// process and dials the member at once; a link to the same process (a renewal after a
+/// false verdict, or the new process already connected) is kept.
+#[test]
+fn a_restart_heard_from_membership_ends_the_link_to_the_old_process() {
+    use crate::cluster::peers::Dial;
+    let mut a = replica("a", 1);
+    let mut b = replica("b", 2);
+    let (ab, ba) = (a.hello("b", T0), b.hello("a", T0));
+    let old = ba.run_id;
+    a.link_up(conn(1, "b", true), &ab, ba, T0).unwrap();
+    while a.poll_event().is_some() {}
+    assert!(!a.member_restarted("b", old, T0 + 10), "the same process");
+    assert_eq!(a.table().connected(), 1);
+    assert!(a.poll_event().is_none(), "nothing to do");
+
+    assert!(a.member_restarted("b", RunId(old.0 ^ 1), T0 + 20));
+    assert_eq!(a.table().connected(), 0);
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Close {
+                link: 1,
+                code: CLOSE_RESTARTED,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(!a.link_down(1, T0 + 30), "the closed link's end is no news");
+    assert_eq!(
+        a.table_mut().due(T0 + 30),
+        vec![Dial::Member {
+            name: "b".into(),
+            addr: "127.0.0.1:7000".parse().unwrap()
+        }],
+        "dialed at once, not after a backoff"
+    );
+}

@@ -5,7 +5,7 @@
 //! ```text
 //! header  version:u8 (=1)  src:identity  src_incarnation:u16  dst:identity  message
 //! message kind:u8, then per kind: probe:u8 | target/origin:identity probe:u8 | nothing
-//! identity name_len:u8 name (UTF-8, 1..=253)  node_id:u16  family:u8 (4|6)  ip  port:u16  run:u64
+//! identity name_len:u8 name (UTF-8, 1..=253)  node_id:u16  family:u8 (4|6)  ip  port:u16  run:u64  process:u64
 //! member  identity  incarnation:u16  state:u8 (0 alive, 1 suspect, 2 down, 3 left)
 //! ```
 //!
@@ -80,7 +80,7 @@ pub struct WireCodec {
 
 fn identity_len(id: &MemberId) -> usize {
     let ip = if id.addr.is_ipv4() { 4 } else { 16 };
-    1 + id.name.len() + 2 + 1 + ip + 2 + 8
+    1 + id.name.len() + 2 + 1 + ip + 2 + 8 + 8
 }
 
 fn put_identity(id: &MemberId, buf: &mut impl BufMut) {
@@ -102,6 +102,7 @@ fn put_identity(id: &MemberId, buf: &mut impl BufMut) {
     }
     buf.put_u16(id.addr.port());
     buf.put_u64(id.run);
+    buf.put_u64(id.process);
 }
 
 fn need(buf: &impl Buf, n: usize) -> Result<(), CodecError> {
@@ -150,11 +151,13 @@ fn get_identity(buf: &mut impl Buf) -> Result<MemberId, CodecError> {
     };
     let port = get_u16(buf)?;
     let run = get_u64(buf)?;
+    let process = get_u64(buf)?;
     Ok(MemberId {
         name,
         node_id,
         addr: SocketAddr::new(ip, port),
         run,
+        process,
     })
 }
 

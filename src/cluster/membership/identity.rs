@@ -9,6 +9,11 @@
 //! the sync planner reads as "this peer restarted". The newer run wins: a run is the wall
 //! clock in milliseconds at process start, and foca's automatic rejoin (`renew`, after a
 //! false "down" verdict) adds one to it.
+//!
+//! A rename is not always a restart (a renewal is the same process), so the identity also
+//! carries the *process*: the run id of the node's replication log, which its hello
+//! carries on every connection. A rename to another process is a restart, and a link to
+//! the old process leads nowhere (see `Replica::member_restarted`).
 
 use std::net::SocketAddr;
 
@@ -22,6 +27,8 @@ pub struct MemberId {
     pub addr: SocketAddr,
     /// Chosen at process start (wall-clock ms); bigger is newer.
     pub run: u64,
+    /// The process's replication run id (`RunId`): kept by a renewal, new at a restart.
+    pub process: u64,
 }
 
 impl MemberId {
@@ -31,7 +38,13 @@ impl MemberId {
             node_id,
             addr,
             run,
+            process: 0,
         }
+    }
+
+    /// The same identity, for the process whose replication run id is `process`.
+    pub fn with_process(self, process: u64) -> MemberId {
+        MemberId { process, ..self }
     }
 
     /// A stand-in for a member known only by name (a seed): foca accepts an `Announce`
@@ -76,9 +89,10 @@ mod tests {
     fn the_newer_run_wins_and_renew_makes_a_newer_one() {
         assert!(id(2).win_addr_conflict(&id(1)));
         assert!(!id(1).win_addr_conflict(&id(2)));
-        let renewed = id(7).renew().unwrap();
+        let renewed = id(7).with_process(9).renew().unwrap();
         assert!(renewed.win_addr_conflict(&id(7)));
         assert_eq!(renewed.addr(), id(7).addr());
+        assert_eq!(renewed.process, 9, "a renewal is the same process");
     }
 
     #[test]

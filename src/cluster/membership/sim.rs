@@ -71,7 +71,9 @@ impl World {
 
     fn start(&mut self, name: &str, node_id: u16) {
         let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + node_id));
-        let id = MemberId::new(name, node_id, addr, self.now_ms);
+        // A new process at every start, as the replication log's run id is.
+        let process = self.next_random();
+        let id = MemberId::new(name, node_id, addr, self.now_ms).with_process(process);
         let rng_seed = self.next_random();
         let mut m = Membership::new(id, rng_seed);
         m.set_seeds(self.seeds.clone());

@@ -265,6 +265,16 @@ impl<L: Clone> PeerTable<L> {
         tick
     }
 
+    /// Dials `name` at the next [`PeerTable::due`], from the shortest backoff: it has just
+    /// restarted, so the failures that grew its backoff were its old process's.
+    pub fn dial_soon(&mut self, name: &str, now_ms: u64) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.next_dial_ms = now_ms;
+            p.backoff_ms = super::BACKOFF_MIN_MS;
+            p.liveness = Liveness::Alive;
+        }
+    }
+
     /// The members forgotten, and why (for `stats cluster`).
     pub fn forgotten(&self) -> impl Iterator<Item = (&String, &Forgotten)> {
         self.forgotten.iter()
