@@ -36,12 +36,12 @@ pub(crate) fn measure_ack(rt: &Runtime, opts: &Options, certs: &Certs) -> Result
         preload(rt, s)?;
     }
     let mut pairs: Vec<Subject> = subjects.into_iter().map(|(_, s)| s).collect();
-    let medians = interleaved(rt, opts, &mut pairs, &opts.workloads, "ack")?;
-    Ok(medians
+    let runs = interleaved(rt, opts, &mut pairs, &opts.workloads, "ack")?;
+    Ok(runs
         .into_iter()
-        .map(|(workload, cells)| AckRow {
-            workload,
-            cells: [0, 1].into_iter().zip(cells).collect(),
+        .map(|run| AckRow {
+            workload: run.workload,
+            cells: [0, 1].into_iter().zip(run.medians()).collect(),
         })
         .collect())
 }
@@ -59,16 +59,42 @@ pub(crate) fn set_load(opts: &Options) -> String {
     )
 }
 
+/// One workload's cells from [`interleaved`]: `cells[i][round]` for pair `i`.
+pub(crate) struct Interleaved {
+    pub(crate) workload: &'static str,
+    pub(crate) cells: Vec<Vec<Cell>>,
+}
+
+impl Interleaved {
+    /// Each pair's median cell, in the order of the pairs.
+    pub(crate) fn medians(&self) -> Vec<Cell> {
+        self.cells.iter().map(|c| median(c)).collect()
+    }
+
+    /// Pair `i`'s throughput divided by pair 0's *in the same round*, over the rounds:
+    /// `(median, min, max)`. Pairing by round cancels what drifts between rounds (the
+    /// machine's load), which the ratio of two medians does not.
+    pub(crate) fn paired_ratio(&self, i: usize) -> (f64, f64, f64) {
+        let mut r: Vec<f64> = self.cells[i]
+            .iter()
+            .zip(&self.cells[0])
+            .map(|(c, base)| c.ops_per_sec / base.ops_per_sec)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2], r[0], r[r.len() - 1])
+    }
+}
+
 /// The throughput section's set cells at node A of each pair in `pairs`, interleaved round
 /// by round (each round starts at the next pair), B caught up after every cell; per
-/// workload, each pair's median cell, in the order of `pairs`.
+/// workload, every pair's cells.
 pub(crate) fn interleaved(
     rt: &Runtime,
     opts: &Options,
     pairs: &mut [Subject],
     workloads: &[&Workload],
     section: &str,
-) -> Result<Vec<(&'static str, Vec<Cell>)>> {
+) -> Result<Vec<Interleaved>> {
     let sets = Arc::new(Requests::new(Op::Set, KEYS));
     let mut rows = Vec::new();
     for workload in workloads {
@@ -99,7 +125,10 @@ pub(crate) fn interleaved(
                 cells[i].push(cell);
             }
         }
-        rows.push((workload.name, cells.iter().map(|c| median(c)).collect()));
+        rows.push(Interleaved {
+            workload: workload.name,
+            cells,
+        });
     }
     Ok(rows)
 }

@@ -328,6 +328,8 @@ pub(crate) fn print_core(c: &CoreCost, machine: &str) {
 pub(crate) struct PeriodRow {
     pub(crate) period: &'static str,
     pub(crate) cell: Cell,
+    /// Throughput ÷ the `off` pair's in the same round: median, min, max over the rounds.
+    pub(crate) paired: (f64, f64, f64),
     /// `ae_rounds`, `ae_buckets_differing`, `ae_keys_received`, `ae_bytes` at A.
     pub(crate) counters: [u64; 4],
 }
@@ -339,14 +341,20 @@ const AE_COUNTERS: [&str; 4] = [
     "ae_bytes",
 ];
 
-/// Three pairs, `-t 2`, nothing pinned, with `--anti-entropy-period` 0 (off), 10s (the
-/// default) and 1s; the throughput section's `set` cells at node A of each, interleaved.
+/// Four pairs, `-t 2`, nothing pinned, with `--anti-entropy-period` 0 (off, twice: the
+/// second shows the noise between identical pairs), 10s (the default) and 1s; the throughput section's `set` cells at node A of each, interleaved.
 pub(crate) fn measure_periods(
     rt: &Runtime,
     opts: &Options,
     certs: &Certs,
 ) -> Result<Vec<PeriodRow>> {
-    let periods = [("0", "0 (off)"), ("10s", "10s (default)"), ("1s", "1s")];
+    // A second pair with it off measures the noise: how far two identical pairs differ.
+    let periods = [
+        ("0", "0 (off)"),
+        ("0", "0 (off, a second pair)"),
+        ("10s", "10s (default)"),
+        ("1s", "1s"),
+    ];
     let mut pairs = Vec::new();
     for (i, (flag, label)) in periods.iter().enumerate() {
         // The ack section's log size, for the same reason (no snapshot after a cell).
@@ -361,9 +369,9 @@ pub(crate) fn measure_periods(
         pairs.push(subject);
     }
     let set: Vec<&Workload> = WORKLOADS.iter().filter(|w| w.name == "set").collect();
-    let medians = interleaved(rt, opts, &mut pairs, &set, "entropy")?;
+    let runs = interleaved(rt, opts, &mut pairs, &set, "entropy")?;
     let mut rows = Vec::new();
-    for (cell, subject) in medians[0].1.iter().zip(&mut pairs) {
+    for (i, (cell, subject)) in runs[0].medians().iter().zip(&mut pairs).enumerate() {
         let pair = subject.pair().context("a pair")?;
         let mut counters = [0; 4];
         for (n, name) in counters.iter_mut().zip(AE_COUNTERS) {
@@ -372,6 +380,7 @@ pub(crate) fn measure_periods(
         rows.push(PeriodRow {
             period: subject.label,
             cell: *cell,
+            paired: runs[0].paired_ratio(i),
             counters,
         });
     }
@@ -381,21 +390,24 @@ pub(crate) fn measure_periods(
 pub(crate) fn print_periods(opts: &Options, rows: &[PeriodRow], machine: &str) {
     println!("## Anti-entropy: set throughput with it running versus off ({machine})\n");
     println!(
-        "Node A of three pairs, `-t 2`, nothing pinned (both nodes and the generator share the \
-         cores), with `--anti-entropy-period` 0, 10s and 1s; {}, the pairs interleaved. \
+        "Node A of four pairs, `-t 2`, nothing pinned (both nodes and the generator share the \
+         cores), with `--anti-entropy-period` 0 (two pairs: the second shows the noise \
+         between identical pairs), 10s and 1s; {}, the pairs interleaved. \
          Counters are A's `stats` after all its cells (the pair's whole life, preload \
-         included).\n",
+         included). \"Paired\" divides each round's throughput by the `off` pair's in the same \
+         round and gives the median (and range) of those ratios over the rounds.\n",
         set_load(opts),
     );
     println!(
-        "| --anti-entropy-period | ops/s | ÷ off | p50 / p99 µs | CPU A / B % | ae_rounds | ae_buckets_differing | ae_keys_received | ae_bytes |"
+        "| --anti-entropy-period | ops/s | ÷ off | paired ÷ off (range) | p50 / p99 µs | CPU A / B % | ae_rounds | ae_buckets_differing | ae_keys_received | ae_bytes |"
     );
-    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let base = rows[0].cell.ops_per_sec;
     for r in rows {
         let [rounds, buckets, keys, bytes] = r.counters;
+        let (paired, lo, hi) = r.paired;
         println!(
-            "| {} | {:.0} | {:.3} | {:.1} / {:.1} | {:.0} / {:.0} | {rounds} | {buckets} | {keys} | {bytes} |",
+            "| {} | {:.0} | {:.3} | {paired:.3} ({lo:.3}-{hi:.3}) | {:.1} / {:.1} | {:.0} / {:.0} | {rounds} | {buckets} | {keys} | {bytes} |",
             r.period,
             r.cell.ops_per_sec,
             r.cell.ops_per_sec / base,
