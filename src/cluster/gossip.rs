@@ -139,11 +139,11 @@ impl Cluster {
             MemberEvent::Renamed { old, new } if old.process == new.process => {
                 tracing::info!(node = %self.name, peer = %new.name, "member rejoined membership after a false down verdict (same process)");
             }
-            MemberEvent::Renamed { new, .. } => {
+            MemberEvent::Renamed { old, new } => {
                 c.members_renamed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(node = %self.name, peer = %new.name, "member restarted (a new process)");
                 let now = self.now_ms();
-                self.with(|c| c.member_restarted(&new.name, RunId(new.process), now));
+                self.with(|c| c.member_restarted(&new.name, RunId(old.process), now));
             }
             MemberEvent::Verdict { id, verdict } => {
                 let counter = match verdict {
@@ -162,7 +162,8 @@ impl Cluster {
                     Verdict::Left => MembershipEvent::Left,
                 };
                 let now = self.now_ms();
-                self.with(|c| c.on_membership(&id.name, event, now));
+                let process = Some(RunId(id.process));
+                self.with(|c| c.on_membership(&id.name, process, event, now));
                 match verdict {
                     Verdict::Down => {
                         tracing::warn!(node = %self.name, peer = %id.name, "member down (SWIM)")
@@ -179,13 +180,15 @@ impl Cluster {
     /// this node announces itself to it (which is also how a node joins: through any one
     /// member it connects to).
     pub(super) fn gossip_link_up(&self, peer: &str, conn: &quinn::Connection, their_flags: u8) {
-        if their_flags & HELLO_GOSSIP == 0 || conn.max_datagram_size().is_none() {
+        let gossips = their_flags & HELLO_GOSSIP != 0 && conn.max_datagram_size().is_some();
+        // If it gossips, SWIM's verdicts about it supersede the peer table's own guess from
+        // a lost link (one node's view, where SWIM's is the cluster's); if not (a node of
+        // the previous release), that guess is all there is.
+        self.core().table_mut().set_gossips(peer, gossips);
+        if !gossips {
             return;
         }
         self.gossip.conns().insert(peer.to_string(), conn.clone());
-        // SWIM's verdicts now reach the peer table: they supersede its own guess from a
-        // lost link (one node's view, where SWIM's is the cluster's).
-        self.core().table_mut().set_link_loss_detection(false);
         let seeds: Vec<String> = {
             let core = self.core();
             core.table()

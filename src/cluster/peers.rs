@@ -86,6 +86,9 @@ pub struct Peer<L> {
     /// When it was last linked (ms since the epoch; 0: never): the time its last
     /// connection ended, or `since_ms`-onwards while one is up.
     pub last_contact_ms: u64,
+    /// Its last connection carried SWIM: membership's verdicts, not a lost link, say
+    /// whether it is suspect or down (see [`members`]).
+    pub gossips: bool,
 }
 
 impl<L> Peer<L> {
@@ -103,6 +106,7 @@ impl<L> Peer<L> {
             dialing: false,
             liveness: Liveness::Alive,
             last_contact_ms: 0,
+            gossips: false,
         }
     }
 }
@@ -149,8 +153,6 @@ pub struct PeerTable<L> {
     seeds: Vec<Seed>,
     /// Members forgotten (see [`members`]), at most [`MAX_MEMBERS`].
     forgotten: BTreeMap<String, Forgotten>,
-    /// Whether a lost link makes a member suspect, then down (see [`members`]).
-    link_loss_detection: bool,
     /// Jitter source (xorshift), seeded by the caller.
     rng: u64,
 }
@@ -173,7 +175,6 @@ impl<L: Clone> PeerTable<L> {
                 })
                 .collect(),
             forgotten: BTreeMap::new(),
-            link_loss_detection: true,
             rng: seed_rng | 1,
         }
     }
@@ -294,7 +295,7 @@ impl<L: Clone> PeerTable<L> {
         }
         peer.link = None;
         peer.last_contact_ms = now_ms;
-        if self.link_loss_detection && peer.liveness == Liveness::Alive {
+        if !peer.gossips && peer.liveness == Liveness::Alive {
             peer.liveness = Liveness::Suspect { since_ms: now_ms };
         }
         if now_ms.saturating_sub(peer.since_ms) >= STABLE_MS {
@@ -413,6 +414,9 @@ impl<L: Clone> PeerTable<L> {
     /// A dial (and the connection it made, if any) is over; `end` says how, which sets the
     /// delay before the next one.
     pub fn dial_ended(&mut self, dial: &Dial, end: DialEnd, now_ms: u64) {
+        if let (Dial::Member { name, .. }, DialEnd::Failed | DialEnd::Unanswered) = (dial, end) {
+            self.never_reached(name, now_ms);
+        }
         let (backoff, next, dialing) = match dial {
             Dial::Member { name, .. } => match self.peers.get_mut(name) {
                 Some(p) => (&mut p.backoff_ms, &mut p.next_dial_ms, &mut p.dialing),
@@ -431,6 +435,19 @@ impl<L: Clone> PeerTable<L> {
             DialEnd::Failed => {
                 *next = now_ms + jitter(&mut self.rng, *backoff);
                 *backoff = (*backoff * 2).min(BACKOFF_MAX_MS);
+            }
+        }
+    }
+
+    /// A dial of `name` failed. A member never linked (learned from gossip) has no lost
+    /// link to make it suspect, and SWIM may never report it (one already down when this
+    /// node first heard of it is no news to SWIM): without SWIM's word about it, failing
+    /// to reach it makes it suspect, and the fallback's timer then makes it down (no
+    /// longer waited for; forgotten after `--remove-down-after`), as for a lost link.
+    fn never_reached(&mut self, name: &str, now_ms: u64) {
+        if let Some(p) = self.peers.get_mut(name) {
+            if p.last_contact_ms == 0 && !p.gossips && p.liveness == Liveness::Alive {
+                p.liveness = Liveness::Suspect { since_ms: now_ms };
             }
         }
     }

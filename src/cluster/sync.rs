@@ -90,8 +90,14 @@ pub struct SyncPlan {
     peers: BTreeMap<String, PeerSync>,
     deadline_ms: u64,
     first_candidate_ms: Option<u64>,
-    /// A first node keeps its port closed until then (see [`SyncPlan::new`]).
+    /// A first node keeps its port closed until then, and so does a node with `--join`
+    /// that becomes ready without syncing from a peer (see [`SyncPlan::new`]).
     clock_lead_until_ms: u64,
+    /// Whether a node with `--join` must wait for `clock_lead_until_ms` too: only if it
+    /// becomes ready without a sync.
+    peers_configured: bool,
+    /// Why it became ready, while the port waits for the clock lead (said when it opens).
+    held_reason: Option<ReadyReason>,
 }
 
 impl SyncPlan {
@@ -110,7 +116,11 @@ impl SyncPlan {
     /// wall clock is `max_skew_ms` past its start, every version it issues is above any its
     /// previous runs could have issued (DESIGN section 1). The wait is rarely idle: the
     /// peers that redial it meanwhile send it their snapshots, so it opens warm. A node
-    /// with a `--join` is not held: its sync shows it its peers' versions before it serves.
+    /// with a `--join` is not held when it syncs: its sync shows it its peers' versions
+    /// before it serves. It is held when it becomes ready without one (no peer answered,
+    /// none could give a snapshot, or every peer is as empty as it is, which is also what a
+    /// whole cluster restarted at once looks like): it then knows no more than a first
+    /// node.
     pub fn new(
         has_data: bool,
         peers_configured: bool,
@@ -125,11 +135,7 @@ impl SyncPlan {
         } else {
             Phase::Choosing
         };
-        let clock_lead_until_ms = if peers_configured {
-            0
-        } else {
-            now_ms.saturating_add(max_skew_ms)
-        };
+        let clock_lead_until_ms = now_ms.saturating_add(max_skew_ms);
         SyncPlan {
             phase,
             opened: phase == Phase::Ready && max_skew_ms == 0,
@@ -139,6 +145,8 @@ impl SyncPlan {
             deadline_ms: now_ms.saturating_add(join_timeout_ms),
             first_candidate_ms: None,
             clock_lead_until_ms,
+            peers_configured,
+            held_reason: None,
         }
     }
 
@@ -178,6 +186,7 @@ impl SyncPlan {
         self.donor = None;
         self.positions_known = false;
         self.first_candidate_ms = None;
+        self.held_reason = None;
     }
 
     /// A peer connected; `held`: our hello asked it to hold its stream. The hello went out
@@ -297,7 +306,8 @@ impl SyncPlan {
         }
         if self.phase == Phase::Ready && !self.opened && now_ms >= self.clock_lead_until_ms {
             self.opened = true;
-            actions.push(Action::Ready(ReadyReason::ClockLead));
+            let reason = self.held_reason.take().unwrap_or(ReadyReason::ClockLead);
+            actions.push(Action::Ready(reason));
         }
         actions
     }
@@ -350,9 +360,16 @@ impl SyncPlan {
         }
         self.phase = Phase::Ready;
         self.donor = None;
-        if !self.opened && now_ms < self.clock_lead_until_ms {
-            // Synced, but a first node's clock lead is not yet waited out: `step` opens
-            // the port when it is.
+        let synced = matches!(reason, ReadyReason::Synced { .. });
+        let held = !self.peers_configured || !synced;
+        if !self.opened && held && now_ms < self.clock_lead_until_ms {
+            // Ready, but without a sync that showed it its peers' versions: its clock lead
+            // is not yet waited out (see `new`); `step` opens the port when it is.
+            // A first node says why it waited (`ClockLead`); a node with `--join` says
+            // why it is ready without a sync, once its port opens.
+            if self.peers_configured {
+                self.held_reason = Some(reason);
+            }
             return;
         }
         self.opened = true;

@@ -68,7 +68,9 @@ fn a_state_file_older_than_the_last_run_is_found_stale() {
     let mut w = World::new(1, pair(&dir.0), START_MS);
     w.start(0, true);
     w.start(1, true);
-    until(&mut w, "the pair links up", serving);
+    // A new cluster (both empty) opens once the clock lead is waited out.
+    let lead = crate::node::MAX_SKEW.as_millis() as u64;
+    until_within(&mut w, "the pair links up", lead + PHASE_MS, serving);
     assert_eq!(client(&w, 0, "set k 0 0 2\r\nv1\r\n"), "STORED\r\n");
     until(&mut w, "v1 reaches n1", agreed);
     // A clean stop: the file holds v1, and every member has all of the run.

@@ -254,7 +254,9 @@ impl Replica {
         counters
             .acked_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
-        self.acks.acked(&peer, acked);
+        if theirs.flags & HELLO_READY != 0 {
+            self.acks.acked(&peer, acked);
+        }
         counters
             .sent_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);

@@ -116,7 +116,7 @@ impl Replica {
                     // A peer cannot have more than we sent.
                     let seq = seq.min(c.sent_seq.load(Ordering::Relaxed));
                     c.acked_seq.fetch_max(seq, Ordering::Relaxed);
-                    self.acks.acked(&peer, seq);
+                    self.count_ack(&peer, seq);
                     if let Some(v) = self.outbox.acked_bound(seq) {
                         self.reconciler.acked(&peer, their_run, v);
                     }
@@ -134,6 +134,12 @@ impl Replica {
             }
             Frame::Status { ready, load } => {
                 self.plan.status(&peer, ready, load);
+                // Its initial sync is over: what it acknowledged so far now counts.
+                let acked = self.sessions[&link]
+                    .counters
+                    .acked_seq
+                    .load(Ordering::Relaxed);
+                self.count_ack(&peer, acked);
                 self.sync_step(now_ms);
             }
             Frame::Start { run_id, seq } => {
@@ -142,7 +148,7 @@ impl Replica {
                 if run_id == self.outbox.run_id() {
                     let c = &self.sessions[&link].counters;
                     c.acked_seq.store(seq, Ordering::Relaxed);
-                    self.acks.acked(&peer, seq);
+                    self.count_ack(&peer, seq);
                 }
                 // A Start comes after the peer took a donor's snapshot: it has what we held.
                 let p = SendPosition {

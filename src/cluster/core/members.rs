@@ -27,12 +27,30 @@ impl Replica {
     /// [`crate::cluster::peers::PeerTable::on_membership`], and, when the member is
     /// forgotten while still linked (membership says it left), the end of that link. Then
     /// the initial sync looks again: it no longer waits for a member down or gone.
+    ///
+    /// `process` is the process the verdict is about (its replication run id), when known:
+    /// gossip can arrive late, and "left", "down" or "suspect" about an earlier process of
+    /// a member this node is linked to in a newer one is old news, not a reason to drop the
+    /// live link (a node stopped and started again quickly).
     pub fn on_membership(
         &mut self,
         name: &str,
+        process: Option<RunId>,
         event: MembershipEvent,
         now_ms: u64,
     ) -> MemberChange<LinkId> {
+        let linked_elsewhere = |r: &Replica, run: RunId| {
+            r.table
+                .peer(name)
+                .and_then(|p| p.link.as_ref())
+                .is_some_and(|(meta, _)| meta.run_id != run)
+        };
+        if let Some(run) = process {
+            if event != MembershipEvent::Alive && linked_elsewhere(self, run) {
+                tracing::debug!(node = %self.name, peer = %name, ?event, "membership verdict about an earlier process of a linked member: ignored");
+                return MemberChange::Unchanged;
+            }
+        }
         let change = self.table.on_membership(name, event, now_ms);
         match &change {
             MemberChange::Unchanged => return change,
@@ -60,26 +78,27 @@ impl Replica {
             return false;
         }
         if let Some(peer) = peer {
-            self.on_membership(&peer, MembershipEvent::Left, now_ms);
+            self.on_membership(&peer, None, MembershipEvent::Left, now_ms);
         }
         true
     }
 
-    /// Membership says `name` restarted: its new process's replication run id is `run`. A
-    /// connection still registered to an earlier process leads nowhere (QUIC would notice
-    /// only at its idle time-out if the peer came back elsewhere, and the planner would
-    /// keep counting on what that process had): it ends now, like a lost link (catch-ups
-    /// and the sync plan stop waiting on it), and the member is dialed at once, so that its
-    /// new run's hello re-plans the sync (a delta, or a snapshot if the restart lost our
-    /// position) without waiting for a backoff. Returns whether a link was ended.
-    pub fn member_restarted(&mut self, name: &str, run: RunId, now_ms: u64) -> bool {
+    /// Membership says `name` restarted: the process with replication run id `old` was
+    /// replaced by another. A connection still registered to `old` leads nowhere (QUIC
+    /// would notice only at its idle time-out, and the planner would keep counting on what
+    /// that process had): it ends now, like a lost link (catch-ups and the sync plan stop
+    /// waiting on it), and the member is dialed at once, so that its new run's hello
+    /// re-plans the sync (a delta, or a snapshot if the restart lost our position) without
+    /// waiting for a backoff. A connection to any other process is kept: the news may be
+    /// late (a member restarted twice). Returns whether a link was ended.
+    pub fn member_restarted(&mut self, name: &str, old: RunId, now_ms: u64) -> bool {
         let Some(p) = self.table.peer(name) else {
             return false;
         };
         let stale = p
             .link
             .as_ref()
-            .filter(|(meta, _)| meta.run_id != run)
+            .filter(|(meta, _)| meta.run_id == old)
             .map(|(_, link)| *link);
         let ended = match stale {
             Some(link) => {

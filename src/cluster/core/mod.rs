@@ -320,8 +320,6 @@ impl Replica {
         self.events.pop_front()
     }
 
-    /// Whether anything changed since the last call that a link may now have to send
-    /// (the caller wakes its senders then; polling without it is harmless).
     /// `--ack-replicas`: how many distinct peers must acknowledge a write before its client
     /// is answered (0: none; nothing is tracked).
     pub fn set_ack_replicas(&mut self, n: usize) {
@@ -334,6 +332,21 @@ impl Replica {
         self.acks.take_moved()
     }
 
+    /// Counts `peer`'s acknowledgement of our log up to `seq` towards `--ack-replicas`, if
+    /// it is ready. A peer still in its initial sync does not hold what it acknowledges:
+    /// its position of our log was adopted from its donor when the donor's snapshot
+    /// *began* (so that our stream could start at once), and the entries up to it are
+    /// still arriving in that snapshot; if the donor died mid-snapshot they would never
+    /// come. Its acknowledgements count once it says it is ready (its Status), when
+    /// everything up to them is applied.
+    pub(super) fn count_ack(&mut self, peer: &str, seq: u64) {
+        if self.plan.peer_ready(peer) {
+            self.acks.acked(peer, seq);
+        }
+    }
+
+    /// Whether anything changed since the last call that a link may now have to send
+    /// (the caller wakes its senders then; polling without it is harmless).
     pub fn take_wake(&mut self) -> bool {
         std::mem::take(&mut self.wake)
     }
@@ -341,14 +354,17 @@ impl Replica {
     /// What this node has applied of every peer's log, holding it whole: for a snapshot's
     /// first frame and for the state file.
     pub fn positions(&self) -> Vec<Position> {
+        // Members down are not waited for (DESIGN.md section 8): anti-entropy repairs what
+        // one of them brings back. With anti-entropy off nothing would, so they are.
+        let awaited: Vec<&str> = if self.entropy.period_ms > 0 {
+            self.table.awaited().collect()
+        } else {
+            self.table.peers().map(|(n, _)| n.as_str()).collect()
+        };
         self.peer_counters
             .iter()
             .filter(|(_, c)| c.holds_have())
-            .filter(|(name, _)| {
-                // Members down are not waited for (DESIGN.md section 8): anti-entropy
-                // repairs what one of them brings back.
-                !self.catch_ups.unsettled(name, self.table.awaited())
-            })
+            .filter(|(name, _)| !self.catch_ups.unsettled(name, awaited.iter().copied()))
             .filter_map(|(name, c)| {
                 let (run_id, seq) = c.have();
                 (run_id != RunId(0)).then(|| Position {

@@ -442,22 +442,31 @@ fn members_go_suspect_down_and_forgotten_and_leaving_forgets_at_once() {
 }
 
 /// Membership's word that a member restarted ends a link still registered to its previous
-/// process and dials the member at once; a link to the same process (a renewal after a
-/// false verdict, or the new process already connected) is kept.
+/// process and dials the member at once; a link to another process (the news is late) is
+/// kept, and so is it against a late verdict about an earlier process.
 #[test]
 fn a_restart_heard_from_membership_ends_the_link_to_the_old_process() {
-    use crate::cluster::peers::Dial;
+    use crate::cluster::peers::{Dial, MemberChange, MembershipEvent};
     let mut a = replica("a", 1);
     let mut b = replica("b", 2);
     let (ab, ba) = (a.hello("b", T0), b.hello("a", T0));
     let old = ba.run_id;
     a.link_up(conn(1, "b", true), &ab, ba, T0).unwrap();
     while a.poll_event().is_some() {}
-    assert!(!a.member_restarted("b", old, T0 + 10), "the same process");
+    assert!(
+        !a.member_restarted("b", RunId(old.0 ^ 1), T0 + 10),
+        "late news: a process other than the one linked was replaced"
+    );
     assert_eq!(a.table().connected(), 1);
     assert!(a.poll_event().is_none(), "nothing to do");
+    assert_eq!(
+        a.on_membership("b", Some(RunId(old.0 ^ 1)), MembershipEvent::Left, T0 + 15),
+        MemberChange::Unchanged,
+        "an earlier process's leave does not drop the link to this one"
+    );
+    assert_eq!(a.table().connected(), 1);
 
-    assert!(a.member_restarted("b", RunId(old.0 ^ 1), T0 + 20));
+    assert!(a.member_restarted("b", old, T0 + 20));
     assert_eq!(a.table().connected(), 0);
     let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
     assert!(
@@ -480,4 +489,39 @@ fn a_restart_heard_from_membership_ends_the_link_to_the_old_process() {
         }],
         "dialed at once, not after a backoff"
     );
+}
+
+/// `--ack-replicas` counts a peer only once it is ready: a joiner's position of our log is
+/// adopted from its donor when the donor's snapshot begins (its Start), while the entries
+/// up to it are still arriving in that snapshot; they are held once the joiner says it is
+/// ready.
+#[test]
+fn a_joiner_is_not_counted_towards_ack_replicas_before_it_is_ready() {
+    let mut a = replica("a", 1);
+    a.set_ack_replicas(1);
+    let mut j = replica_with_seeds("j", 2, vec!["127.0.0.1:7001".into()]);
+    let (aj, ja) = (a.hello("j", T0), j.hello("a", T0));
+    assert!(
+        ja.flags & crate::replication::frame::HELLO_READY == 0,
+        "j is joining"
+    );
+    a.link_up(conn(1, "j", false), &aj, ja, T0).unwrap();
+    a.outbox().record_flush(crate::store::Flush {
+        issued: Version((1 << 30) | 1),
+        at_ms: 0,
+    });
+    let seq = a.outbox().last_seq();
+    let _ = a.take_acks_moved();
+    let start = Frame::Start {
+        run_id: a.outbox().run_id(),
+        seq,
+    };
+    assert_eq!(a.handle_live(1, start, T0), Ok(Flow::Continue));
+    assert_eq!(a.take_acks_moved(), None, "j's snapshot is still arriving");
+    let ready = Frame::Status {
+        ready: true,
+        load: 0,
+    };
+    assert_eq!(a.handle_live(1, ready, T0), Ok(Flow::Continue));
+    assert_eq!(a.take_acks_moved(), Some(seq), "counted once j is ready");
 }

@@ -28,10 +28,11 @@
 //! catch-up (anti-entropy repairs what such a member brings when it comes back).
 //!
 //! **Fallback detection without SWIM.** A link lost without a leave makes the member
-//! suspect; not linked again within [`LINK_DOWN_AFTER_MS`], it is down. When SWIM (foca)
-//! is wired, it calls [`PeerTable::on_membership`] and turns this off
-//! ([`PeerTable::set_link_loss_detection`]): SWIM supersedes it, since a lost link is only
-//! one node's view, where SWIM's suspicion is the cluster's.
+//! suspect; not linked again within [`LINK_DOWN_AFTER_MS`], it is down. This holds for
+//! each member whose last connection did not carry SWIM (a node of the previous release,
+//! or the simulator's cores, which run no SWIM); for one that did
+//! ([`PeerTable::set_gossips`]), SWIM's verdicts ([`PeerTable::on_membership`]) decide
+//! instead: a lost link is only one node's view, where SWIM's suspicion is the cluster's.
 
 use std::net::SocketAddr;
 
@@ -229,10 +230,13 @@ impl<L: Clone> PeerTable<L> {
         }
     }
 
-    /// Turns the link-loss fallback (see the module doc) on or off; on by default. SWIM
-    /// turns it off when it is wired: its suspicion supersedes one node's lost link.
-    pub fn set_link_loss_detection(&mut self, on: bool) {
-        self.link_loss_detection = on;
+    /// Records whether `name`'s connection carries SWIM (the shell says so at every link
+    /// up): if it does, SWIM's verdicts replace the link-loss fallback for that member
+    /// (see the module doc); a member that does not keeps the fallback.
+    pub fn set_gossips(&mut self, name: &str, gossips: bool) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.gossips = gossips;
+        }
     }
 
     /// Timers: the fallback's suspect-to-down, and forgetting members down longer than
@@ -245,8 +249,7 @@ impl<L: Clone> PeerTable<L> {
             }
             match p.liveness {
                 Liveness::Suspect { since_ms }
-                    if self.link_loss_detection
-                        && now_ms.saturating_sub(since_ms) >= LINK_DOWN_AFTER_MS =>
+                    if !p.gossips && now_ms.saturating_sub(since_ms) >= LINK_DOWN_AFTER_MS =>
                 {
                     p.liveness = Liveness::Down { since_ms: now_ms };
                     tick.down.push(name.clone());

@@ -102,16 +102,46 @@ fn the_grace_period_bounds_the_wait_for_other_members() {
     );
 }
 
+/// Every member as empty as this node: nothing to copy. It looks the same as a whole
+/// cluster restarted at once without state files, so the port opens only once the clock
+/// lead is waited out (as a first node's: see `SyncPlan::new`).
 #[test]
 fn a_new_cluster_has_nothing_to_copy() {
     let mut plan = SyncPlan::new(false, true, 0, 10_000, 5_000);
     plan.up("b", false, 0, true, true);
     assert!(plan.step(5, false).is_empty(), "b may not be all there is");
     let actions = plan.step(6, true);
+    assert_eq!(names(&actions), vec!["Start(\"b\")"], "{actions:?}");
+    assert_eq!(plan.phase(), Phase::Ready);
+    assert!(!plan.opened(), "the clock lead is not waited out");
+    assert!(plan.step(4_999, true).is_empty());
+    assert_eq!(names(&plan.step(5_000, true)), ["Ready(NewCluster)"]);
+
+    // Without a lead to wait out, at once.
+    let mut plan = SyncPlan::new(false, true, 0, 10_000, 0);
+    plan.up("b", false, 0, true, true);
     assert_eq!(
-        names(&actions),
-        vec!["Start(\"b\")", "Ready(NewCluster)"],
-        "{actions:?}"
+        names(&plan.step(6, true)),
+        vec!["Start(\"b\")", "Ready(NewCluster)"]
+    );
+}
+
+/// A node with `--join` that becomes ready without a sync (here: no peer answered within a
+/// `--join-timeout` shorter than `--max-clock-skew`) knows no more than a first node: it
+/// waits out the clock lead too. One that synced does not.
+#[test]
+fn a_join_node_ready_without_a_sync_waits_out_the_clock_lead() {
+    let mut alone = SyncPlan::new(true, true, 0, 1_000, 5_000);
+    assert!(alone.step(1_000, false).is_empty());
+    assert!(!alone.opened());
+    assert_eq!(names(&alone.step(5_000, false)), ["Ready(NoPeer)"]);
+
+    let mut synced = SyncPlan::new(true, true, 0, 1_000, 5_000);
+    synced.up("b", true, 0, false, false);
+    synced.synced("b", 0);
+    assert_eq!(
+        synced.step(10, true),
+        vec![Action::Ready(ReadyReason::Synced { peers: 1 })]
     );
 }
 
@@ -160,7 +190,8 @@ fn with_data_every_peer_syncs_by_delta() {
 
 #[test]
 fn the_join_timeout_opens_the_port_when_no_one_can_help() {
-    let mut alone = SyncPlan::new(true, true, 0, 1_000, 5_000);
+    // --max-clock-skew below --join-timeout: the lead is over when the timeout fires.
+    let mut alone = SyncPlan::new(true, true, 0, 1_000, 500);
     assert!(alone.step(999, false).is_empty());
     assert_eq!(
         alone.step(1_000, false),
@@ -168,7 +199,7 @@ fn the_join_timeout_opens_the_port_when_no_one_can_help() {
     );
 
     // Peers that answer but cannot give a snapshot (all syncing themselves).
-    let mut stuck = SyncPlan::new(false, true, 0, 1_000, 5_000);
+    let mut stuck = SyncPlan::new(false, true, 0, 1_000, 500);
     stuck.up("b", false, 0, false, true);
     assert!(stuck.step(10, true).is_empty());
     let actions = stuck.step(1_000, true);

@@ -1,5 +1,5 @@
 //! Unit tests of the member lifecycle: states, forgetting, and what forgetting stops.
-use super::super::{Dial, LinkMeta, PeerTable};
+use super::super::{Dial, DialEnd, LinkMeta, PeerTable};
 use super::*;
 use crate::replication::frame::{Hello, Member};
 use crate::replication::log::RunId;
@@ -100,12 +100,20 @@ fn a_lost_link_is_suspect_then_down_then_forgotten() {
         .is_empty());
 }
 
-/// Once SWIM is wired it says what is suspect and down: a lost link alone changes nothing.
+/// For a member whose connection carries SWIM, SWIM says what is suspect and down: a lost
+/// link alone changes nothing. A member without it (here c, of an older release) keeps the
+/// link-loss fallback.
 #[test]
-fn membership_events_drive_the_states_when_the_fallback_is_off() {
+fn membership_events_drive_the_states_of_members_that_gossip() {
     let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
-    t.set_link_loss_detection(false);
     t.offer(&hello("b", 2), meta(2, 1), 1, 0);
+    t.set_gossips("b", true);
+    t.offer(&hello("c", 3), meta(3, 2), 2, 0);
+    t.set_gossips("c", false);
+    t.down("c", 2, 10);
+    assert_eq!(state(&t, "c"), MemberState::Suspect);
+    assert_eq!(t.tick_members(10 + LINK_DOWN_AFTER_MS, HOUR_MS).down, ["c"]);
+    t.forget("c", 20).unwrap();
     t.down("b", 1, 10);
     assert_eq!(state(&t, "b"), MemberState::Joining);
     assert!(t.tick_members(10 * HOUR_MS, HOUR_MS) == MemberTick::default());
@@ -186,4 +194,28 @@ fn an_operator_forgets_a_member_that_is_gone() {
         ("b", ForgetReason::Operator, 20)
     );
     assert!(dialed(&mut t, 10_000).is_empty(), "neither b nor its seed");
+}
+
+/// A member learned from gossip and never reached (it may have been down before this node
+/// heard of it, which SWIM does not report) goes suspect when its dial fails, then down:
+/// no longer waited for, and forgotten after --remove-down-after like any down member.
+#[test]
+fn a_member_never_reached_goes_suspect_then_down() {
+    let mut t: PeerTable<u64> = PeerTable::new("a", 1, vec![], 1);
+    t.learn(&[member("d", 4)]);
+    assert_eq!(t.awaited().collect::<Vec<_>>(), ["d"]);
+    let due = t.due(0);
+    assert_eq!(due.len(), 1);
+    t.dial_ended(&due[0], DialEnd::Unanswered, 1_000);
+    assert!(matches!(
+        t.peer("d").unwrap().liveness,
+        Liveness::Suspect { .. }
+    ));
+    assert!(t.tick_members(1_000 + LINK_DOWN_AFTER_MS, HOUR_MS).down == ["d"]);
+    assert_eq!(t.awaited().count(), 0, "a member down is not waited for");
+    assert_eq!(
+        t.tick_members(2_000 + LINK_DOWN_AFTER_MS + HOUR_MS, HOUR_MS)
+            .forgotten,
+        ["d"]
+    );
 }
