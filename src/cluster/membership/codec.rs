@@ -14,7 +14,7 @@
 //! [`LeftLog`], and every node that passes the update on encodes it as left again. That is
 //! how a node stopped on purpose is told apart from one that failed, everywhere.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,6 +45,39 @@ pub enum CodecError {
     BadState(u8),
     #[error("no room in the gossip packet")]
     NoRoom,
+    #[error("gossip names more than {MAX_GOSSIP_MEMBERS} members")]
+    TooManyMembers,
+}
+
+/// The most members SWIM keeps (node ids have 10 bits): an update about a member beyond
+/// them is refused with the datagram that carries it, so that an authenticated but
+/// broken or hostile peer cannot make foca's member list grow without bound.
+pub const MAX_GOSSIP_MEMBERS: usize = 1024;
+
+/// The names of the members foca holds, shared between the codec inside foca (which
+/// refuses an update about a new name once there are [`MAX_GOSSIP_MEMBERS`]) and the
+/// membership wrapper (which refreshes it from foca's list after every change, so that
+/// members foca dropped make room again).
+#[derive(Debug, Default, Clone)]
+pub struct KnownNames(Arc<Mutex<HashSet<String>>>);
+
+impl KnownNames {
+    fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an update about `name` may be taken in.
+    pub fn admits(&self, name: &str) -> bool {
+        let names = self.lock();
+        names.len() < MAX_GOSSIP_MEMBERS || names.contains(name)
+    }
+
+    /// The names foca holds now.
+    pub fn set<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let mut held = self.lock();
+        held.clear();
+        held.extend(names.map(str::to_string));
+    }
 }
 
 /// Identities known to have left the cluster (rather than failed), shared between the
@@ -76,6 +109,7 @@ impl LeftLog {
 #[derive(Debug, Default, Clone)]
 pub struct WireCodec {
     pub left: LeftLog,
+    pub names: KnownNames,
 }
 
 fn identity_len(id: &MemberId) -> usize {
@@ -320,6 +354,9 @@ impl foca::Codec<MemberId> for WireCodec {
 
     fn decode_member(&mut self, mut buf: impl Buf) -> Result<Member<MemberId>, CodecError> {
         let id = get_identity(&mut buf)?;
+        if !self.names.admits(&id.name) {
+            return Err(CodecError::TooManyMembers);
+        }
         let incarnation = get_u16(&mut buf)?;
         let state = match get_u8(&mut buf)? {
             0 => State::Alive,
@@ -395,6 +432,29 @@ mod tests {
             codec.encode_member(&m, &mut buf).unwrap();
             assert_eq!(codec.decode_member(&buf[..]).unwrap(), m);
         }
+    }
+
+    /// Once foca holds MAX_GOSSIP_MEMBERS names, an update about another name is refused
+    /// (the datagram with it); names already held still get through.
+    #[test]
+    fn updates_about_members_beyond_the_bound_are_refused() {
+        let mut codec = WireCodec::default();
+        let names: Vec<String> = (0..MAX_GOSSIP_MEMBERS).map(|i| format!("n{i}")).collect();
+        codec.names.set(names.iter().map(String::as_str));
+        let encoded = |name: &str| {
+            let mut buf = Vec::new();
+            let m = Member::new(id(name, false), 1, State::Alive);
+            codec.clone().encode_member(&m, &mut buf).unwrap();
+            buf
+        };
+        let (held, new) = (encoded("n7"), encoded("node-new"));
+        assert!(codec.decode_member(&held[..]).is_ok());
+        assert_eq!(
+            codec.decode_member(&new[..]),
+            Err(CodecError::TooManyMembers)
+        );
+        codec.names.set(names[1..].iter().map(String::as_str));
+        assert!(codec.decode_member(&new[..]).is_ok(), "room again");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod identity;
 pub mod runtime;
 pub mod sim;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use foca::{Foca, NoCustomBroadcast, State};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-pub use codec::{CodecError, LeftLog, WireCodec};
+pub use codec::{CodecError, KnownNames, LeftLog, WireCodec, MAX_GOSSIP_MEMBERS};
 pub use identity::MemberId;
 use runtime::Effects;
 
@@ -125,6 +125,8 @@ pub struct Membership {
     foca: Swim,
     fx: Effects,
     left: LeftLog,
+    /// The names foca holds, which bound what its codec takes in.
+    names: KnownNames,
     seeds: Vec<String>,
     /// What was last reported per member name.
     view: BTreeMap<String, (MemberId, Verdict)>,
@@ -140,8 +142,13 @@ impl Membership {
     /// `rng_seed` makes the probe order replayable (the simulator passes its seed).
     pub fn new(id: MemberId, rng_seed: u64) -> Membership {
         let left = LeftLog::default();
-        let codec = WireCodec { left: left.clone() };
+        let names = KnownNames::default();
+        let codec = WireCodec {
+            left: left.clone(),
+            names: names.clone(),
+        };
         Membership {
+            names,
             foca: Foca::new(id, config_for(1), SmallRng::seed_from_u64(rng_seed), codec),
             fx: Effects::default(),
             left,
@@ -303,6 +310,15 @@ impl Membership {
 
     /// Compares foca's member list with what was last reported and queues the changes.
     fn refresh_view(&mut self) {
+        // What foca holds bounds what the codec takes in next, and what is remembered
+        // here: a member foca dropped makes room for another.
+        let held: HashSet<&str> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().name.as_str())
+            .collect();
+        self.view.retain(|name, _| held.contains(name.as_str()));
+        self.names.set(held.into_iter());
         for m in self.foca.iter_membership_state() {
             let id = m.id();
             let verdict = match m.state() {
