@@ -94,6 +94,18 @@ impl Gossip {
     }
 }
 
+/// SWIM's verdict, as the peer table takes it.
+impl From<Verdict> for MembershipEvent {
+    fn from(v: Verdict) -> MembershipEvent {
+        match v {
+            Verdict::Alive => MembershipEvent::Alive,
+            Verdict::Suspect => MembershipEvent::Suspect,
+            Verdict::Down => MembershipEvent::Down,
+            Verdict::Left => MembershipEvent::Left,
+        }
+    }
+}
+
 impl Cluster {
     /// Runs `f` on the membership, then sends what it produced and acts on its verdicts.
     fn with_membership(&self, f: impl FnOnce(&mut Membership, u64)) {
@@ -155,12 +167,7 @@ impl Cluster {
                 if let Some(counter) = counter {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                let event = match verdict {
-                    Verdict::Alive => MembershipEvent::Alive,
-                    Verdict::Suspect => MembershipEvent::Suspect,
-                    Verdict::Down => MembershipEvent::Down,
-                    Verdict::Left => MembershipEvent::Left,
-                };
+                let event = MembershipEvent::from(verdict);
                 let now = self.now_ms();
                 let process = Some(RunId(id.process));
                 self.with(|c| c.on_membership(&id.name, process, event, now));

@@ -254,9 +254,6 @@ impl Replica {
         counters
             .acked_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
-        if theirs.flags & HELLO_READY != 0 {
-            self.acks.acked(&peer, acked);
-        }
         counters
             .sent_seq
             .store(acked, std::sync::atomic::Ordering::Relaxed);
@@ -286,6 +283,8 @@ impl Replica {
             peer_defers,
             ours.flags & HELLO_DEFER != 0,
         );
+        // Counted only if its hello says it is ready (see `count_ack`).
+        self.count_ack(&peer, acked);
         self.act(actions);
         self.sync_step(now_ms);
         self.reconcile_if_due(link, &theirs, their_node, now_ms);
